@@ -1,0 +1,29 @@
+"""ez-rknn-async: onnxruntime-style inference with async modes, on Rockchip NPUs and any CPU.
+
+The public names of API.md; everything else is internal.
+"""
+
+from __future__ import annotations
+
+from .errors import BrokenSessionError, RKNNError, SessionClosedError, SubmitTimeoutError
+from .options import make_provider_options
+from .session import InferenceSession
+from .tensors import ModelMetadata, NodeArg
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "InferenceSession",
+    "make_provider_options",
+    "RKNNError",
+    "SessionClosedError",
+    "SubmitTimeoutError",
+    "BrokenSessionError",
+    "NodeArg",
+    "ModelMetadata",
+    "__version__",
+]
+
+for _name in ("InferenceSession", "make_provider_options", "NodeArg", "ModelMetadata"):
+    globals()[_name].__module__ = __name__
+del _name

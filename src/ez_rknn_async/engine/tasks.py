@@ -1,0 +1,70 @@
+"""The work item: one inference, and where its outcome goes."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from ..backends.base import Runner
+
+__all__ = ["Task", "Outcome"]
+
+#: (results, exception): exactly one of the two is None.
+Outcome = tuple[Optional[list[np.ndarray]], Optional[BaseException]]
+
+
+class Task:
+    """One inference request.
+
+    Its outcome goes to exactly one place: a ``Future`` (``run``/``submit``/pipeline) or a
+    ``deliver(task, results, exc)`` hook (``run_async``: the ordering stage). ``seq`` is the
+    callback sequence number, ``core`` the core the task is bound to (None: any worker).
+    """
+
+    __slots__ = ("inputs", "output_indices", "future", "deliver", "core", "seq", "user")
+
+    def __init__(
+        self,
+        inputs: Sequence[np.ndarray],
+        output_indices: Sequence[int],
+        *,
+        future: Optional[Future] = None,
+        deliver: Optional[Callable[[Task, Any, Any], None]] = None,
+        user: Any = None,
+    ) -> None:
+        self.inputs = inputs
+        self.output_indices = output_indices
+        self.future = future
+        self.deliver = deliver
+        self.user = user
+        self.core: Optional[int] = None
+        self.seq = -1
+
+    def run(self, runner: Runner) -> None:
+        """Claim the task (skip it if cancelled), run it, publish the outcome. Never raises."""
+        if self.future is not None and not self.future.set_running_or_notify_cancel():
+            return
+        try:
+            results = runner.run(self.inputs, self.output_indices)
+        except BaseException as exc:  # noqa: BLE001 - every failure belongs to the caller
+            self.finish(None, exc)
+        else:
+            self.finish(results, None)
+
+    def finish(self, results: Optional[list[np.ndarray]], exc: Optional[BaseException]) -> None:
+        self.inputs = ()  # drop the input arrays as soon as they are no longer needed
+        if self.future is not None:
+            if exc is None:
+                self.future.set_result(results)
+            else:
+                self.future.set_exception(exc)
+        elif self.deliver is not None:
+            self.deliver(self, results, exc)
+
+    def fail(self, exc: BaseException) -> None:
+        """Fail a task that never ran (queue flushed by ``close()``)."""
+        if self.future is not None and not self.future.set_running_or_notify_cancel():
+            return
+        self.finish(None, exc)

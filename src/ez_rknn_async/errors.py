@@ -1,0 +1,40 @@
+"""Exceptions raised by ez-rknn-async.
+
+    RuntimeError
+     +-- RKNNError              the runtime (librknnrt) returned an error code: ``.code``, ``.name``
+     +-- SessionClosedError     *you* closed the session; every later call raises this at once
+     +-- BrokenSessionError     a worker or backend died; the cause is chained
+     +-- SubmitTimeoutError     the queue stayed full for ``submit_timeout_ms`` (also a TimeoutError)
+
+Bad arguments raise the builtin ``ValueError`` / ``TypeError`` with a message that names the input,
+option key or argument that was wrong.
+"""
+
+from __future__ import annotations
+
+__all__ = ["RKNNError", "SessionClosedError", "BrokenSessionError", "SubmitTimeoutError"]
+
+
+class RKNNError(RuntimeError):
+    """A librknnrt call failed. ``str(err)`` reads like ``rknn_run failed: RKNN_ERR_FAIL (-1)``."""
+
+    def __init__(self, message: str, code: int = -1, name: str = "RKNN_ERR_FAIL") -> None:
+        super().__init__(message)
+        self.code = code
+        self.name = name
+
+
+class SessionClosedError(RuntimeError):
+    """The session was closed (by ``close()`` or its context manager) before or during the call."""
+
+
+class BrokenSessionError(RuntimeError):
+    """The session can no longer run tasks because a worker or its backend failed."""
+
+
+class SubmitTimeoutError(RuntimeError, TimeoutError):
+    """The task queue stayed saturated for ``submit_timeout_ms``; nothing was queued."""
+
+
+for _cls in (RKNNError, SessionClosedError, BrokenSessionError, SubmitTimeoutError):
+    _cls.__module__ = "ez_rknn_async"

@@ -1,0 +1,272 @@
+"""Provider options: ``make_provider_options`` and the one normaliser every dict goes through.
+
+Pure functions, no I/O. ``make_provider_options`` validates at call time (the original only checked
+``schedule`` against ``tp_mode``); a hand-written dict is validated by the same code when the session
+is created, so the two paths cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+__all__ = [
+    "ProviderOptions",
+    "make_provider_options",
+    "parse_provider_options",
+    "parse_bool",
+    "TP_MODE_MASKS",
+    "SUPPORTED_KEYS",
+]
+
+#: tp_mode strings and the core mask each stands for (SPEC.md 3.2).
+TP_MODE_MASKS: dict[str, int] = {
+    "auto": 0,
+    "all": 0xFFFF,
+    "0": 1,
+    "1": 2,
+    "2": 4,
+    "0,1": 3,
+    "0,1,2": 7,
+}
+_LAYOUTS = {
+    "nchw": "nchw",
+    "original": "nchw",
+    "nchw_software": "nchw_software",
+    "original_software": "nchw_software",
+    "nhwc": "nhwc",
+    "any": "any",
+}
+_ZERO_COPY_LAYOUTS = ("nhwc", "native")
+_BACKENDS = ("rknn", "onnxruntime", "openvino")
+_PRECISIONS = ("f32", "f16", "bf16")
+_TRUE = {"1", "true", "on", "yes"}
+_FALSE = {"0", "false", "off", "no"}
+#: Accepted spellings of a key -> canonical key.
+_ALIASES = {"custom_op_path": "custom_op_paths", "load_custom_ops_from_default_path": "custom_op_default_path"}
+
+
+@dataclass(frozen=True)
+class ProviderOptions:
+    """Validated, canonical provider options (what the session and backends read)."""
+
+    layout: str = "nchw"
+    zero_copy_layout: str = "nhwc"
+    max_queue_size: int = 3
+    threads_per_core: int = 1
+    submit_timeout_ms: int = 10000
+    sequential_callbacks: bool = True
+    schedule: Optional[tuple[int, ...]] = None
+    tp_mode: Optional[str] = None
+    enable_pacing: bool = False
+    disable_dup_context: bool = False
+    custom_op_paths: tuple[str, ...] = ()
+    custom_op_default_path: bool = False
+    backend: Optional[str] = None
+    precision: Optional[str] = None
+
+    @property
+    def tp_mask(self) -> Optional[int]:
+        """The core mask of ``tp_mode`` (None when tp_mode is not set)."""
+        return None if self.tp_mode is None else TP_MODE_MASKS[self.tp_mode]
+
+
+SUPPORTED_KEYS: tuple[str, ...] = tuple(ProviderOptions.__dataclass_fields__) + tuple(_ALIASES)
+
+
+def parse_bool(key: str, value: Any) -> bool:
+    """bool, int (non-zero is True) or a string such as ``"yes"``/``"off"`` (SPEC.md 3.2)."""
+    if isinstance(value, (bool, int)):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise ValueError(f"provider option {key!r} must be a boolean, got {value!r}")
+
+
+def _parse_int(key: str, value: Any) -> int:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("+-").isdigit():
+            return int(text)
+    raise ValueError(f"provider option {key!r} must be an integer, got {value!r}")
+
+
+def _parse_positive(key: str, value: Any) -> int:
+    number = _parse_int(key, value)
+    if number <= 0:
+        raise ValueError(f"provider option {key!r} must be > 0, got {number}")
+    return number
+
+
+def _parse_schedule(value: Any) -> tuple[int, ...]:
+    key = "schedule"
+    if isinstance(value, str):
+        parts = value.replace("[", " ").replace("]", " ").replace(",", " ").split()
+        items: list[Any] = parts
+    elif isinstance(value, (bool, int)):
+        items = [value]
+    elif isinstance(value, (list, tuple, range)):
+        items = list(value)
+    else:
+        raise ValueError(
+            f"provider option {key!r} must be an integer, string, or sequence, got {value!r}"
+        )
+    if not items:
+        raise ValueError(f"provider option {key!r} must not be empty")
+    cores = tuple(_parse_int(key, item) for item in items)
+    if any(core < 0 for core in cores):
+        raise ValueError(f"provider option {key!r} values must be >= 0, got {list(cores)}")
+    return cores
+
+
+def _parse_tp_mode(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"provider option 'tp_mode' must be a string, got {value!r}")
+    mode = value.strip().lower()
+    if mode not in TP_MODE_MASKS:
+        raise ValueError(
+            f"invalid tp_mode: {value!r}, expected one of: {', '.join(TP_MODE_MASKS)}"
+        )
+    return mode
+
+
+def _parse_choice(key: str, value: Any, table: Mapping[str, str]) -> str:
+    if isinstance(value, str) and value.strip().lower() in table:
+        return table[value.strip().lower()]
+    expected = ", ".join(repr(v) for v in dict.fromkeys(table))
+    raise ValueError(f"provider option {key!r} must be one of {expected}, got {value!r}")
+
+
+def _parse_paths(key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, (str, bytes, os.PathLike)):
+        value = [value]
+    try:
+        return tuple(os.fsdecode(os.fspath(item)) for item in value)
+    except TypeError:
+        raise ValueError(f"provider option {key!r} must be a path or a list of paths") from None
+
+
+def _choices(names: tuple[str, ...]) -> dict[str, str]:
+    return {name: name for name in names}
+
+
+_PARSERS = {
+    "layout": lambda v: _parse_choice("layout", v, _LAYOUTS),
+    "zero_copy_layout": lambda v: _parse_choice(
+        "zero_copy_layout", v, _choices(_ZERO_COPY_LAYOUTS)
+    ),
+    "max_queue_size": lambda v: _parse_positive("max_queue_size", v),
+    "threads_per_core": lambda v: _parse_positive("threads_per_core", v),
+    "submit_timeout_ms": lambda v: _parse_positive("submit_timeout_ms", v),
+    "sequential_callbacks": lambda v: parse_bool("sequential_callbacks", v),
+    "schedule": _parse_schedule,
+    "tp_mode": _parse_tp_mode,
+    "enable_pacing": lambda v: parse_bool("enable_pacing", v),
+    "disable_dup_context": lambda v: parse_bool("disable_dup_context", v),
+    "custom_op_paths": lambda v: _parse_paths("custom_op_paths", v),
+    "custom_op_default_path": lambda v: parse_bool("custom_op_default_path", v),
+    "backend": lambda v: _parse_choice("backend", v, _choices(_BACKENDS)),
+    "precision": lambda v: _parse_choice("precision", v, _choices(_PRECISIONS)),
+}
+
+
+def parse_provider_options(options: Any = None) -> ProviderOptions:
+    """Normalise ``provider_options`` as a session receives it into a ``ProviderOptions``.
+
+    Accepts None, a dict, or a sequence whose first element is a dict (onnxruntime passes one
+    dict per provider). Raises ValueError naming the offending key.
+    """
+    if options is None:
+        return ProviderOptions()
+    if isinstance(options, ProviderOptions):
+        return options
+    if isinstance(options, (list, tuple)):
+        if not options:
+            return ProviderOptions()
+        options = options[0]
+    if not isinstance(options, Mapping):
+        raise TypeError(
+            "provider_options must be a dict or a sequence whose first element is a dict, "
+            f"got {type(options).__name__}"
+        )
+    values: dict[str, Any] = {}
+    for raw_key, raw_value in options.items():
+        key = _ALIASES.get(raw_key, raw_key)
+        if key not in _PARSERS:
+            raise ValueError(
+                f"Unknown provider_options key: {raw_key!r}. Supported keys: "
+                + ", ".join(SUPPORTED_KEYS)
+            )
+        if raw_value is None and key in ("schedule", "tp_mode", "backend", "precision"):
+            continue
+        value = _PARSERS[key](raw_value)
+        if key == "custom_op_paths":
+            value = values.get(key, ()) + value  # both spellings append, as in the original
+        values[key] = value
+    if values.get("schedule") is not None and values.get("tp_mode") is not None:
+        raise ValueError("provider options 'tp_mode' conflicts with 'schedule'; set only one.")
+    return ProviderOptions(**values)
+
+
+def make_provider_options(
+    *,
+    layout: str = "original",
+    max_queue_size: int = 3,
+    threads_per_core: int = 1,
+    submit_timeout_ms: int = 10000,
+    sequential_callbacks: bool = True,
+    schedule: Any = None,
+    tp_mode: Optional[str] = None,
+    enable_pacing: bool = False,
+    disable_dup_context: bool = False,
+    custom_op_paths: Any = None,
+    custom_op_default_path: bool = False,
+    zero_copy_layout: str = "nhwc",
+    backend: Optional[str] = None,
+    precision: Optional[str] = None,
+    **unknown: Any,
+) -> dict[str, Any]:
+    """Build the ``provider_options`` dict for ``InferenceSession``, validating every value now.
+
+    Unknown keywords and bad values raise ValueError naming the key. Keys whose value is None
+    (``schedule``, ``tp_mode``, ``custom_op_paths``, ``backend``, ``precision``) are left out, as in
+    the original, so the dict stays minimal and readable.
+    """
+    if unknown:
+        raise ValueError(
+            f"Unknown provider_options key: {sorted(unknown)[0]!r}. Supported keys: "
+            + ", ".join(k for k in SUPPORTED_KEYS if k not in _ALIASES)
+        )
+    raw: dict[str, Any] = {
+        "layout": layout,
+        "max_queue_size": max_queue_size,
+        "threads_per_core": threads_per_core,
+        "submit_timeout_ms": submit_timeout_ms,
+        "sequential_callbacks": sequential_callbacks,
+        "schedule": schedule,
+        "tp_mode": tp_mode,
+        "enable_pacing": enable_pacing,
+        "disable_dup_context": disable_dup_context,
+        "custom_op_paths": custom_op_paths,
+        "custom_op_default_path": custom_op_default_path,
+        "zero_copy_layout": zero_copy_layout,
+        "backend": backend,
+        "precision": precision,
+    }
+    raw = {key: value for key, value in raw.items() if value is not None}
+    parsed = parse_provider_options(raw)
+    result = {key: getattr(parsed, key) for key in raw}
+    if "schedule" in result:
+        result["schedule"] = list(result["schedule"])
+    if "custom_op_paths" in result:
+        result["custom_op_paths"] = list(result["custom_op_paths"])
+    return result

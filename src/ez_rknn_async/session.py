@@ -1,0 +1,306 @@
+"""``InferenceSession``: the public facade.
+
+It normalises feeds and names once on the caller's thread, picks the backend, lays out the worker
+slots and hands every task to the engine. ``run``, ``run_async``, ``run_pipeline``, ``submit`` and
+``arun`` are variations on one path: validate -> engine -> outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from concurrent.futures import Future, wait
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from .backends import ModelSource, load_backend
+from .engine.core import Engine, EngineConfig, EngineStats, State
+from .engine.layout import plan_slots, task_routes
+from .engine.pipeline import Pipeline
+from .errors import SessionClosedError, SubmitTimeoutError
+from .feeds import copy_for_async, normalize_feed, resolve_outputs, run_option, split_batch
+from .options import ProviderOptions, parse_bool, parse_provider_options
+from .tensors import ModelMetadata, NodeArg
+
+__all__ = ["InferenceSession"]
+
+DISPATCH_BATCH = "ztu_modelrt_dispatch_batch"
+
+
+class InferenceSession:
+    """An onnxruntime-compatible session whose tasks run on a pool of worker slots.
+
+    ``path_or_bytes``: a ``.onnx`` or ``.rknn`` path, or the model's bytes. ``provider_options``:
+    the dict from ``make_provider_options`` (or a one-element list of it). ``sess_options`` and
+    ``providers`` are honoured by the onnxruntime backend (thread counts excepted: the engine owns
+    them). ``use_weight_from``: another session whose weights this one shares.
+    """
+
+    def __init__(
+        self,
+        path_or_bytes: Any,
+        sess_options: Any = None,
+        providers: Optional[Sequence[Any]] = None,
+        provider_options: Any = None,
+        *,
+        use_weight_from: Optional[InferenceSession] = None,
+    ) -> None:
+        self._engine: Optional[Engine] = None
+        if use_weight_from is not None:
+            if not isinstance(use_weight_from, InferenceSession):
+                raise TypeError(
+                    "use_weight_from must be an InferenceSession or None, "
+                    f"got {type(use_weight_from).__name__}"
+                )
+            use_weight_from._check_open()
+        options = parse_provider_options(provider_options)
+        source = ModelSource.from_user(path_or_bytes)
+        backend = load_backend(
+            source,
+            options,
+            sess_options=sess_options,
+            providers=providers,
+            share_with=None if use_weight_from is None else use_weight_from._backend,
+        )
+        self._backend = backend
+        self._options = options
+        self._weights_from = use_weight_from  # the owner of shared weights outlives this session
+        self._engine = _start_engine(backend, options)
+        self._pipeline = Pipeline()
+        self._inputs = list(backend.inputs)
+        self._outputs = list(backend.outputs)
+        self._all_outputs = tuple(range(len(self._outputs)))
+        self._batch_inputs = [
+            dataclasses.replace(spec, shape=(None, *spec.shape[1:])) if spec.shape else spec
+            for spec in self._inputs
+        ]
+
+    # -- calling modes -------------------------------------------------------------------------
+
+    def run(
+        self, output_names: Optional[Sequence[str]], input_feed: Any, run_options: Any = None
+    ) -> list[np.ndarray]:
+        """Run one inference and return the requested outputs (all when ``output_names`` is
+        None or empty). Runs on the calling thread when a worker slot is idle."""
+        engine = self._check_open()
+        indices = resolve_outputs(output_names, self._outputs) if output_names else self._all_outputs
+        if run_options is not None and _dispatch_batch(run_options):
+            return self._run_batch(indices, input_feed)
+        return engine.run_inline(normalize_feed(input_feed, self._inputs), indices)
+
+    def run_async(
+        self,
+        output_names: Optional[Sequence[str]],
+        input_feed: Any,
+        callback: Callable[[Optional[list[np.ndarray]], Any, str], Any],
+        user_data: Any = None,
+        run_options: Any = None,
+    ) -> None:
+        """Queue one inference and return at once.
+
+        ``callback(results, user_data, err)`` is called on the session's callback thread:
+        ``results`` is the list of outputs and ``err == ""`` on success; ``results`` is None and
+        ``err`` the message on failure. With ``sequential_callbacks`` (default) callbacks come in
+        submission order. An exception raised by the callback is reported through
+        ``sys.unraisablehook`` and the session goes on. Inputs are copied, so the caller may reuse
+        its arrays at once. Blocks only while the queue is full (up to ``submit_timeout_ms``).
+        """
+        engine = self._check_open()
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        indices, arrays = self._prepare_async("run_async", output_names, input_feed, run_options)
+        engine.submit_callback(arrays, indices, callback, user_data)
+
+    def submit(
+        self, output_names: Optional[Sequence[str]], input_feed: Any, run_options: Any = None
+    ) -> Future:
+        """Queue one inference; the returned ``concurrent.futures.Future`` gets the outputs."""
+        engine = self._check_open()
+        indices, arrays = self._prepare_async("submit", output_names, input_feed, run_options)
+        return engine.submit(arrays, indices)
+
+    async def arun(
+        self, output_names: Optional[Sequence[str]], input_feed: Any, run_options: Any = None
+    ) -> list[np.ndarray]:
+        """``await`` one inference from asyncio. Never blocks the event loop: when the queue is
+        full, the wait for space happens in the loop's executor. Cancelling the awaiting task
+        cancels the inference if it has not started."""
+        engine = self._check_open()
+        indices, arrays = self._prepare_async("arun", output_names, input_feed, run_options)
+        try:
+            future = engine.submit(arrays, indices, blocking=False)
+        except SubmitTimeoutError:
+            loop = asyncio.get_running_loop()
+            future = await loop.run_in_executor(None, engine.submit, arrays, indices)
+        return await asyncio.wrap_future(future)
+
+    def run_pipeline(
+        self, input_feed: Any, depth: int = 3, reset: bool = False
+    ) -> Optional[list[np.ndarray]]:
+        """Submit a frame and return the outputs of the frame submitted ``depth`` calls earlier
+        (None while the pipeline fills). ``reset=True`` or a new ``depth`` discards the frames in
+        flight; ``drain_pipeline()`` returns them instead."""
+        engine = self._check_open()
+        if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)):
+            raise TypeError(f"depth must be an integer, got {type(depth).__name__}")
+        if depth <= 0:
+            raise ValueError(f"pipeline depth must be > 0, got {depth}")
+        arrays = copy_for_async(normalize_feed(input_feed, self._inputs))
+        indices = self._all_outputs
+        return self._pipeline.push(lambda: engine.submit(arrays, indices), int(depth), reset)
+
+    def drain_pipeline(self) -> list[list[np.ndarray]]:
+        """Wait for the frames still in the pipeline and return their outputs, oldest first.
+        The pipeline is empty afterwards (the next ``run_pipeline`` starts filling again)."""
+        self._check_open()
+        return self._pipeline.drain()
+
+    # -- introspection ---------------------------------------------------------------------
+
+    def get_inputs(self) -> list[NodeArg]:
+        return [NodeArg.from_spec(spec) for spec in self._inputs]
+
+    def get_outputs(self) -> list[NodeArg]:
+        return [NodeArg.from_spec(spec) for spec in self._outputs]
+
+    def get_native_inputs(self) -> list[NodeArg]:
+        return [NodeArg.from_spec(spec) for spec in self._backend.native_inputs]
+
+    def get_native_outputs(self) -> list[NodeArg]:
+        return [NodeArg.from_spec(spec) for spec in self._backend.native_outputs]
+
+    def get_modelmeta(self) -> ModelMetadata:
+        return self._backend.metadata
+
+    def get_providers(self) -> list[str]:
+        return list(self._backend.providers)
+
+    def get_provider_options(self) -> ProviderOptions:
+        return self._options
+
+    @property
+    def input_names(self) -> list[str]:
+        return [spec.name for spec in self._inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [spec.name for spec in self._outputs]
+
+    @property
+    def backend_name(self) -> str:
+        """Which runtime serves this session: "onnxruntime", "rknn" or "openvino"."""
+        return self._backend.name
+
+    @property
+    def worker_slots(self) -> list:
+        """The worker slots the engine runs (core, core mask, threads), for tools and tests."""
+        return self._require_engine().slot_specs
+
+    def stats(self) -> EngineStats:
+        """A snapshot of the engine's queue and counters."""
+        return self._require_engine().stats()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the workers, fail queued tasks with ``SessionClosedError``, deliver pending
+        callbacks, release the backend. Idempotent; every later call raises at once."""
+        engine = self._engine
+        if engine is None or engine.state is not State.OPEN:
+            return
+        self._pipeline.discard()
+        engine.close()
+        self._backend.close()
+        self._weights_from = None
+
+    def __enter__(self) -> InferenceSession:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_engine", None) is not None:
+            self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._engine is None else self._engine.state.value
+        return f"<InferenceSession backend={self._backend.name!r} {state}>"
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _require_engine(self) -> Engine:
+        if self._engine is None:
+            raise SessionClosedError("the session was not created")
+        return self._engine
+
+    def _check_open(self) -> Engine:
+        engine = self._require_engine()
+        if engine.state is not State.OPEN:
+            raise SessionClosedError("the session is closed")
+        return engine
+
+    def _prepare_async(
+        self, api: str, output_names: Any, input_feed: Any, run_options: Any
+    ) -> tuple[tuple[int, ...], list[np.ndarray]]:
+        if run_options is not None and _dispatch_batch(run_options):
+            raise ValueError(f"{api} does not support {DISPATCH_BATCH}=True; use run()")
+        indices = resolve_outputs(output_names, self._outputs) if output_names else self._all_outputs
+        return indices, copy_for_async(normalize_feed(input_feed, self._inputs))
+
+    def _run_batch(self, indices: tuple[int, ...], input_feed: Any) -> list[np.ndarray]:
+        """Dispatch batch: one task per sample over all workers, outputs joined in order."""
+        engine = self._require_engine()
+        arrays = normalize_feed(input_feed, self._batch_inputs)
+        futures = [engine.submit(sample, indices) for sample in split_batch(arrays, self._inputs)]
+        try:
+            per_sample = [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            wait(futures)  # running samples still read the caller's arrays
+            raise
+        return [
+            _join([outputs[k] for outputs in per_sample]) for k in range(len(indices))
+        ]
+
+
+def _join(parts: list[np.ndarray]) -> np.ndarray:
+    if parts[0].ndim == 0:
+        return np.stack(parts)
+    return np.concatenate(parts, axis=0)
+
+
+def _dispatch_batch(run_options: Any) -> bool:
+    value = run_option(run_options, DISPATCH_BATCH)
+    return False if value is None else parse_bool(DISPATCH_BATCH, value)
+
+
+def _start_engine(backend: Any, options: ProviderOptions) -> Engine:
+    """Lay out the slots, open one runner per slot and start the engine; on failure release
+    whatever was opened, in reverse order."""
+    runners = []
+    try:
+        if options.schedule:
+            backend.check_cores(sorted(set(options.schedule)))
+        slots = plan_slots(options, backend.default_cores())
+        for slot in slots:
+            runners.append(backend.open_runner(slot))
+        distinct = {slot.core for slot in slots}
+        return Engine(
+            list(zip(slots, runners)),
+            EngineConfig(
+                max_queue_size=options.max_queue_size,
+                submit_timeout_ms=options.submit_timeout_ms,
+                sequential_callbacks=options.sequential_callbacks,
+                enable_pacing=options.enable_pacing,
+                routes=task_routes(options),
+                pacing_cores=max(1, len(distinct - {None})),
+            ),
+        )
+    except BaseException:
+        for runner in reversed(runners):
+            runner.close()
+        backend.close()
+        raise
