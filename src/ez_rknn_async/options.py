@@ -41,6 +41,8 @@ _LAYOUTS = {
 _ZERO_COPY_LAYOUTS = ("nhwc", "native")
 _BACKENDS = ("rknn", "onnxruntime", "openvino")
 _PRECISIONS = ("f32", "f16", "bf16")
+#: Keys for which None means "not set".
+_OPTIONAL = ("schedule", "tp_mode", "custom_op_paths", "backend", "precision")
 _TRUE = {"1", "true", "on", "yes"}
 _FALSE = {"0", "false", "off", "no"}
 #: Accepted spellings of a key -> canonical key.
@@ -206,7 +208,7 @@ def parse_provider_options(options: Any = None) -> ProviderOptions:
                 f"Unknown provider_options key: {raw_key!r}. Supported keys: "
                 + ", ".join(SUPPORTED_KEYS)
             )
-        if raw_value is None and key in ("schedule", "tp_mode", "backend", "precision"):
+        if raw_value is None and key in _OPTIONAL:
             continue
         value = _PARSERS[key](raw_value)
         if key == "custom_op_paths":
@@ -262,7 +264,7 @@ def make_provider_options(
         "backend": backend,
         "precision": precision,
     }
-    raw = {key: value for key, value in raw.items() if value is not None}
+    raw = {key: value for key, value in raw.items() if value is not None or key not in _OPTIONAL}
     parsed = parse_provider_options(raw)
     result = {key: getattr(parsed, key) for key in raw}
     if "schedule" in result:

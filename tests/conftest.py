@@ -1,0 +1,48 @@
+"""Shared fixtures: real models, and a leaked-thread check around every test."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from onnx_models import add_mul_model, dynamic_hw_model, mixed_types_model, save, yolo_path
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads():
+    """Every engine thread a test starts must be gone when it ends (sessions closed)."""
+    before = {t.ident for t in threading.enumerate()}
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        leaked = [
+            t.name
+            for t in threading.enumerate()
+            if t.ident not in before and t.name.startswith("EzRknn")
+        ]
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert not leaked, f"threads left running: {leaked}"
+
+
+@pytest.fixture(scope="session")
+def yolo() -> str:
+    return yolo_path()
+
+
+@pytest.fixture
+def add_mul_path(tmp_path) -> str:
+    return save(tmp_path, "add_mul.onnx", add_mul_model())
+
+
+@pytest.fixture
+def mixed_path(tmp_path) -> str:
+    return save(tmp_path, "mixed.onnx", mixed_types_model())
+
+
+@pytest.fixture
+def dynamic_path(tmp_path) -> str:
+    return save(tmp_path, "dynamic.onnx", dynamic_hw_model())

@@ -1,0 +1,59 @@
+"""A backend runner made of a plain function, for engine tests (like httpx's MockTransport)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from ez_rknn_async.backends.base import Runner, SlotSpec
+from ez_rknn_async.engine.core import Engine, EngineConfig
+
+__all__ = ["FunctionRunner", "make_engine", "echo"]
+
+
+def echo(inputs: Sequence[np.ndarray], output_indices: Sequence[int]) -> list[np.ndarray]:
+    """Returns the first input, once per requested output."""
+    return [np.asarray(inputs[0]) for _ in output_indices]
+
+
+class FunctionRunner(Runner):
+    """Runs ``fn``; records which thread ran each call and catches concurrent use of the slot."""
+
+    def __init__(self, fn: Callable = echo, delay: float = 0.0) -> None:
+        self.fn = fn
+        self.delay = delay
+        self.threads: list[str] = []
+        self.closed = 0
+        self.violations = 0
+        self._busy = threading.Lock()
+
+    def run(self, inputs, output_indices):
+        if not self._busy.acquire(blocking=False):
+            self.violations += 1  # two threads on one runner: the engine broke its promise
+            raise AssertionError("runner used by two threads at once")
+        try:
+            self.threads.append(threading.current_thread().name)
+            if self.delay:
+                time.sleep(self.delay)
+            return self.fn(inputs, output_indices)
+        finally:
+            self._busy.release()
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def make_engine(
+    n: int = 2,
+    fn: Callable = echo,
+    delay: float = 0.0,
+    cores: Optional[Sequence[int]] = None,
+    **config,
+) -> tuple[Engine, list[FunctionRunner]]:
+    runners = [FunctionRunner(fn, delay) for _ in range(n)]
+    cores = list(cores) if cores is not None else list(range(n))
+    slots = [(SlotSpec(i, cores[i], 1 << cores[i]), runner) for i, runner in enumerate(runners)]
+    return Engine(slots, EngineConfig(**config)), runners
