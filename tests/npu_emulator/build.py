@@ -1,0 +1,117 @@
+"""Builds the emulated librknnrt (and its custom-op plugins) with gcc, once per source change.
+
+Why a content hash in the output folder: the tests and the benchmark run ``build()`` every time;
+the hash makes that free when nothing changed, rebuilds when a source did, and never lets two
+versions of the library be confused (a loaded .so is never overwritten). ``probe_layout`` compiles
+a probe of the emulator's header to assembly and reads ``sizeof``/``offsetof`` back, which works
+for a 32-bit target even where no 32-bit C library is installed (nothing is linked).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+__all__ = ["Emulator", "build", "probe_layout", "HERE"]
+
+HERE = Path(__file__).resolve().parent
+_SOURCES = ("rknn_emu_api.h", "emulator.c", "custom_op_plugin.c", "build.py")
+_CFLAGS = ("-O2", "-g", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared", "-pthread")
+#: Plugin file name -> extra gcc flags.
+_PLUGINS = {
+    "librkcst_emuop.so": ['-DEMU_OP_TYPE="EmuOp"'],
+    "librkcst_emuop_again.so": ['-DEMU_OP_TYPE="EmuOp"'],
+    "librkcst_other.so": ['-DEMU_OP_TYPE="OtherOp"'],
+    "librkcst_noentry.so": ["-DEMU_NO_ENTRY"],
+}
+
+
+@dataclass(frozen=True)
+class Emulator:
+    """Paths of one build: the library and a folder of custom-op plugins."""
+
+    library: Path
+    plugins: Path
+
+    def plugin(self, name: str) -> Path:
+        return self.plugins / name
+
+
+def _digest() -> str:
+    sha = hashlib.sha256()
+    for name in _SOURCES:
+        sha.update((HERE / name).read_bytes())
+    return sha.hexdigest()[:16]
+
+
+def _gcc(args: Sequence[str], cwd: Path) -> None:
+    result = subprocess.run(["gcc", *args], cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"gcc {' '.join(args)} failed:\n{result.stderr}")
+
+
+def build(out_root: Optional[Path] = None) -> Emulator:
+    """Compile into ``build/<hash>/`` unless that build exists; safe to call from many processes."""
+    out_root = out_root or HERE / "build"
+    final = out_root / _digest()
+    result = Emulator(final / "librknnrt.so", final / "plugins")
+    if result.library.exists():
+        return result
+    out_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="staging-", dir=out_root))
+    try:
+        (staging / "plugins").mkdir()
+        source = str(HERE / "emulator.c")
+        _gcc([*_CFLAGS, "-o", str(staging / "librknnrt.so"), source, "-lm"], HERE)
+        for name, flags in _PLUGINS.items():
+            target = str(staging / "plugins" / name)
+            _gcc([*_CFLAGS, *flags, "-o", target, str(HERE / "custom_op_plugin.c")], HERE)
+        with contextlib.suppress(OSError):  # another process finished first: same build
+            os.rename(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return result
+
+
+def probe_layout(
+    structs: Mapping[str, Sequence[str]], *, bits32: bool = False
+) -> Optional[dict[str, tuple[int, dict[str, int]]]]:
+    """``{struct: (sizeof, {field: offsetof})}`` as gcc lays out the emulator's header.
+
+    ``bits32`` compiles for i386 with ``-malign-double``: 4-byte pointers and contexts, 8-byte
+    aligned 64-bit integers, which is the armhf layout. Returns None when gcc cannot do that.
+    """
+    lines = ["#include <stddef.h>", '#include "rknn_emu_api.h"', "const unsigned int probe[] = {"]
+    for struct, fields in structs.items():
+        lines.append(f"  sizeof({struct}),")
+        lines.extend(f"  offsetof({struct}, {field})," for field in fields)
+    lines.append("};")
+    flags = ["-m32", "-malign-double", "-ffreestanding"] if bits32 else []
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "probe.c"
+        probe.write_text("\n".join(lines) + "\n")
+        args = [*flags, "-I", str(HERE), "-S", "-o", "-", str(probe)]
+        result = subprocess.run(["gcc", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        if bits32:
+            return None
+        raise RuntimeError(f"gcc probe failed:\n{result.stderr}")
+    values = iter(int(v) for v in re.findall(r"^\s*\.long\s+(\d+)", result.stdout, re.M))
+    layout = {}
+    for struct, fields in structs.items():
+        size = next(values)
+        layout[struct] = (size, {field: next(values) for field in fields})
+    return layout
+
+
+if __name__ == "__main__":
+    print(build().library)

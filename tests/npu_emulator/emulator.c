@@ -1,0 +1,833 @@
+/*
+ * An emulated librknnrt: the ABI of rknn_emu_api.h, with the runtime's rules enforced.
+ *
+ * Why: the binding must be proven without a board. Every rule the real runtime has (and some it
+ * only has implicitly, like "one thread per context") is checked here; a breach is a *violation*:
+ * printed to stderr, counted, and read by the tests, which fail on any. Ordinary errors (bad model
+ * bytes, injected failures) are returned like the runtime does, with an "E RKNN:" line.
+ *
+ * The NPU: one mutex per core of the configured SoC; a run holds its cores and sleeps compute_us,
+ * so multi-core scaling is measurable. The "network" computes, in float64 on the model's original
+ * (NCHW) element order:  out_j[k] = gain * sum_i (i + 1) * x_i[(k + j) mod n_i] + 0.5 * j
+ * where x_i is input i after quantisation to its internal type, and out_j is then quantised to the
+ * output's internal type (README.md documents the model format and this function).
+ */
+#define _GNU_SOURCE
+#include "rknn_emu_api.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define EMU_MAX_IO 8
+#define EMU_MAX_CORES 3
+#define EMU_MAX_OPS 8
+
+/* librknnrt embeds this line; `doctor` finds the version of a library without a model this way. */
+__attribute__((used)) const char rknn_emu_version_banner[] = "librknnrt version: 2.4.2 (ez-rknn emulator)";
+
+/* ---------------------------------------------------------------- bookkeeping */
+
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static atomic_int g_violations;
+static char g_last_violation[512];
+static atomic_int g_live_allocs;
+static atomic_int g_live_contexts;
+static atomic_int g_parallel;
+static atomic_int g_max_parallel;
+static atomic_int g_core_runs[EMU_MAX_CORES];
+
+static char g_soc[32] = "rk3588";
+static int g_cores = 3;
+static int g_compute_us;
+static char g_api_version[256] = "2.4.2 (emulated)";
+static char g_drv_version[256] = "0.9.8";
+static pthread_mutex_t g_core_mutex[EMU_MAX_CORES] = {
+    PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER};
+static atomic_uint g_auto_rr;
+
+static const char* const k_apis[] = {
+    "rknn_init", "rknn_dup_context", "rknn_destroy", "rknn_query", "rknn_inputs_set",
+    "rknn_set_core_mask", "rknn_run", "rknn_outputs_get", "rknn_outputs_release",
+    "rknn_register_custom_ops"};
+enum { API_INIT, API_DUP, API_DESTROY, API_QUERY, API_INPUTS_SET, API_CORE_MASK, API_RUN,
+       API_OUTPUTS_GET, API_OUTPUTS_RELEASE, API_REGISTER_OPS, API_COUNT };
+static atomic_int g_calls[API_COUNT];
+static int g_fail_code[API_COUNT];
+static int g_fail_count[API_COUNT];
+
+static void violation(const char* fmt, ...) {
+    char text[512];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(text, sizeof text, fmt, args);
+    va_end(args);
+    pthread_mutex_lock(&g_lock);
+    snprintf(g_last_violation, sizeof g_last_violation, "%s", text);
+    pthread_mutex_unlock(&g_lock);
+    atomic_fetch_add(&g_violations, 1);
+    fprintf(stderr, "rknn-emu VIOLATION: %s\n", text);
+}
+
+static int runtime_error(int code, const char* fmt, ...) {
+    char text[512];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(text, sizeof text, fmt, args);
+    va_end(args);
+    fprintf(stderr, "E RKNN: [emu] %s\n", text);
+    return code;
+}
+
+static void* emu_calloc(size_t n, size_t size) {
+    void* p = calloc(n, size);
+    if (p) atomic_fetch_add(&g_live_allocs, 1);
+    return p;
+}
+
+static void emu_free(void* p) {
+    if (!p) return;
+    atomic_fetch_sub(&g_live_allocs, 1);
+    free(p);
+}
+
+/* Counts the call; returns the injected code (non-zero) if this call must fail. */
+static int enter_api(int api) {
+    int code = 0;
+    atomic_fetch_add(&g_calls[api], 1);
+    pthread_mutex_lock(&g_lock);
+    if (g_fail_count[api] > 0) {
+        g_fail_count[api]--;
+        code = g_fail_code[api];
+    }
+    pthread_mutex_unlock(&g_lock);
+    if (code) runtime_error(code, "%s failed (injected %d)", k_apis[api], code);
+    return code;
+}
+
+/* ---------------------------------------------------------------- models */
+
+typedef struct {
+    char name[RKNN_MAX_NAME_LEN];
+    int type; /* internal rknn_tensor_type */
+    int zp;
+    float scale;
+    uint32_t n_dims;
+    uint32_t dims[RKNN_MAX_DIMS]; /* as INPUT_ATTR/OUTPUT_ATTR report them */
+    uint32_t n_elems;
+} emu_tensor;
+
+typedef struct {
+    char platform[32];
+    char custom_string[1024];
+    char custom_op[RKNN_MAX_NAME_LEN];
+    int has_weights;
+    double gain;
+    int weight_id;
+    int n_in, n_out;
+    emu_tensor in[EMU_MAX_IO], out[EMU_MAX_IO];
+} emu_model;
+
+static int type_from_name(const char* name) {
+    if (!strcmp(name, "float32")) return RKNN_TENSOR_FLOAT32;
+    if (!strcmp(name, "float16")) return RKNN_TENSOR_FLOAT16;
+    if (!strcmp(name, "int8")) return RKNN_TENSOR_INT8;
+    if (!strcmp(name, "uint8")) return RKNN_TENSOR_UINT8;
+    return -1;
+}
+
+static int type_size(int type) {
+    switch (type) {
+        case RKNN_TENSOR_FLOAT32: return 4;
+        case RKNN_TENSOR_FLOAT16: return 2;
+        case RKNN_TENSOR_INT8:
+        case RKNN_TENSOR_UINT8: return 1;
+        default: return 0;
+    }
+}
+
+static int parse_tensor(const char* rest, emu_tensor* t) {
+    char type[32];
+    int used = 0;
+    if (sscanf(rest, "%255s %31s %d %f %u%n", t->name, type, &t->zp, &t->scale, &t->n_dims, &used) != 5)
+        return -1;
+    t->type = type_from_name(type);
+    if (t->type < 0 || t->n_dims > 6 || t->scale <= 0) return -1;
+    t->n_elems = 1;
+    for (uint32_t d = 0; d < t->n_dims; d++) {
+        int more = 0;
+        rest += used;
+        if (sscanf(rest, "%u%n", &t->dims[d], &more) != 1 || t->dims[d] == 0) return -1;
+        used = more;
+        t->n_elems *= t->dims[d];
+    }
+    return 0;
+}
+
+/* Parses the text format of README.md; 0 on success. */
+static int parse_model(const char* bytes, uint32_t size, emu_model* m) {
+    char* text = malloc(size + 1);
+    if (!text) return -1;
+    memcpy(text, bytes, size);
+    text[size] = 0;
+    int ok = strncmp(text, "EZEMU-RKNN 1\n", 13) == 0 && memchr(bytes, 0, size) == NULL;
+    int ended = 0;
+    char* save = NULL;
+    for (char* line = ok ? strtok_r(text + 13, "\n", &save) : NULL; ok && line && !ended;
+         line = strtok_r(NULL, "\n", &save)) {
+        if (!strncmp(line, "platform ", 9)) {
+            ok = sscanf(line + 9, "%31s", m->platform) == 1;
+        } else if (!strncmp(line, "custom_string ", 14)) {
+            snprintf(m->custom_string, sizeof m->custom_string, "%s", line + 14);
+        } else if (!strncmp(line, "custom_op ", 10)) {
+            ok = sscanf(line + 10, "%255s", m->custom_op) == 1;
+        } else if (!strncmp(line, "weights shared ", 15)) {
+            ok = sscanf(line + 15, "%d", &m->weight_id) == 1;
+        } else if (!strncmp(line, "weights ", 8)) {
+            ok = sscanf(line + 8, "%lf %d", &m->gain, &m->weight_id) == 2;
+            m->has_weights = 1;
+        } else if (!strncmp(line, "input ", 6)) {
+            ok = m->n_in < EMU_MAX_IO && parse_tensor(line + 6, &m->in[m->n_in++]) == 0;
+        } else if (!strncmp(line, "output ", 7)) {
+            ok = m->n_out < EMU_MAX_IO && parse_tensor(line + 7, &m->out[m->n_out++]) == 0;
+        } else if (!strcmp(line, "end")) {
+            ended = 1;
+        } else {
+            ok = 0;
+        }
+    }
+    free(text);
+    return ok && ended && m->n_in > 0 && m->n_out > 0 ? 0 : -1;
+}
+
+/* ---------------------------------------------------------------- contexts */
+
+typedef struct emu_shared {
+    int refs; /* contexts using this model (guarded by g_lock) */
+    emu_model model;
+} emu_shared;
+
+typedef struct emu_ctx {
+    rknn_context handle;
+    struct emu_ctx* next;
+    emu_shared* shared;
+    struct emu_ctx* parent; /* dup origin or weight owner: must outlive this context */
+    int children;
+    double gain;
+    int core_mask; /* -1 until rknn_set_core_mask */
+    atomic_int busy;
+    char ops[EMU_MAX_OPS][RKNN_MAX_NAME_LEN];
+    int n_ops;
+    double* in_vals[EMU_MAX_IO]; /* NCHW order, after quantisation to the internal type */
+    int inputs_set;
+    double* out_vals[EMU_MAX_IO]; /* after quantisation to the internal type */
+    int have_run;
+    int outstanding; /* outputs got and not released yet */
+    void* runtime_bufs[EMU_MAX_IO];
+} emu_ctx;
+
+static emu_ctx* g_contexts;
+static rknn_context g_next_handle = 1;
+
+static rknn_context new_handle(void) {
+    /* Above 2^32 on 64-bit targets, so a binding that truncates rknn_context is caught. */
+    rknn_context h = g_next_handle++;
+    if (sizeof(rknn_context) == 8) h |= (rknn_context)0xE5 << 32;
+    return h;
+}
+
+/* Finds a live context and marks it in use by this thread; NULL (and a violation) otherwise. */
+static emu_ctx* acquire(rknn_context handle, const char* api) {
+    pthread_mutex_lock(&g_lock);
+    emu_ctx* c = g_contexts;
+    while (c && c->handle != handle) c = c->next;
+    pthread_mutex_unlock(&g_lock);
+    if (!c) {
+        violation("%s: invalid or destroyed context 0x%llx", api, (unsigned long long)handle);
+        return NULL;
+    }
+    if (atomic_exchange(&c->busy, 1)) {
+        violation("%s: context 0x%llx used by two threads at once", api, (unsigned long long)handle);
+        return NULL;
+    }
+    return c;
+}
+
+static void release(emu_ctx* c) { atomic_store(&c->busy, 0); }
+
+static emu_ctx* new_context(emu_shared* shared, emu_ctx* parent, double gain) {
+    emu_ctx* c = emu_calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->shared = shared;
+    c->parent = parent;
+    c->gain = gain;
+    c->core_mask = -1;
+    pthread_mutex_lock(&g_lock);
+    shared->refs++;
+    if (parent) parent->children++;
+    c->handle = new_handle();
+    c->next = g_contexts;
+    g_contexts = c;
+    pthread_mutex_unlock(&g_lock);
+    atomic_fetch_add(&g_live_contexts, 1);
+    return c;
+}
+
+static int soc_matches(const char* platform) {
+    /* rk3588s models run on rk3588 and back; the prefix decides, as for the device tree. */
+    return !platform[0] || !strncmp(platform, g_soc, 6);
+}
+
+int rknn_init(rknn_context* context, void* model, uint32_t size, uint32_t flag, rknn_init_extend* extend) {
+    int injected = enter_api(API_INIT);
+    if (injected) return injected;
+    if (!context || !model) {
+        violation("rknn_init: NULL context or model pointer");
+        return RKNN_ERR_PARAM_INVALID;
+    }
+    if (size == 0) {
+        violation("rknn_init: size 0 (model path); the binding must pass the model bytes");
+        return RKNN_ERR_PARAM_INVALID;
+    }
+    emu_shared* shared = emu_calloc(1, sizeof *shared);
+    if (!shared) return RKNN_ERR_MALLOC_FAIL;
+    if (parse_model(model, size, &shared->model) != 0) {
+        emu_free(shared);
+        return runtime_error(RKNN_ERR_MODEL_INVALID, "rknn_init: invalid RKNN model (%u bytes)", size);
+    }
+    if (!soc_matches(shared->model.platform)) {
+        char platform[32];
+        snprintf(platform, sizeof platform, "%s", shared->model.platform);
+        emu_free(shared);
+        return runtime_error(RKNN_ERR_TARGET_PLATFORM_UNMATCH,
+                             "rknn_init: model built for %s, this is %s", platform, g_soc);
+    }
+    emu_ctx* owner = NULL;
+    double gain = shared->model.gain;
+    if (flag & RKNN_FLAG_SHARE_WEIGHT_MEM) {
+        if (!extend) {
+            emu_free(shared);
+            violation("rknn_init: RKNN_FLAG_SHARE_WEIGHT_MEM without rknn_init_extend");
+            return RKNN_ERR_PARAM_INVALID;
+        }
+        pthread_mutex_lock(&g_lock);
+        for (owner = g_contexts; owner && owner->handle != extend->ctx; owner = owner->next) {
+        }
+        pthread_mutex_unlock(&g_lock);
+        if (!owner) {
+            emu_free(shared);
+            violation("rknn_init: share-weight owner context 0x%llx is not alive",
+                      (unsigned long long)extend->ctx);
+            return RKNN_ERR_CTX_INVALID;
+        }
+        if (owner->shared->model.weight_id != shared->model.weight_id) {
+            emu_free(shared);
+            return runtime_error(RKNN_ERR_MODEL_INVALID, "rknn_init: weights of another network");
+        }
+        gain = owner->gain;
+    } else if (!shared->model.has_weights) {
+        emu_free(shared);
+        return runtime_error(RKNN_ERR_MODEL_INVALID,
+                             "rknn_init: model has no weights (remove_weight); init it with SHARE_WEIGHT_MEM");
+    }
+    emu_ctx* c = new_context(shared, owner, gain);
+    if (!c) {
+        emu_free(shared);
+        return RKNN_ERR_MALLOC_FAIL;
+    }
+    *context = c->handle;
+    return RKNN_SUCC;
+}
+
+int rknn_dup_context(rknn_context* context_in, rknn_context* context_out) {
+    int injected = enter_api(API_DUP);
+    if (injected) return injected;
+    if (!context_in || !context_out) {
+        violation("rknn_dup_context: both contexts are passed by pointer");
+        return RKNN_ERR_PARAM_INVALID;
+    }
+    emu_ctx* origin = acquire(*context_in, "rknn_dup_context");
+    if (!origin) return RKNN_ERR_CTX_INVALID;
+    emu_ctx* c = new_context(origin->shared, origin, origin->gain);
+    if (c) {
+        memcpy(c->ops, origin->ops, sizeof c->ops);
+        c->n_ops = origin->n_ops;
+        *context_out = c->handle;
+    }
+    release(origin);
+    return c ? RKNN_SUCC : RKNN_ERR_MALLOC_FAIL;
+}
+
+int rknn_destroy(rknn_context context) {
+    int injected = enter_api(API_DESTROY);
+    if (injected) return injected;
+    emu_ctx* c = acquire(context, "rknn_destroy");
+    if (!c) return RKNN_ERR_CTX_INVALID;
+    if (c->outstanding) violation("rknn_destroy: outputs of context 0x%llx not released", (unsigned long long)context);
+    pthread_mutex_lock(&g_lock);
+    if (c->children) {
+        pthread_mutex_unlock(&g_lock);
+        release(c);
+        violation("rknn_destroy: context 0x%llx still has %d dup/sharer contexts", (unsigned long long)context,
+                  c->children);
+        return RKNN_ERR_CTX_INVALID;
+    }
+    emu_ctx** link = &g_contexts;
+    while (*link != c) link = &(*link)->next;
+    *link = c->next;
+    if (c->parent) c->parent->children--;
+    int last = --c->shared->refs == 0;
+    pthread_mutex_unlock(&g_lock);
+    if (last) emu_free(c->shared);
+    for (int i = 0; i < EMU_MAX_IO; i++) {
+        emu_free(c->in_vals[i]);
+        emu_free(c->out_vals[i]);
+        emu_free(c->runtime_bufs[i]);
+    }
+    atomic_fetch_sub(&g_live_contexts, 1);
+    emu_free(c);
+    return RKNN_SUCC;
+}
+
+/* ---------------------------------------------------------------- queries */
+
+static uint32_t c2_of(int type) { return type == RKNN_TENSOR_FLOAT16 ? 8 : type == RKNN_TENSOR_FLOAT32 ? 4 : 16; }
+
+static void fill_attr(rknn_tensor_attr* a, const emu_tensor* t, int is_input, int native) {
+    uint32_t index = a->index;
+    memset(a, 0, sizeof *a);
+    a->index = index;
+    snprintf(a->name, sizeof a->name, "%s", t->name);
+    a->type = t->type;
+    a->qnt_type = t->type == RKNN_TENSOR_INT8 || t->type == RKNN_TENSOR_UINT8 ? RKNN_TENSOR_QNT_AFFINE_ASYMMETRIC
+                                                                              : RKNN_TENSOR_QNT_NONE;
+    a->zp = t->zp;
+    a->scale = t->scale;
+    a->n_dims = t->n_dims;
+    memcpy(a->dims, t->dims, sizeof a->dims);
+    a->fmt = t->n_dims == 4 ? (is_input ? RKNN_TENSOR_NHWC : RKNN_TENSOR_NCHW) : RKNN_TENSOR_UNDEFINED;
+    a->n_elems = t->n_elems;
+    if (native && !is_input && t->n_dims == 4) { /* NC1HWC2 */
+        uint32_t c2 = c2_of(t->type), c = t->dims[1];
+        a->fmt = RKNN_TENSOR_NC1HWC2;
+        a->n_dims = 5;
+        a->dims[0] = t->dims[0];
+        a->dims[1] = (c + c2 - 1) / c2;
+        a->dims[2] = t->dims[2];
+        a->dims[3] = t->dims[3];
+        a->dims[4] = c2;
+        a->n_elems = a->dims[0] * a->dims[1] * a->dims[2] * a->dims[3] * c2;
+    }
+    a->size = a->n_elems * type_size(t->type);
+    a->w_stride = a->fmt == RKNN_TENSOR_NHWC ? a->dims[2] : 0;
+    a->size_with_stride = a->size;
+}
+
+static uint32_t query_size(int cmd) {
+    switch (cmd) {
+        case RKNN_QUERY_IN_OUT_NUM: return sizeof(rknn_input_output_num);
+        case RKNN_QUERY_INPUT_ATTR:
+        case RKNN_QUERY_OUTPUT_ATTR:
+        case RKNN_QUERY_NATIVE_INPUT_ATTR:
+        case RKNN_QUERY_NATIVE_OUTPUT_ATTR: return sizeof(rknn_tensor_attr);
+        case RKNN_QUERY_SDK_VERSION: return sizeof(rknn_sdk_version);
+        case RKNN_QUERY_CUSTOM_STRING: return sizeof(rknn_custom_string);
+        default: return 0;
+    }
+}
+
+int rknn_query(rknn_context context, rknn_query_cmd cmd, void* info, uint32_t size) {
+    int injected = enter_api(API_QUERY);
+    if (injected) return injected;
+    emu_ctx* c = acquire(context, "rknn_query");
+    if (!c) return RKNN_ERR_CTX_INVALID;
+    const emu_model* m = &c->shared->model;
+    uint32_t want = query_size(cmd);
+    int rc = RKNN_SUCC;
+    if (!want) {
+        rc = runtime_error(RKNN_ERR_FAIL, "rknn_query: command %d not emulated", cmd);
+    } else if (size != want || !info) {
+        violation("rknn_query(cmd=%d): info_len(%u) != sizeof(struct)(%u)", cmd, size, want);
+        rc = RKNN_ERR_PARAM_INVALID;
+    } else if (cmd == RKNN_QUERY_IN_OUT_NUM) {
+        rknn_input_output_num* n = info;
+        n->n_input = m->n_in;
+        n->n_output = m->n_out;
+    } else if (cmd == RKNN_QUERY_SDK_VERSION) {
+        rknn_sdk_version* v = info;
+        snprintf(v->api_version, sizeof v->api_version, "%s", g_api_version);
+        snprintf(v->drv_version, sizeof v->drv_version, "%s", g_drv_version);
+    } else if (cmd == RKNN_QUERY_CUSTOM_STRING) {
+        snprintf(((rknn_custom_string*)info)->string, 1024, "%s", m->custom_string);
+    } else {
+        rknn_tensor_attr* a = info;
+        int is_input = cmd == RKNN_QUERY_INPUT_ATTR || cmd == RKNN_QUERY_NATIVE_INPUT_ATTR;
+        int count = is_input ? m->n_in : m->n_out;
+        if (a->index >= (uint32_t)count) {
+            violation("rknn_query(cmd=%d): index %u out of range (%d tensors)", cmd, a->index, count);
+            rc = RKNN_ERR_PARAM_INVALID;
+        } else {
+            fill_attr(a, is_input ? &m->in[a->index] : &m->out[a->index], is_input, cmd >= RKNN_QUERY_NATIVE_INPUT_ATTR);
+        }
+    }
+    release(c);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- numbers */
+
+static double read_value(const void* buf, int type, size_t i) {
+    switch (type) {
+        case RKNN_TENSOR_FLOAT32: return ((const float*)buf)[i];
+        case RKNN_TENSOR_FLOAT16: return (double)((const _Float16*)buf)[i];
+        case RKNN_TENSOR_INT8: return ((const int8_t*)buf)[i];
+        default: return ((const uint8_t*)buf)[i];
+    }
+}
+
+/* The value a tensor of internal type `t` holds for `real` (quantise, then read back). */
+static double quantize(const emu_tensor* t, double real) {
+    if (t->type == RKNN_TENSOR_FLOAT32) return (float)real;
+    if (t->type == RKNN_TENSOR_FLOAT16) return (double)(_Float16)(float)real;
+    double lo = t->type == RKNN_TENSOR_INT8 ? -128 : 0, hi = t->type == RKNN_TENSOR_INT8 ? 127 : 255;
+    double q = nearbyint(real / t->scale) + t->zp;
+    q = q < lo ? lo : q > hi ? hi : q;
+    return (q - t->zp) * (double)t->scale;
+}
+
+/* ---------------------------------------------------------------- inference */
+
+int rknn_inputs_set(rknn_context context, uint32_t n_inputs, rknn_input inputs[]) {
+    int injected = enter_api(API_INPUTS_SET);
+    if (injected) return injected;
+    emu_ctx* c = acquire(context, "rknn_inputs_set");
+    if (!c) return RKNN_ERR_CTX_INVALID;
+    const emu_model* m = &c->shared->model;
+    int rc = RKNN_SUCC, seen = 0;
+    if (n_inputs != (uint32_t)m->n_in || !inputs) {
+        violation("rknn_inputs_set: %u inputs given, the model has %d", n_inputs, m->n_in);
+        rc = RKNN_ERR_PARAM_INVALID;
+    }
+    for (uint32_t k = 0; rc == RKNN_SUCC && k < n_inputs; k++) {
+        const rknn_input* in = &inputs[k];
+        const emu_tensor* t = in->index < (uint32_t)m->n_in ? &m->in[in->index] : NULL;
+        int esize = type_size(in->type);
+        if (!t || (seen & (1 << in->index))) {
+            violation("rknn_inputs_set: bad or repeated input index %u", in->index);
+            rc = RKNN_ERR_PARAM_INVALID;
+        } else if (in->pass_through) {
+            violation("rknn_inputs_set: pass_through is not emulated");
+            rc = RKNN_ERR_PARAM_INVALID;
+        } else if (!esize) {
+            violation("rknn_inputs_set: input %u: buffer type %d is not one librknnrt converts", in->index, in->type);
+            rc = RKNN_ERR_PARAM_INVALID;
+        } else if (in->size != t->n_elems * (uint32_t)esize || !in->buf) {
+            violation("rknn_inputs_set, param input size(%u) != model input size(%u) for input %u (type %d)",
+                      in->size, t->n_elems * esize, in->index, in->type);
+            rc = RKNN_ERR_PARAM_INVALID;
+        } else if (t->n_dims == 4 ? in->fmt != RKNN_TENSOR_NCHW && in->fmt != RKNN_TENSOR_NHWC
+                                  : in->fmt != RKNN_TENSOR_UNDEFINED) {
+            violation("rknn_inputs_set: input %u (%u-D) has fmt %d", in->index, t->n_dims, in->fmt);
+            rc = RKNN_ERR_PARAM_INVALID;
+        }
+        if (rc != RKNN_SUCC) break;
+        seen |= 1 << in->index;
+        if (!c->in_vals[in->index]) c->in_vals[in->index] = emu_calloc(t->n_elems, sizeof(double));
+        double* dst = c->in_vals[in->index];
+        /* Model dims are NHWC; dst is in the original NCHW order. */
+        uint32_t h = t->dims[1], w = t->dims[2], ch = t->dims[3];
+        for (uint32_t i = 0; i < t->n_elems; i++) {
+            size_t src = i;
+            if (t->n_dims == 4 && in->fmt == RKNN_TENSOR_NHWC) {
+                uint32_t x = i % w, y = i / w % h, cc = i / (w * h) % ch, b = i / (w * h * ch);
+                src = (((size_t)b * h + y) * w + x) * ch + cc;
+            }
+            dst[i] = quantize(t, read_value(in->buf, in->type, src));
+        }
+    }
+    if (rc == RKNN_SUCC) c->inputs_set |= seen;
+    release(c);
+    return rc;
+}
+
+int rknn_set_core_mask(rknn_context context, rknn_core_mask core_mask) {
+    int injected = enter_api(API_CORE_MASK);
+    if (injected) return injected;
+    emu_ctx* c = acquire(context, "rknn_set_core_mask");
+    if (!c) return RKNN_ERR_CTX_INVALID;
+    int rc = RKNN_SUCC;
+    int valid3 = core_mask == 0 || core_mask == 1 || core_mask == 2 || core_mask == 4 || core_mask == 3 ||
+                 core_mask == 7 || core_mask == 0xffff;
+    int valid2 = core_mask == 0 || core_mask == 1 || core_mask == 2 || core_mask == 3 || core_mask == 0xffff;
+    if (g_cores == 1) {
+        violation("rknn_set_core_mask(%d) on single-core %s", core_mask, g_soc);
+        rc = RKNN_ERR_TARGET_PLATFORM_UNMATCH;
+    } else if (g_cores == 3 ? !valid3 : !valid2) {
+        violation("rknn_set_core_mask: mask %d is not valid on %s", core_mask, g_soc);
+        rc = RKNN_ERR_PARAM_INVALID;
+    } else {
+        c->core_mask = core_mask;
+    }
+    release(c);
+    return rc;
+}
+
+/* Which cores a run of this context occupies (a bit set). */
+static int take_cores(const emu_ctx* c) {
+    int mask = c->core_mask <= 0 ? 0 : c->core_mask == 0xffff ? (1 << g_cores) - 1 : c->core_mask;
+    if (mask == 0) { /* AUTO: an idle core if there is one, else wait for one in turn */
+        for (int k = 0; k < g_cores; k++)
+            if (pthread_mutex_trylock(&g_core_mutex[k]) == 0) return 1 << k;
+        int k = (int)(atomic_fetch_add(&g_auto_rr, 1) % (unsigned)g_cores);
+        pthread_mutex_lock(&g_core_mutex[k]);
+        return 1 << k;
+    }
+    for (int k = 0; k < g_cores; k++)
+        if (mask & (1 << k)) pthread_mutex_lock(&g_core_mutex[k]);
+    return mask;
+}
+
+static void compute(emu_ctx* c) {
+    const emu_model* m = &c->shared->model;
+    for (int j = 0; j < m->n_out; j++) {
+        const emu_tensor* t = &m->out[j];
+        if (!c->out_vals[j]) c->out_vals[j] = emu_calloc(t->n_elems, sizeof(double));
+        for (uint32_t k = 0; k < t->n_elems; k++) {
+            double sum = 0;
+            for (int i = 0; i < m->n_in; i++) sum += (i + 1) * c->in_vals[i][(k + j) % m->in[i].n_elems];
+            c->out_vals[j][k] = quantize(t, c->gain * sum + 0.5 * j);
+        }
+    }
+}
+
+static int has_op(const emu_ctx* c, const char* op) {
+    for (int i = 0; i < c->n_ops; i++)
+        if (!strcmp(c->ops[i], op)) return 1;
+    return 0;
+}
+
+int rknn_run(rknn_context context, rknn_run_extend* extend) {
+    int injected = enter_api(API_RUN);
+    if (injected) return injected;
+    emu_ctx* c = acquire(context, "rknn_run");
+    if (!c) return RKNN_ERR_CTX_INVALID;
+    const emu_model* m = &c->shared->model;
+    int rc = RKNN_SUCC;
+    if (extend) violation("rknn_run: pass NULL as rknn_run_extend");
+    if (c->inputs_set != (1 << m->n_in) - 1) {
+        violation("rknn_run: not every input was set");
+        rc = RKNN_ERR_INPUT_INVALID;
+    } else if (m->custom_op[0] && !has_op(c, m->custom_op)) {
+        rc = runtime_error(RKNN_ERR_FAIL, "rknn_run: op type '%s' is not registered", m->custom_op);
+    } else {
+        int cores = take_cores(c), busy = 0;
+        for (int k = 0; k < g_cores; k++) busy += (cores >> k) & 1;
+        int now = atomic_fetch_add(&g_parallel, busy) + busy, seen = atomic_load(&g_max_parallel);
+        while (now > seen && !atomic_compare_exchange_weak(&g_max_parallel, &seen, now)) {
+        }
+        compute(c);
+        /* Tensor parallel over k cores: well below linear, (k + 1) / 2k of the time. */
+        if (g_compute_us > 0) usleep((useconds_t)((long)g_compute_us * (busy + 1) / (2 * busy)));
+        atomic_fetch_sub(&g_parallel, busy);
+        for (int k = 0; k < g_cores; k++)
+            if (cores & (1 << k)) {
+                atomic_fetch_add(&g_core_runs[k], 1);
+                pthread_mutex_unlock(&g_core_mutex[k]);
+            }
+        c->have_run = 1;
+    }
+    release(c);
+    return rc;
+}
+
+static void write_value(void* buf, int type, size_t i, double v) {
+    switch (type) {
+        case RKNN_TENSOR_FLOAT32: ((float*)buf)[i] = (float)v; break;
+        case RKNN_TENSOR_FLOAT16: ((_Float16*)buf)[i] = (_Float16)(float)v; break;
+        case RKNN_TENSOR_INT8: ((int8_t*)buf)[i] = (int8_t)v; break;
+        default: ((uint8_t*)buf)[i] = (uint8_t)v; break;
+    }
+}
+
+int rknn_outputs_get(rknn_context context, uint32_t n_outputs, rknn_output outputs[], rknn_output_extend* extend) {
+    int injected = enter_api(API_OUTPUTS_GET);
+    if (injected) return injected;
+    emu_ctx* c = acquire(context, "rknn_outputs_get");
+    if (!c) return RKNN_ERR_CTX_INVALID;
+    const emu_model* m = &c->shared->model;
+    int rc = RKNN_SUCC, seen = 0;
+    if (extend) violation("rknn_outputs_get: pass NULL as rknn_output_extend");
+    if (c->outstanding) {
+        violation("rknn_outputs_get: the previous outputs were not released");
+        rc = RKNN_ERR_FAIL;
+    } else if (!c->have_run) {
+        rc = runtime_error(RKNN_ERR_FAIL, "rknn_outputs_get: nothing was run on this context");
+    } else if (n_outputs == 0 || n_outputs > (uint32_t)m->n_out || !outputs) {
+        violation("rknn_outputs_get: %u outputs asked, the model has %d", n_outputs, m->n_out);
+        rc = RKNN_ERR_PARAM_INVALID;
+    }
+    for (uint32_t k = 0; rc == RKNN_SUCC && k < n_outputs; k++) {
+        rknn_output* o = &outputs[k];
+        const emu_tensor* t = o->index < (uint32_t)m->n_out ? &m->out[o->index] : NULL;
+        if (!t || (seen & (1 << o->index))) {
+            violation("rknn_outputs_get: bad or repeated output index %u", o->index);
+            rc = RKNN_ERR_PARAM_INVALID;
+            break;
+        }
+        seen |= 1 << o->index;
+        int type = o->want_float ? RKNN_TENSOR_FLOAT32 : t->type;
+        uint32_t need = t->n_elems * type_size(type);
+        if (o->is_prealloc) {
+            if (!o->buf || o->size < need) {
+                violation("rknn_outputs_get: preallocated output %u has %u bytes, needs %u", o->index, o->size, need);
+                rc = RKNN_ERR_PARAM_INVALID;
+                break;
+            }
+        } else {
+            o->buf = c->runtime_bufs[k] = emu_calloc(need, 1);
+            o->size = need;
+        }
+        for (uint32_t i = 0; i < t->n_elems; i++) {
+            double v = c->out_vals[o->index][i];
+            int quantised = !o->want_float && (t->type == RKNN_TENSOR_INT8 || t->type == RKNN_TENSOR_UINT8);
+            write_value(o->buf, type, i, quantised ? nearbyint(v / t->scale) + t->zp : v);
+        }
+    }
+    if (rc == RKNN_SUCC) {
+        c->outstanding = (int)n_outputs;
+    } else {
+        for (int i = 0; i < EMU_MAX_IO; i++) {
+            emu_free(c->runtime_bufs[i]);
+            c->runtime_bufs[i] = NULL;
+        }
+    }
+    release(c);
+    return rc;
+}
+
+int rknn_outputs_release(rknn_context context, uint32_t n_outputs, rknn_output outputs[]) {
+    int injected = enter_api(API_OUTPUTS_RELEASE);
+    if (injected) return injected;
+    emu_ctx* c = acquire(context, "rknn_outputs_release");
+    if (!c) return RKNN_ERR_CTX_INVALID;
+    int rc = RKNN_SUCC;
+    if (!c->outstanding || n_outputs != (uint32_t)c->outstanding || !outputs) {
+        violation("rknn_outputs_release: %u outputs released, %d outstanding", n_outputs, c->outstanding);
+        rc = RKNN_ERR_PARAM_INVALID;
+    }
+    if (rc == RKNN_SUCC) {
+        for (int i = 0; i < EMU_MAX_IO; i++) {
+            emu_free(c->runtime_bufs[i]);
+            c->runtime_bufs[i] = NULL;
+        }
+        c->outstanding = 0;
+    }
+    release(c);
+    return rc;
+}
+
+int rknn_register_custom_ops(rknn_context context, rknn_custom_op* op, uint32_t custom_op_num) {
+    int injected = enter_api(API_REGISTER_OPS);
+    if (injected) return injected;
+    emu_ctx* c = acquire(context, "rknn_register_custom_ops");
+    if (!c) return RKNN_ERR_CTX_INVALID;
+    int rc = RKNN_SUCC;
+    for (uint32_t i = 0; i < custom_op_num && rc == RKNN_SUCC; i++) {
+        if (op[i].target != 1 && op[i].target != 2) {
+            violation("rknn_register_custom_ops: op %u has target %d", i, op[i].target);
+            rc = RKNN_ERR_PARAM_INVALID;
+        } else if (has_op(c, op[i].op_type) || c->n_ops == EMU_MAX_OPS) {
+            rc = runtime_error(RKNN_ERR_PARAM_INVALID, "rknn_register_custom_ops: '%s' already registered",
+                               op[i].op_type);
+        } else {
+            snprintf(c->ops[c->n_ops++], RKNN_MAX_NAME_LEN, "%s", op[i].op_type);
+        }
+    }
+    release(c);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- control API */
+
+static int cores_of(const char* soc) {
+    if (!strncmp(soc, "rk3588", 6)) return 3;
+    if (!strncmp(soc, "rk3576", 6)) return 2;
+    return 1;
+}
+
+int rknn_emu_configure(const char* soc, int compute_us) {
+    if (atomic_load(&g_live_contexts)) {
+        violation("rknn_emu_configure: %d contexts still alive", atomic_load(&g_live_contexts));
+        return RKNN_ERR_PARAM_INVALID;
+    }
+    pthread_mutex_lock(&g_lock);
+    snprintf(g_soc, sizeof g_soc, "%s", soc);
+    g_cores = cores_of(soc);
+    g_compute_us = compute_us;
+    snprintf(g_api_version, sizeof g_api_version, "2.4.2 (emulated)");
+    snprintf(g_drv_version, sizeof g_drv_version, "0.9.8");
+    memset(g_fail_count, 0, sizeof g_fail_count);
+    g_last_violation[0] = 0;
+    pthread_mutex_unlock(&g_lock);
+    atomic_store(&g_violations, 0);
+    atomic_store(&g_max_parallel, 0);
+    for (int i = 0; i < API_COUNT; i++) atomic_store(&g_calls[i], 0);
+    for (int i = 0; i < EMU_MAX_CORES; i++) atomic_store(&g_core_runs[i], 0);
+    return RKNN_SUCC;
+}
+
+void rknn_emu_set_versions(const char* api_version, const char* drv_version) {
+    pthread_mutex_lock(&g_lock);
+    snprintf(g_api_version, sizeof g_api_version, "%s", api_version);
+    snprintf(g_drv_version, sizeof g_drv_version, "%s", drv_version);
+    pthread_mutex_unlock(&g_lock);
+}
+
+static int api_index(const char* api) {
+    for (int i = 0; i < API_COUNT; i++)
+        if (!strcmp(k_apis[i], api)) return i;
+    return -1;
+}
+
+void rknn_emu_inject_failure(const char* api, int code, int count) {
+    int i = api_index(api);
+    if (i < 0) {
+        violation("rknn_emu_inject_failure: unknown api %s", api);
+        return;
+    }
+    pthread_mutex_lock(&g_lock);
+    g_fail_code[i] = code;
+    g_fail_count[i] = count;
+    pthread_mutex_unlock(&g_lock);
+}
+
+int rknn_emu_violations(void) { return atomic_load(&g_violations); }
+const char* rknn_emu_last_violation(void) { return g_last_violation; }
+int rknn_emu_live_allocations(void) { return atomic_load(&g_live_allocs); }
+int rknn_emu_live_contexts(void) { return atomic_load(&g_live_contexts); }
+
+int rknn_emu_calls(const char* api) {
+    int i = api_index(api);
+    return i < 0 ? -1 : atomic_load(&g_calls[i]);
+}
+
+int rknn_emu_core_runs(int core) {
+    return core >= 0 && core < EMU_MAX_CORES ? atomic_load(&g_core_runs[core]) : -1;
+}
+
+int rknn_emu_max_parallel(void) { return atomic_load(&g_max_parallel); }
+
+int rknn_emu_context_core_mask(rknn_context context) {
+    pthread_mutex_lock(&g_lock);
+    emu_ctx* c = g_contexts;
+    while (c && c->handle != context) c = c->next;
+    int mask = c ? c->core_mask : RKNN_ERR_CTX_INVALID;
+    pthread_mutex_unlock(&g_lock);
+    return mask;
+}
