@@ -1,0 +1,79 @@
+"""``ez-rknn doctor``: which runtime, SoC and NPU cores this machine has, and what to fix.
+
+The probes live with the RKNN backend (``backends.rknn.doctor.collect``, guarded there); this module
+only adds the optional packages the CLI itself uses and prints the dict. Exit code
+``ExitCode.PROBLEMS`` when ``problems`` is not empty, so ``ez-rknn doctor && ...`` works in scripts.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Optional
+
+from .errors import ExitCode
+
+__all__ = ["collect", "render", "exit_code", "OPTIONAL_PACKAGES"]
+
+#: Packages that enable parts of the CLI, and what each one enables.
+OPTIONAL_PACKAGES = {
+    "onnxruntime": "ONNX models on the CPU, --compare ort,ort-async",
+    "openvino": "--compare openvino",
+    "tqdm": "progress bars",
+    "matplotlib": "bench --plot",
+}
+
+
+def _package_versions() -> dict[str, Optional[str]]:
+    from importlib import metadata
+
+    found: dict[str, Optional[str]] = {}
+    for name in OPTIONAL_PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def collect(probe: Optional[Callable[[], dict[str, Any]]] = None) -> dict[str, Any]:
+    """The RKNN backend's report plus an ``optional packages`` section."""
+    if probe is None:
+        probe = importlib.import_module("ez_rknn_async.backends.rknn.doctor").collect
+    report = dict(probe())
+    report["packages"] = _package_versions()
+    return report
+
+
+def exit_code(report: dict[str, Any]) -> ExitCode:
+    return ExitCode.PROBLEMS if report.get("problems") else ExitCode.OK
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(item) for item in value) or "-"
+    return str(value)
+
+
+def render(report: dict[str, Any]) -> str:
+    """Sections of ``key  value`` lines, then each problem with its fix."""
+    lines: list[str] = []
+    for section, values in report.items():
+        if section == "problems" or not isinstance(values, dict):
+            continue
+        lines.append(section)
+        width = max((len(str(key)) for key in values), default=0)
+        for key, value in values.items():
+            note = f"  ({OPTIONAL_PACKAGES[key]})" if section == "packages" else ""
+            shown = "not installed" if section == "packages" and value is None else _value(value)
+            lines.append(f"  {key:<{width}}  {shown}{note}")
+        lines.append("")
+    problems = report.get("problems") or []
+    if not problems:
+        lines.append("no problems found")
+    else:
+        lines.append(f"{len(problems)} problem{'s' if len(problems) > 1 else ''}:")
+        for problem in problems:
+            lines += [f"  - {problem['what']}", f"    fix: {problem['fix']}"]
+    return "\n".join(lines)

@@ -1,0 +1,131 @@
+"""Exit codes and the one table that turns known errors into a line plus a hint.
+
+    Exception
+     +-- CliError                   raised by the CLI itself
+          +-- UsageError            a bad argument value (shape spec, input name, mode list)
+          +-- MissingDependencyError an optional package is not installed; carries the pip command
+
+Known errors (the table below, most specific first) print ``error: ...`` and ``hint: ...`` on stderr
+and exit with their code; ``EZ_RKNN_DEBUG=1`` adds the traceback. Anything else is a bug and keeps
+its traceback, as in the ``hf`` CLI.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
+
+from ..errors import BrokenSessionError, RKNNError, SessionClosedError, SubmitTimeoutError
+
+__all__ = [
+    "ExitCode",
+    "CliError",
+    "UsageError",
+    "MissingDependencyError",
+    "KnownError",
+    "explain",
+    "EXIT_CODE_HELP",
+]
+
+
+class ExitCode(enum.IntEnum):
+    """What scripts may rely on; ``ez-rknn --help`` prints this table."""
+
+    OK = 0
+    ERROR = 1  #: the model failed to load or run, or its inputs did not fit
+    USAGE = 2  #: bad command line: unknown mode, bad --shape/--input spec (argparse uses 2 too)
+    NOT_FOUND = 3  #: the model or an input file does not exist
+    PROBLEMS = 4  #: ``ez-rknn doctor`` found problems
+    MISSING_DEPENDENCY = 5  #: an optional package is needed; the pip command is printed
+    INTERRUPTED = 130  #: Ctrl-C, as shells report SIGINT
+
+
+EXIT_CODE_HELP = "\n".join(
+    f"  {code.value:>3}  {text}"
+    for code, text in (
+        (ExitCode.OK, "success"),
+        (ExitCode.ERROR, "the model failed to load or run, or the inputs did not fit it"),
+        (ExitCode.USAGE, "bad command line (unknown mode, bad --shape / --input spec)"),
+        (ExitCode.NOT_FOUND, "the model or an input file does not exist"),
+        (ExitCode.PROBLEMS, "doctor found problems (each printed with its fix)"),
+        (ExitCode.MISSING_DEPENDENCY, "an optional package is missing (pip command printed)"),
+        (ExitCode.INTERRUPTED, "interrupted (Ctrl-C)"),
+    )
+)
+
+
+class CliError(Exception):
+    """An error the CLI raises itself, with the hint to print under it."""
+
+    hint: str = ""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        if hint:
+            self.hint = hint
+
+
+class UsageError(CliError, ValueError):
+    """A command-line value that cannot work (caught before any model runs)."""
+
+
+class MissingDependencyError(CliError, ImportError):
+    """An optional package is missing; ``hint`` is the exact pip command."""
+
+    def __init__(self, what: str, pip: str) -> None:
+        super().__init__(f"{what} is not installed", hint=f"install it with: {pip}")
+
+
+@dataclass(frozen=True)
+class KnownError:
+    """One row of the table: what to match, the exit code, and the hint (from the error)."""
+
+    kind: Union[type[BaseException], tuple[type[BaseException], ...]]
+    code: ExitCode
+    hint: Callable[[BaseException], str]
+
+
+def _own_hint(default: str) -> Callable[[BaseException], str]:
+    return lambda exc: getattr(exc, "hint", "") or default
+
+
+#: Most specific first: the first row whose ``kind`` matches wins.
+_TABLE: tuple[KnownError, ...] = (
+    KnownError(UsageError, ExitCode.USAGE, _own_hint("see `ez-rknn bench --help`")),
+    KnownError(MissingDependencyError, ExitCode.MISSING_DEPENDENCY, _own_hint("")),
+    KnownError(
+        FileNotFoundError,
+        ExitCode.NOT_FOUND,
+        _own_hint("check the path; relative paths start from the current directory"),
+    ),
+    KnownError(
+        ImportError,
+        ExitCode.MISSING_DEPENDENCY,
+        _own_hint("install the extra named above, e.g. pip install 'ez-rknn-async[onnxruntime]'"),
+    ),
+    KnownError(RKNNError, ExitCode.ERROR, _own_hint("run `ez-rknn doctor` to check the runtime")),
+    KnownError(
+        SubmitTimeoutError,
+        ExitCode.ERROR,
+        _own_hint("the workers did not keep up; lower --depth or raise the timeout"),
+    ),
+    KnownError(
+        BrokenSessionError, ExitCode.ERROR, _own_hint("a worker died; rerun with EZ_RKNN_DEBUG=1")
+    ),
+    KnownError(SessionClosedError, ExitCode.ERROR, _own_hint("")),
+    KnownError(
+        (ValueError, TypeError),
+        ExitCode.ERROR,
+        _own_hint("compare --input / --shape with `ez-rknn info MODEL`"),
+    ),
+)
+
+
+def explain(exc: BaseException) -> Optional[tuple[ExitCode, str, str]]:
+    """(exit code, message, hint) for a known error, None for an unknown one."""
+    for row in _TABLE:
+        if isinstance(exc, row.kind):
+            message = str(exc) or type(exc).__name__
+            return row.code, message, row.hint(exc)
+    return None
