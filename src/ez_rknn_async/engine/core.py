@@ -133,7 +133,9 @@ class Engine:
     def slot_specs(self) -> list[SlotSpec]:
         return [worker.spec for worker in self._workers]
 
-    def run_inline(self, inputs: Sequence[Any], output_indices: Sequence[int]) -> list[Any]:
+    def run_inline(
+        self, inputs: Sequence[Any], output_indices: Sequence[int], *, method: str = "run"
+    ) -> list[Any]:
         """Run a task and return its results; on the calling thread when a slot is idle."""
         with self._lock:
             self._check_open()
@@ -144,12 +146,12 @@ class Engine:
                 self._inline += 1
         if worker is None:
             future: Future = Future()
-            task = Task(inputs, output_indices, future=future)
+            task = Task(inputs, output_indices, future=future, method=method)
             self._admit(task, core, "run")
             return future.result()
         start = time.monotonic()
         try:
-            return worker.runner.run(inputs, output_indices)
+            return getattr(worker.runner, method)(inputs, output_indices)
         finally:
             elapsed = time.monotonic() - start
             with self._lock:
@@ -159,12 +161,17 @@ class Engine:
                     self._wake(worker)
 
     def submit(
-        self, inputs: Sequence[Any], output_indices: Sequence[int], *, blocking: bool = True
+        self,
+        inputs: Sequence[Any],
+        output_indices: Sequence[int],
+        *,
+        blocking: bool = True,
+        method: str = "run",
     ) -> Future:
         """Queue a task; its future gets the results. ``blocking=False`` raises
         ``SubmitTimeoutError`` at once instead of waiting for space."""
         future: Future = Future()
-        task = Task(inputs, output_indices, future=future)
+        task = Task(inputs, output_indices, future=future, method=method)
         with self._lock:
             self._check_open()
             core = self._next_route()
@@ -177,6 +184,8 @@ class Engine:
         output_indices: Sequence[int],
         callback: Callable[..., Any],
         user_data: Any,
+        *,
+        method: str = "run",
     ) -> None:
         """Queue a ``run_async`` task: ``callback(results, user_data, err)`` on the callback
         thread later, in submission order with ``sequential_callbacks``."""
@@ -186,7 +195,7 @@ class Engine:
             err = "" if exc is None else _message(exc)
             complete(task.seq, (callback, results, user_data, err))
 
-        task = Task(inputs, output_indices, deliver=deliver)
+        task = Task(inputs, output_indices, deliver=deliver, method=method)
         with self._lock:
             self._check_open()
             core = self._next_route()

@@ -19,11 +19,13 @@ class Task:
     """One inference request.
 
     Its outcome goes to exactly one place: a ``Future`` (``run``/``submit``/pipeline) or a
-    ``deliver(task, results, exc)`` hook (``run_async``: the ordering stage). ``seq`` is the
+    ``deliver(task, results, exc)`` hook (``run_async``: the ordering stage). ``method`` names the
+    runner method that takes ``(inputs, output_indices)``: ``run``, or another entry point such as
+    an I/O-binding run, which then gets the same queueing and exclusivity. ``seq`` is the
     callback sequence number, ``core`` the core the task is bound to (None: any worker).
     """
 
-    __slots__ = ("inputs", "output_indices", "future", "deliver", "core", "seq", "user")
+    __slots__ = ("inputs", "output_indices", "method", "future", "deliver", "core", "seq")
 
     def __init__(
         self,
@@ -32,13 +34,13 @@ class Task:
         *,
         future: Optional[Future] = None,
         deliver: Optional[Callable[[Task, Any, Any], None]] = None,
-        user: Any = None,
+        method: str = "run",
     ) -> None:
         self.inputs = inputs
         self.output_indices = output_indices
+        self.method = method
         self.future = future
         self.deliver = deliver
-        self.user = user
         self.core: Optional[int] = None
         self.seq = -1
 
@@ -47,7 +49,7 @@ class Task:
         if self.future is not None and not self.future.set_running_or_notify_cancel():
             return
         try:
-            results = runner.run(self.inputs, self.output_indices)
+            results = getattr(runner, self.method)(self.inputs, self.output_indices)
         except BaseException as exc:  # noqa: BLE001 - every failure belongs to the caller
             self.finish(None, exc)
         else:
