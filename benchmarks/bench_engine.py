@@ -24,9 +24,9 @@ import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from onnx_models import add_mul_model, yolo_path  # noqa: E402
-
 from ez_rknn_async import InferenceSession  # noqa: E402
+
+from onnx_models import add_mul_model, yolo_path  # noqa: E402
 
 
 def plain(model, threads: int) -> ort.InferenceSession:
@@ -124,13 +124,16 @@ def main() -> None:
     results = throughput(args.frames, args.rounds)
     base1 = results["onnxruntime run, 1 thread"]
     best = max(base1, results["onnxruntime run, 2 threads"])
-    print(f"YOLOv8n 320, {args.frames} frames x {args.rounds} rounds (median fps), {os.cpu_count()} CPUs")
+    cpus = os.cpu_count()
+    print(f"YOLOv8n 320, {args.frames} frames x {args.rounds} rounds (median fps), {cpus} CPUs")
     print(f"{'contender':30} {'fps':>8} {'vs ORT 1 thread':>16} {'vs best ORT':>12}")
     for name, value in results.items():
         print(f"{name:30} {value:8.1f} {value / base1:15.2f}x {value / best:11.2f}x")
     theirs, ours = overhead()
-    print(f"\nper-call run() on a tiny model: onnxruntime {theirs:.1f} us, ours {ours:.1f} us, "
-          f"overhead {ours - theirs:.1f} us (median)")
+    print(
+        f"\nper-call run() on a tiny model: onnxruntime {theirs:.1f} us, ours {ours:.1f} us, "
+        f"overhead {ours - theirs:.1f} us (median)"
+    )
     before, after = memory()
     print(f"RSS over 100,000 runs: {before} KiB -> {after} KiB ({after - before:+d} KiB)")
 

@@ -34,9 +34,18 @@ def add_mul_model(batch: object = "N") -> bytes:
     """Two float inputs a[N,4], b[N,4] -> sum = a + b, prod = a * b (dynamic batch)."""
     t = TensorProto.FLOAT
     return _model(
-        [helper.make_node("Add", ["a", "b"], ["sum"]), helper.make_node("Mul", ["a", "b"], ["prod"])],
-        [helper.make_tensor_value_info("a", t, [batch, 4]), helper.make_tensor_value_info("b", t, [batch, 4])],
-        [helper.make_tensor_value_info("sum", t, [batch, 4]), helper.make_tensor_value_info("prod", t, [batch, 4])],
+        [
+            helper.make_node("Add", ["a", "b"], ["sum"]),
+            helper.make_node("Mul", ["a", "b"], ["prod"]),
+        ],
+        [
+            helper.make_tensor_value_info("a", t, [batch, 4]),
+            helper.make_tensor_value_info("b", t, [batch, 4]),
+        ],
+        [
+            helper.make_tensor_value_info("sum", t, [batch, 4]),
+            helper.make_tensor_value_info("prod", t, [batch, 4]),
+        ],
     )
 
 

@@ -12,11 +12,12 @@ import time
 
 import numpy as np
 import pytest
-import fakes
-from fakes import make_engine
 
 from ez_rknn_async import SessionClosedError, SubmitTimeoutError
 from ez_rknn_async.engine.core import CALLBACK_BACKLOG
+
+import fakes
+from fakes import make_engine
 
 
 def jitter(inputs, indices):
@@ -126,8 +127,9 @@ def test_sync_run_queues_when_every_slot_is_busy():
 
 def test_backpressure_blocks_then_times_out_with_a_clear_error():
     gate = threading.Event()
-    engine, _ = make_engine(1, lambda i, o: (gate.wait(10), [i[0]])[1],
-                            max_queue_size=2, submit_timeout_ms=200)
+    engine, _ = make_engine(
+        1, lambda i, o: (gate.wait(10), [i[0]])[1], max_queue_size=2, submit_timeout_ms=200
+    )
     running = engine.submit([0], (0,))
     deadline = time.monotonic() + 5
     while engine.stats().running != 1 and time.monotonic() < deadline:
@@ -370,8 +372,9 @@ def test_tp_mode_and_threads_per_core_layouts():
 
 
 def test_pacing_spaces_submissions_by_the_measured_run_time():
-    engine, _ = make_engine(1, lambda i, o: (time.sleep(0.02), [i[0]])[1],
-                            enable_pacing=True, max_queue_size=10)
+    engine, _ = make_engine(
+        1, lambda i, o: (time.sleep(0.02), [i[0]])[1], enable_pacing=True, max_queue_size=10
+    )
     engine.run_inline([0], (0,))  # first sample: ~20 ms
     start = time.monotonic()
     futures = [engine.submit([i], (0,)) for i in range(5)]

@@ -26,8 +26,14 @@ def test_defaults_match_the_original():
 
 @pytest.mark.parametrize(
     "value, expected",
-    [(0, (0,)), ("0,1,2", (0, 1, 2)), ("[0, 1]", (0, 1)), ("0 1", (0, 1)), ([2, "1"], (2, 1)),
-     ((0, 0, 1), (0, 0, 1))],
+    [
+        (0, (0,)),
+        ("0,1,2", (0, 1, 2)),
+        ("[0, 1]", (0, 1)),
+        ("0 1", (0, 1)),
+        ([2, "1"], (2, 1)),
+        ((0, 0, 1), (0, 0, 1)),
+    ],
 )
 def test_schedule_forms(value, expected):
     assert parse_provider_options({"schedule": value}).schedule == expected
@@ -44,9 +50,13 @@ def test_tp_modes(mode, mask):
 
 @pytest.mark.parametrize(
     "flag, value, expected",
-    [("sequential_callbacks", "off", False), ("enable_pacing", "YES", True),
-     ("disable_dup_context", 1, True), ("custom_op_default_path", " true ", True),
-     ("load_custom_ops_from_default_path", 0, False)],
+    [
+        ("sequential_callbacks", "off", False),
+        ("enable_pacing", "YES", True),
+        ("disable_dup_context", 1, True),
+        ("custom_op_default_path", " true ", True),
+        ("load_custom_ops_from_default_path", 0, False),
+    ],
 )
 def test_bool_like_values(flag, value, expected):
     parsed = parse_provider_options({flag: value})

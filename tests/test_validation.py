@@ -29,12 +29,21 @@ def sess(add_mul_path):
         ([A], ValueError, "input_feed has 1 values, the model has 2 inputs"),
         (A, ValueError, "a single array was given, but the model has 2 inputs"),
         ("a", TypeError, "input_feed must be a dict, a list/tuple or a numpy array, got str"),
-        ({"a": A.astype(np.float64), "b": A}, TypeError,
-         r"input 'a': expected dtype float32 \(tensor\(float\)\), got float64"),
-        ({"a": A, "b": np.ones(4, np.float32)}, ValueError,
-         r"input 'b': expected rank 2 \[N, 4\], got rank 1 \[4\]"),
-        ({"a": np.ones((2, 5), np.float32), "b": A}, ValueError,
-         r"input 'a': expected shape \[N, 4\], got \[2, 5\]"),
+        (
+            {"a": A.astype(np.float64), "b": A},
+            TypeError,
+            r"input 'a': expected dtype float32 \(tensor\(float\)\), got float64",
+        ),
+        (
+            {"a": A, "b": np.ones(4, np.float32)},
+            ValueError,
+            r"input 'b': expected rank 2 \[N, 4\], got rank 1 \[4\]",
+        ),
+        (
+            {"a": np.ones((2, 5), np.float32), "b": A},
+            ValueError,
+            r"input 'a': expected shape \[N, 4\], got \[2, 5\]",
+        ),
         ({"a": [[1, 2, 3, "x"]], "b": A}, TypeError, "input 'a': cannot convert list"),
     ],
 )
@@ -53,8 +62,12 @@ def test_bad_feeds_in_every_mode(sess, feed, error, message):
 @pytest.mark.parametrize(
     "names, error, message",
     [
-        (["nope", "sum", "also"], ValueError, r"Unknown output name\(s\) \['nope', 'also'\]; "
-         r"the model's outputs are \['sum', 'prod'\]"),
+        (
+            ["nope", "sum", "also"],
+            ValueError,
+            r"Unknown output name\(s\) \['nope', 'also'\]; "
+            r"the model's outputs are \['sum', 'prod'\]",
+        ),
         ("sum", TypeError, "output_names must be a list of output names or None, not a string"),
         (5, TypeError, "output_names must be a list of names or None, got int"),
     ],
@@ -98,8 +111,11 @@ def test_fixed_batch_model_rejects_dispatch(tmp_path):
     from onnx_models import add_mul_model, save
 
     path = save(tmp_path, "fixed.onnx", add_mul_model(batch=2))
-    with InferenceSession(path) as sess, pytest.raises(
-        ValueError, match="needs a batch dimension of 1 or dynamic; input 'a' has \\[2, 4\\]"
+    with (
+        InferenceSession(path) as sess,
+        pytest.raises(
+            ValueError, match="needs a batch dimension of 1 or dynamic; input 'a' has \\[2, 4\\]"
+        ),
     ):
         sess.run(None, [A, A], {"ztu_modelrt_dispatch_batch": True})
 

@@ -4,7 +4,7 @@
      +-- RKNNError              the runtime (librknnrt) returned an error code: ``.code``, ``.name``
      +-- SessionClosedError     *you* closed the session; every later call raises this at once
      +-- BrokenSessionError     a worker or backend died; the cause is chained
-     +-- SubmitTimeoutError     the queue stayed full for ``submit_timeout_ms`` (also a TimeoutError)
+     +-- SubmitTimeoutError     the queue stayed full for ``submit_timeout_ms``; a TimeoutError too
 
 Bad arguments raise the builtin ``ValueError`` / ``TypeError`` with a message that names the input,
 option key or argument that was wrong.

@@ -6,8 +6,8 @@ missing name at once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -57,6 +57,7 @@ def normalize_feed(input_feed: Any, inputs: Sequence[TensorSpec]) -> list[np.nda
     one-input model. Arrays must have one of the spec's accepted dtypes (no silent casting, as in
     onnxruntime); other values (nested lists, scalars) are converted to the spec's dtype.
     """
+    values: Sequence[Any]
     if isinstance(input_feed, Mapping):
         values = _from_mapping(input_feed, inputs)
     elif isinstance(input_feed, (list, tuple)):
@@ -102,8 +103,7 @@ def check_array(value: Any, spec: TensorSpec) -> np.ndarray:
         if array.dtype not in spec.accepts:
             expected = " or ".join(str(dt) for dt in spec.accepts)
             raise TypeError(
-                f"input {spec.name!r}: expected dtype {expected} ({spec.type}), "
-                f"got {array.dtype}"
+                f"input {spec.name!r}: expected dtype {expected} ({spec.type}), got {array.dtype}"
             )
     else:
         try:
@@ -129,7 +129,9 @@ def check_array(value: Any, spec: TensorSpec) -> np.ndarray:
     return array
 
 
-def split_batch(arrays: Sequence[np.ndarray], inputs: Sequence[TensorSpec]) -> list[list[np.ndarray]]:
+def split_batch(
+    arrays: Sequence[np.ndarray], inputs: Sequence[TensorSpec]
+) -> list[list[np.ndarray]]:
     """Dispatch batch: one single-sample feed per index of axis 0 (shared by every input)."""
     sizes = {array.shape[0] if array.ndim else None for array in arrays}
     if None in sizes:
@@ -143,7 +145,7 @@ def split_batch(arrays: Sequence[np.ndarray], inputs: Sequence[TensorSpec]) -> l
                 f"ztu_modelrt_dispatch_batch needs a batch dimension of 1 or dynamic; input "
                 f"{spec.name!r} has {format_shape(spec.shape)}"
             )
-    (size,) = sizes
+    size = int(sizes.pop())  # type: ignore[arg-type]  # None was rejected above
     if size == 0:
         raise ValueError("ztu_modelrt_dispatch_batch: batch size must be greater than 0")
     return [[array[i : i + 1] for array in arrays] for i in range(size)]

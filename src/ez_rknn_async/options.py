@@ -1,15 +1,16 @@
 """Provider options: ``make_provider_options`` and the one normaliser every dict goes through.
 
-Pure functions, no I/O. ``make_provider_options`` validates at call time (the original only checked
-``schedule`` against ``tp_mode``); a hand-written dict is validated by the same code when the session
-is created, so the two paths cannot drift apart.
+Pure functions, no I/O. ``make_provider_options`` validates at call time (the original only
+checked ``schedule`` against ``tp_mode``); a hand-written dict is validated by the same code when
+the session is created, so the two paths cannot drift apart.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 __all__ = [
     "ProviderOptions",
@@ -46,7 +47,10 @@ _OPTIONAL = ("schedule", "tp_mode", "custom_op_paths", "backend", "precision")
 _TRUE = {"1", "true", "on", "yes"}
 _FALSE = {"0", "false", "off", "no"}
 #: Accepted spellings of a key -> canonical key.
-_ALIASES = {"custom_op_path": "custom_op_paths", "load_custom_ops_from_default_path": "custom_op_default_path"}
+_ALIASES = {
+    "custom_op_path": "custom_op_paths",
+    "load_custom_ops_from_default_path": "custom_op_default_path",
+}
 
 
 @dataclass(frozen=True)
@@ -135,9 +139,7 @@ def _parse_tp_mode(value: Any) -> str:
         raise ValueError(f"provider option 'tp_mode' must be a string, got {value!r}")
     mode = value.strip().lower()
     if mode not in TP_MODE_MASKS:
-        raise ValueError(
-            f"invalid tp_mode: {value!r}, expected one of: {', '.join(TP_MODE_MASKS)}"
-        )
+        raise ValueError(f"invalid tp_mode: {value!r}, expected one of: {', '.join(TP_MODE_MASKS)}")
     return mode
 
 

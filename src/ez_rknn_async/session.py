@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Sequence
 from concurrent.futures import Future, wait
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .backends import ModelSource, load_backend
+from .backends import Backend, ModelSource, load_backend
 from .engine.core import Engine, EngineConfig, EngineStats, State
 from .engine.layout import plan_slots, task_routes
 from .engine.pipeline import Pipeline
@@ -63,7 +64,7 @@ class InferenceSession:
             providers=providers,
             share_with=None if use_weight_from is None else use_weight_from._backend,
         )
-        self._backend = backend
+        self._backend: Backend = backend
         self._options = options
         self._weights_from = use_weight_from  # the owner of shared weights outlives this session
         self._engine = _start_engine(backend, options)
@@ -84,7 +85,9 @@ class InferenceSession:
         """Run one inference and return the requested outputs (all when ``output_names`` is
         None or empty). Runs on the calling thread when a worker slot is idle."""
         engine = self._check_open()
-        indices = resolve_outputs(output_names, self._outputs) if output_names else self._all_outputs
+        indices = (
+            resolve_outputs(output_names, self._outputs) if output_names else self._all_outputs
+        )
         if run_options is not None and _dispatch_batch(run_options):
             return self._run_batch(indices, input_feed)
         return engine.run_inline(normalize_feed(input_feed, self._inputs), indices)
@@ -246,7 +249,9 @@ class InferenceSession:
     ) -> tuple[tuple[int, ...], list[np.ndarray]]:
         if run_options is not None and _dispatch_batch(run_options):
             raise ValueError(f"{api} does not support {DISPATCH_BATCH}=True; use run()")
-        indices = resolve_outputs(output_names, self._outputs) if output_names else self._all_outputs
+        indices = (
+            resolve_outputs(output_names, self._outputs) if output_names else self._all_outputs
+        )
         return indices, copy_for_async(normalize_feed(input_feed, self._inputs))
 
     def _run_batch(self, indices: tuple[int, ...], input_feed: Any) -> list[np.ndarray]:
@@ -261,9 +266,7 @@ class InferenceSession:
                 future.cancel()
             wait(futures)  # running samples still read the caller's arrays
             raise
-        return [
-            _join([outputs[k] for outputs in per_sample]) for k in range(len(indices))
-        ]
+        return [_join([outputs[k] for outputs in per_sample]) for k in range(len(indices))]
 
 
 def _join(parts: list[np.ndarray]) -> np.ndarray:

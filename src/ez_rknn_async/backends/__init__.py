@@ -1,8 +1,9 @@
 """Backend selection: which runtime serves a model.
 
-Each backend lives in its own module and exposes ``load(model, options, *, sess_options=None,
-providers=None, share_with=None) -> Backend``. Modules are imported only when chosen, so neither onnxruntime nor
-librknnrt is needed to import the package.
+Each backend lives in its own module and exposes
+``load(model, options, *, sess_options=None, providers=None, share_with=None) -> Backend``.
+Modules are imported only when chosen, so neither onnxruntime nor librknnrt is needed to import
+the package.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class ModelSource:
     path: Optional[str] = None
 
     @classmethod
-    def from_user(cls, path_or_bytes: Union[str, bytes, "os.PathLike[str]"]) -> ModelSource:
+    def from_user(cls, path_or_bytes: Union[str, bytes, os.PathLike[str]]) -> ModelSource:
         if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
             return cls(bytes(path_or_bytes))
         path = os.fspath(path_or_bytes)  # TypeError for anything that is not a path, as in ORT

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import onnxruntime as ort
@@ -74,9 +75,7 @@ class _OrtRunner(Runner):
 
     def run(self, inputs: Sequence[np.ndarray], output_indices: Sequence[int]) -> list[np.ndarray]:
         names = self._output_names
-        return self._run(
-            [names[i] for i in output_indices], dict(zip(self._input_names, inputs))
-        )
+        return self._run([names[i] for i in output_indices], dict(zip(self._input_names, inputs)))
 
 
 class OnnxRuntimeBackend(Backend):

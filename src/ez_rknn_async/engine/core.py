@@ -23,9 +23,10 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 from ..backends.base import Runner, SlotSpec
 from ..errors import SessionClosedError, SubmitTimeoutError
@@ -270,9 +271,12 @@ class Engine:
         if len(self._queue) >= self._config.max_queue_size:
             return False
         # A callback submitting from the callback thread must not wait for itself to deliver.
-        if callback and self._callbacks.backlog >= CALLBACK_BACKLOG:
-            if not self._callbacks.on_thread():
-                return False
+        if (
+            callback
+            and self._callbacks.backlog >= CALLBACK_BACKLOG
+            and not self._callbacks.on_thread()
+        ):
+            return False
         return not (self._config.enable_pacing and now < self._pace_next)
 
     def _admit(
@@ -339,7 +343,9 @@ class Engine:
     def _pace_sample(self, elapsed: float) -> None:
         if self._config.enable_pacing:
             ema = self._pace_ema
-            self._pace_ema = elapsed if ema == 0 else (1 - _PACING_EMA) * ema + _PACING_EMA * elapsed
+            self._pace_ema = (
+                elapsed if ema == 0 else (1 - _PACING_EMA) * ema + _PACING_EMA * elapsed
+            )
 
 
 def _worker_loop(engine: Engine, worker: _Worker) -> None:

@@ -90,7 +90,7 @@ def _call_user(callback: Callable[..., Any], results: Any, user_data: Any, err: 
         callback(results, user_data, err)
     except BaseException as exc:  # noqa: BLE001 - reported, the session goes on
         hook_args = _UnraisableArgs(exc, f"Exception ignored in run_async callback {callback!r}")
-        sys.unraisablehook(hook_args)
+        sys.unraisablehook(hook_args)  # type: ignore[arg-type]  # duck-typed, as documented
 
 
 class _UnraisableArgs:
