@@ -53,6 +53,8 @@ __all__ = [
     "auto_depth",
 ]
 
+#: Shorter rows are not checked for instability: their samples are too few to judge.
+STABILITY_MIN_SECONDS = 1.0
 #: Our session's modes, in table order.
 MODES = ("run", "async", "pipeline")
 Done = Callable[[int], None]
@@ -364,8 +366,10 @@ class ModeResult:
 
     @property
     def unstable(self) -> bool:
-        """timeit's warning, over rounds when there are several, else over time windows."""
-        return unstable(self.round_fps if len(self.timelines) > 1 else self.window_fps)
+        """timeit's warning, over rounds when there are several, else over time windows; only
+        for runs long enough (``STABILITY_MIN_SECONDS``, 5 samples) for the samples to mean it."""
+        rates = self.round_fps if len(self.timelines) > 1 else self.window_fps
+        return self.duration >= STABILITY_MIN_SECONDS and len(rates) >= 5 and unstable(rates)
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,10 @@ def render(report: dict[str, Any]) -> str:
         for key, value in values.items():
             note = f"  ({OPTIONAL_PACKAGES[key]})" if section == "packages" else ""
             shown = "not installed" if section == "packages" and value is None else _value(value)
+            if isinstance(value, (list, tuple)) and len(shown) > 60:  # paths: one per line
+                lines.append(f"  {key}")
+                lines += [f"    {item}" for item in value]
+                continue
             lines.append(f"  {key:<{width}}  {shown}{note}")
         lines.append("")
     problems = report.get("problems") or []

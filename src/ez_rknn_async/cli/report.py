@@ -303,28 +303,42 @@ def require_matplotlib() -> Any:
 
 
 def write_plot(bench: BenchResult, path: str) -> None:
-    """fps per time window (left) and per-frame latency (right), one box per row, to a PNG."""
+    """fps per time window (left) and per-frame latency (right), one box per row, to a PNG.
+    Our rows are blue, the comparators grey."""
     plt = require_matplotlib()
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
     rows = bench.results
-    names = [row.name for row in rows]
-    fig, (ax_fps, ax_lat) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=90)
     positions = list(range(1, len(rows) + 1))
-    ax_fps.boxplot([row.window_fps or [row.fps] for row in rows], showfliers=False)
+    unit_name, unit = pick_unit(min(row.latency.median for row in rows))
+    fig, (ax_fps, ax_lat) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=90)
+    fps_boxes = ax_fps.boxplot(
+        [row.window_fps or [row.fps] for row in rows], showfliers=False, patch_artist=True
+    )
     ax_fps.plot(positions, [row.fps for row in rows], "D", color="tab:red", label="overall fps")
     ax_fps.set_title("throughput per time window")
     ax_fps.set_ylabel("frames / s")
     ax_fps.set_ylim(bottom=0)
     ax_fps.legend(loc="lower right", fontsize="small")
-    unit_name, unit = pick_unit(min(row.latency.median for row in rows))
-    ax_lat.boxplot(
-        [[v / unit for v in row.latencies] for row in rows], whis=(1, 99), showfliers=False
+    latency_boxes = ax_lat.boxplot(
+        [[v / unit for v in row.latencies] for row in rows],
+        whis=(1, 99),
+        showfliers=False,
+        patch_artist=True,
     )
     ax_lat.set_title("latency per frame (whiskers: p1..p99)")
     ax_lat.set_ylabel(unit_name)
     ax_lat.set_yscale("log")
+    ax_lat.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax_lat.yaxis.set_major_formatter(ScalarFormatter())
+    ax_lat.yaxis.set_minor_formatter(NullFormatter())
+    colors = ["#9ecae1" if row.ours else "#d9d9d9" for row in rows]
+    for boxes in (fps_boxes, latency_boxes):
+        for patch, color in zip(boxes["boxes"], colors):
+            patch.set_facecolor(color)
     for axis in (ax_fps, ax_lat):
         axis.set_xticks(positions)
-        axis.set_xticklabels(names, rotation=20)
+        axis.set_xticklabels([row.name for row in rows], rotation=20)
         axis.grid(axis="y", alpha=0.3)
     fig.suptitle(f"ez-rknn bench: {bench_header(bench)}", fontsize="small")
     fig.tight_layout()

@@ -20,8 +20,11 @@ __all__ = [
     "autorange",
     "pick_unit",
     "UNSTABLE_FACTOR",
+    "MIN_WINDOW_FRAMES",
 ]
 
+#: Fewest frames in a ``window_rates`` window.
+MIN_WINDOW_FRAMES = 10
 #: timeit's rule: when the worst sample is this many times slower than the best, say so.
 UNSTABLE_FACTOR = 4.0
 
@@ -79,13 +82,13 @@ def window_rates(done_times: Sequence[float], windows: int = 20) -> list[float]:
     """Throughput (frames/s) over consecutive windows of equal frame counts.
 
     ``done_times`` are completion instants in order. One overall fps hides stalls; the windows show
-    the distribution the plot draws and the instability check reads. Windows hold at least two
-    completions; fewer than three completions give no windows.
+    the distribution the plot draws and the instability check reads. A window spans at least
+    ``MIN_WINDOW_FRAMES`` frames, so a few-microsecond model does not produce noise for rates.
     """
     times = sorted(done_times)
-    if len(times) < 3:
+    if len(times) <= MIN_WINDOW_FRAMES:
         return []
-    per_window = max(2, (len(times) - 1) // windows)
+    per_window = max(MIN_WINDOW_FRAMES, (len(times) - 1) // windows)
     rates = []
     for start in range(0, len(times) - per_window, per_window):
         span = times[start + per_window] - times[start]
