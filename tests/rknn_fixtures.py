@@ -1,163 +1,16 @@
-"""Fixtures and helpers for the RKNN backend tests: the emulated NPU, its models, the reference.
+"""Fixtures of the RKNN backend tests; load with ``pytest_plugins = ("rknn_fixtures",)``.
 
-Import the fixtures into a test module (``from rknn_fixtures import npu  # noqa: F401``). The
-``npu`` fixture points ``EZ_RKNN_RUNTIME_LIB`` at the emulator, configures it, and after the test
-fails it if the emulator saw a rule violation or still holds a context or a buffer.
+``npu`` points ``EZ_RKNN_RUNTIME_LIB`` at the emulated librknnrt, emulates an RK3588, and after the
+test fails it if the emulator saw a rule violation or still holds a context or a buffer.
 """
 
 from __future__ import annotations
 
-import ctypes
-import sys
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from math import prod
-from pathlib import Path
-from typing import Optional
+from collections.abc import Iterator
 
-import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "npu_emulator"))
-import build as emulator_build  # noqa: E402
-
-__all__ = ["EmuTensor", "EmuModel", "Npu", "emulator", "npu", "reference", "to_nchw"]
-
-
-@dataclass(frozen=True)
-class EmuTensor:
-    """A tensor of an emulator model; ``dims`` as the runtime reports them (inputs NHWC)."""
-
-    name: str
-    type: str  # float32 | float16 | int8 | uint8
-    dims: tuple[int, ...]
-    zp: int = 0
-    scale: float = 1.0
-
-    def line(self, kind: str) -> str:
-        dims = " ".join(str(d) for d in self.dims)
-        return f"{kind} {self.name} {self.type} {self.zp} {self.scale!r} {len(self.dims)} {dims}"
-
-
-@dataclass(frozen=True)
-class EmuModel:
-    """A model in the emulator's text format (tests/npu_emulator/README.md)."""
-
-    inputs: Sequence[EmuTensor]
-    outputs: Sequence[EmuTensor]
-    gain: Optional[float] = 1.0  # None: weights removed (needs use_weight_from)
-    weight_id: int = 1
-    custom_string: str = ""
-    platform: str = ""
-    custom_op: str = ""
-
-    def data(self) -> bytes:
-        lines = ["EZEMU-RKNN 1"]
-        if self.platform:
-            lines.append(f"platform {self.platform}")
-        if self.custom_string:
-            lines.append(f"custom_string {self.custom_string}")
-        if self.custom_op:
-            lines.append(f"custom_op {self.custom_op}")
-        if self.gain is None:
-            lines.append(f"weights shared {self.weight_id}")
-        else:
-            lines.append(f"weights {self.gain!r} {self.weight_id}")
-        lines += [t.line("input") for t in self.inputs] + [t.line("output") for t in self.outputs]
-        lines.append("end")
-        return ("\n".join(lines) + "\n").encode()
-
-    def write(self, path: Path) -> Path:
-        path.write_bytes(self.data())
-        return path
-
-
-def to_nchw(model_dims: Sequence[int]) -> tuple[int, ...]:
-    """The NCHW shape of a 4-D input the runtime reports as NHWC."""
-    n, h, w, c = model_dims
-    return (n, c, h, w)
-
-
-def _quantize(tensor: EmuTensor, real: np.ndarray) -> np.ndarray:
-    if tensor.type == "float32":
-        return real.astype(np.float32).astype(np.float64)
-    if tensor.type == "float16":
-        return real.astype(np.float32).astype(np.float16).astype(np.float64)
-    lo, hi = (-128, 127) if tensor.type == "int8" else (0, 255)
-    scale = np.float64(np.float32(tensor.scale))
-    q = np.clip(np.rint(real / scale) + tensor.zp, lo, hi)
-    return (q - tensor.zp) * scale
-
-
-def reference(model: EmuModel, feeds: Sequence[np.ndarray], gain: Optional[float] = None) -> list:
-    """What the emulated network returns (float32) for ``feeds`` in NCHW / model order."""
-    gain = model.gain if gain is None else gain
-    xs = [
-        _quantize(t, np.asarray(f).astype(np.float64).reshape(-1))
-        for t, f in zip(model.inputs, feeds)
-    ]
-    results = []
-    for j, tensor in enumerate(model.outputs):
-        k = np.arange(prod(tensor.dims))
-        total = np.zeros(k.size)
-        for i, x in enumerate(xs):
-            total = total + (i + 1) * x[(k + j) % x.size]
-        results.append(
-            _quantize(tensor, gain * total + 0.5 * j).astype(np.float32).reshape(tensor.dims)
-        )
-    return results
-
-
-class Npu:
-    """The emulator's control API (same library handle as the backend's) plus the test's paths."""
-
-    def __init__(self, paths: emulator_build.Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.paths = paths
-        self._monkeypatch = monkeypatch
-        self.lib = ctypes.CDLL(str(paths.library))
-        self.lib.rknn_emu_last_violation.restype = ctypes.c_char_p
-        self.lib.rknn_emu_context_core_mask.argtypes = [ctypes.c_uint64]
-        self.expected_violations = 0
-
-    def use(self, soc: str = "rk3588", compute_us: int = 0) -> None:
-        """Emulate ``soc`` (counters reset) and make the backend detect it through EZ_RKNN_SOC."""
-        self._monkeypatch.setenv("EZ_RKNN_SOC", soc)
-        assert self.lib.rknn_emu_configure(soc.encode(), compute_us) == 0, self.last_violation
-
-    def inject(self, api: str, code: int, count: int = 1) -> None:
-        self.lib.rknn_emu_inject_failure(api.encode(), code, count)
-
-    def set_versions(self, api: str, driver: str) -> None:
-        self.lib.rknn_emu_set_versions(api.encode(), driver.encode())
-
-    def calls(self, api: str) -> int:
-        return self.lib.rknn_emu_calls(api.encode())
-
-    def core_runs(self, core: int) -> int:
-        return self.lib.rknn_emu_core_runs(core)
-
-    def context_core_mask(self, handle: int) -> int:
-        return self.lib.rknn_emu_context_core_mask(handle)
-
-    @property
-    def violations(self) -> int:
-        return self.lib.rknn_emu_violations()
-
-    @property
-    def last_violation(self) -> str:
-        return self.lib.rknn_emu_last_violation().decode()
-
-    @property
-    def live_allocations(self) -> int:
-        return self.lib.rknn_emu_live_allocations()
-
-    @property
-    def live_contexts(self) -> int:
-        return self.lib.rknn_emu_live_contexts()
-
-    @property
-    def max_parallel(self) -> int:
-        return self.lib.rknn_emu_max_parallel()
+from rknn_emu import Npu, emulator_build
 
 
 @pytest.fixture(scope="session")

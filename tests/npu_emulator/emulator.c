@@ -823,11 +823,10 @@ int rknn_emu_core_runs(int core) {
 
 int rknn_emu_max_parallel(void) { return atomic_load(&g_max_parallel); }
 
-int rknn_emu_context_core_mask(rknn_context context) {
+int rknn_emu_contexts_with_mask(int mask) {
+    int count = 0;
     pthread_mutex_lock(&g_lock);
-    emu_ctx* c = g_contexts;
-    while (c && c->handle != context) c = c->next;
-    int mask = c ? c->core_mask : RKNN_ERR_CTX_INVALID;
+    for (emu_ctx* c = g_contexts; c; c = c->next) count += c->core_mask == mask;
     pthread_mutex_unlock(&g_lock);
-    return mask;
+    return count;
 }

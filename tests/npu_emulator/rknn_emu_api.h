@@ -250,8 +250,8 @@ int rknn_emu_live_contexts(void);
 int rknn_emu_calls(const char* api);
 int rknn_emu_core_runs(int core);
 int rknn_emu_max_parallel(void);
-/* Core mask last bound to a context (-1: never set, -7: no such context). */
-int rknn_emu_context_core_mask(rknn_context context);
+/* Live contexts whose bound core mask is `mask` (-1: contexts never bound). */
+int rknn_emu_contexts_with_mask(int mask);
 
 #ifdef __cplusplus
 }

@@ -28,6 +28,8 @@ from .abi import (
 
 __all__ = [
     "ENV_VAR",
+    "FIX",
+    "RuntimeNotFoundError",
     "SYSTEM_CANDIDATES",
     "Signature",
     "SIGNATURES",
@@ -51,10 +53,20 @@ SYSTEM_CANDIDATES = (
     "/usr/lib/librknnmrt.so",
     "librknnrt.so",
 )
-_FIX = (
+FIX = (
     f"install the board's librknnrt.so (rknpu2 runtime from rknn-toolkit2) into /usr/lib, "
     f"or set {ENV_VAR} to its path"
 )
+
+
+class RuntimeNotFoundError(RKNNError):
+    """No loadable librknnrt: ``what`` was tried, ``fix`` says what to do."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what}. Fix: {FIX}.", -3, "RKNN_ERR_DEVICE_UNAVAILABLE")
+        self.what = what
+        self.fix = FIX
+
 
 _ctx = CONTEXT_TYPE
 _u32, _i32, _u64, _int, _vp = (
@@ -222,8 +234,4 @@ def load_library(environ: Optional[Mapping[str, str]] = None) -> Library:
         if environ.get(ENV_VAR, "").strip()
         else f"{ENV_VAR} is not set"
     )
-    raise RKNNError(
-        f"librknnrt not found ({where}; tried: {'; '.join(errors)}). Fix: {_FIX}.",
-        -3,
-        "RKNN_ERR_DEVICE_UNAVAILABLE",
-    )
+    raise RuntimeNotFoundError(f"librknnrt not found ({where}; tried: {'; '.join(errors)})")
