@@ -39,8 +39,9 @@ def read_api_version(path: str) -> Optional[str]:
     return match.group(1).decode("ascii", "replace").strip() if match else None
 
 
-def read_driver_version(paths: Sequence[str] = DRIVER_VERSION_PATHS) -> Optional[str]:
-    for path in paths:
+def read_driver_version(paths: Optional[Sequence[str]] = None) -> Optional[str]:
+    """The rknpu driver's version from the first readable file of ``DRIVER_VERSION_PATHS``."""
+    for path in DRIVER_VERSION_PATHS if paths is None else paths:
         try:
             with open(path, encoding="ascii", errors="replace") as file:
                 match = re.search(r"v?(\d+\.\d+\.\d+)", file.read())

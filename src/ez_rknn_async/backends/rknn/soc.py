@@ -99,14 +99,14 @@ def parse_compatible(data: bytes) -> Optional[str]:
 
 
 def detect_soc(
-    environ: Optional[Mapping[str, str]] = None, paths: Sequence[str] = COMPATIBLE_PATHS
+    environ: Optional[Mapping[str, str]] = None, paths: Optional[Sequence[str]] = None
 ) -> Soc:
     """``EZ_RKNN_SOC`` if set, else the device tree; unknown SoCs are taken as one core."""
     environ = os.environ if environ is None else environ
     override = environ.get(ENV_VAR, "").strip().lower()
     if override:
         return Soc(override, ENV_VAR, _cores_of(override))
-    for path in paths:
+    for path in COMPATIBLE_PATHS if paths is None else paths:
         try:
             with open(path, "rb") as file:
                 name = parse_compatible(file.read())

@@ -1,0 +1,131 @@
+"""The emulated NPU enforces librknnrt's rules: a binding that breaks one is caught. Each test
+breaks a rule on purpose through the raw binding and tells the fixture how many violations to
+expect."""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+
+import numpy as np
+import pytest
+
+from ez_rknn_async.backends.rknn import abi, library
+from rknn_emu import EmuModel, EmuTensor
+
+pytest_plugins = ("rknn_fixtures",)
+
+MODEL = EmuModel([EmuTensor("x", "float32", (2, 3))], [EmuTensor("y", "float32", (2, 3))]).data()
+
+
+@pytest.fixture
+def raw(npu):
+    """The binding and a fresh context on MODEL, destroyed (with its dups) at the end."""
+    lib = library.load_library()
+    handle = abi.CONTEXT_TYPE()
+    assert lib.rknn_init(ctypes.byref(handle), MODEL, len(MODEL), 0, None) == 0
+    contexts = [handle.value]
+    yield lib, contexts
+    for context in reversed(contexts):
+        lib.rknn_destroy(context)
+
+
+def set_inputs(lib, context, array, type_=abi.TensorType.FLOAT32, size=None):
+    inputs = (abi.RknnInput * 1)()
+    inputs[0].buf = array.ctypes.data
+    inputs[0].size = array.nbytes if size is None else size
+    inputs[0].type = type_
+    inputs[0].fmt = abi.TensorFormat.UNDEFINED
+    return lib.rknn_inputs_set(context, 1, inputs)
+
+
+def get_outputs(lib, context):
+    outputs = (abi.RknnOutput * 1)()
+    outputs[0].want_float = 1
+    return outputs, lib.rknn_outputs_get(context, 1, outputs, None)
+
+
+def test_handles_do_not_fit_32_bits_so_truncation_is_caught(raw):
+    _, contexts = raw
+    assert contexts[0] > 2**32
+
+
+def test_query_with_an_old_struct_size(npu, raw):
+    lib, contexts = raw
+    attr = abi.RknnTensorAttr()
+    assert lib.rknn_query(contexts[0], abi.Query.INPUT_ATTR, ctypes.byref(attr), 372) == -5
+    npu.expected_violations = 1
+    assert "info_len(372)" in npu.last_violation
+
+
+def test_input_buffer_of_the_wrong_size(npu, raw):
+    lib, contexts = raw
+    image = np.zeros((2, 3), np.uint8)  # 6 bytes, but type 0 (FLOAT32) needs 24
+    assert set_inputs(lib, contexts[0], image, type_=abi.TensorType.FLOAT32) == -5
+    npu.expected_violations = 1
+    assert "param input size(6) != model input size(24)" in npu.last_violation
+
+
+def test_outputs_must_be_released_before_the_next_get(npu, raw):
+    lib, contexts = raw
+    x = np.ones((2, 3), np.float32)
+    assert set_inputs(lib, contexts[0], x) == 0 and lib.rknn_run(contexts[0], None) == 0
+    first, code = get_outputs(lib, contexts[0])
+    assert code == 0  # runtime-allocated buffer: readable until released
+    values = ctypes.cast(first[0].buf, ctypes.POINTER(ctypes.c_float))
+    assert np.ctypeslib.as_array(values, (6,)).tolist() == [1.0] * 6
+    _, code = get_outputs(lib, contexts[0])
+    assert code == -1
+    assert lib.rknn_outputs_release(contexts[0], 1, first) == 0
+    npu.expected_violations = 1
+
+
+def test_one_context_used_by_two_threads(npu):
+    npu.use("rk3588", compute_us=100_000)
+    lib = library.load_library()
+    handle = abi.CONTEXT_TYPE()
+    assert lib.rknn_init(ctypes.byref(handle), MODEL, len(MODEL), 0, None) == 0
+    assert set_inputs(lib, handle.value, np.ones((2, 3), np.float32)) == 0
+    codes = []
+    threads = [
+        threading.Thread(target=lambda: codes.append(lib.rknn_run(handle.value, None)))
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(codes) == [-7, 0]
+    assert lib.rknn_destroy(handle.value) == 0
+    npu.expected_violations = 1
+    assert "used by two threads at once" in npu.last_violation
+
+
+def test_dups_must_be_destroyed_before_their_origin(npu, raw):
+    lib, contexts = raw
+    origin, dup = abi.CONTEXT_TYPE(contexts[0]), abi.CONTEXT_TYPE()
+    assert lib.rknn_dup_context(ctypes.byref(origin), ctypes.byref(dup)) == 0
+    assert lib.rknn_destroy(origin.value) == -7
+    contexts.append(dup.value)  # the fixture then destroys dup first, origin second
+    npu.expected_violations = 1
+    assert "still has 1 dup/sharer" in npu.last_violation
+
+
+@pytest.mark.parametrize(
+    ("soc", "mask", "code"), [("rk3566", 0, -13), ("rk3588", 5, -5), ("rk3576", 4, -5)]
+)
+def test_core_masks_the_soc_rejects(npu, soc, mask, code):
+    npu.use(soc)
+    lib = library.load_library()
+    handle = abi.CONTEXT_TYPE()
+    assert lib.rknn_init(ctypes.byref(handle), MODEL, len(MODEL), 0, None) == 0
+    assert lib.rknn_set_core_mask(handle.value, mask) == code
+    assert lib.rknn_destroy(handle.value) == 0
+    npu.expected_violations = 1
+
+
+def test_the_model_is_passed_as_bytes_not_as_a_path(npu):
+    lib = library.load_library()
+    handle = abi.CONTEXT_TYPE()
+    assert lib.rknn_init(ctypes.byref(handle), b"/tmp/model.rknn\0", 0, 0, None) == -5
+    npu.expected_violations = 1
