@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import ctypes
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "npu_emulator"))
 import build as emulator_build  # noqa: E402
@@ -109,16 +108,16 @@ def reference(model: EmuModel, feeds: Sequence[np.ndarray], gain: Optional[float
 class Npu:
     """The emulator's control API (same library handle as the backend's) plus the test's paths."""
 
-    def __init__(self, paths: emulator_build.Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, paths: emulator_build.Emulator, setenv: Callable[[str, str], None]) -> None:
         self.paths = paths
-        self._monkeypatch = monkeypatch
+        self._setenv = setenv  # monkeypatch.setenv in tests
         self.lib = ctypes.CDLL(str(paths.library))
         self.lib.rknn_emu_last_violation.restype = ctypes.c_char_p
         self.expected_violations = 0
 
     def use(self, soc: str = "rk3588", compute_us: int = 0) -> None:
         """Emulate ``soc`` (counters reset) and make the backend detect it through EZ_RKNN_SOC."""
-        self._monkeypatch.setenv("EZ_RKNN_SOC", soc)
+        self._setenv("EZ_RKNN_SOC", soc)
         assert self.lib.rknn_emu_configure(soc.encode(), compute_us) == 0, self.last_violation
 
     def inject(self, api: str, code: int, count: int = 1) -> None:

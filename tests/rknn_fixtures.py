@@ -22,7 +22,7 @@ def emulator() -> emulator_build.Emulator:
 def npu(emulator, monkeypatch) -> Iterator[Npu]:
     """An RK3588 with 0 µs compute by default; ``npu.use(soc, compute_us)`` changes it."""
     monkeypatch.setenv("EZ_RKNN_RUNTIME_LIB", str(emulator.library))
-    control = Npu(emulator, monkeypatch)
+    control = Npu(emulator, monkeypatch.setenv)
     control.use()
     yield control
     assert control.violations == control.expected_violations, control.last_violation
