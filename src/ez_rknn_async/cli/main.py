@@ -251,10 +251,10 @@ def _provider_options(args: argparse.Namespace) -> dict[str, Any]:
     wanted = {"schedule": args.schedule, "threads_per_core": args.threads, "backend": args.backend}
     wanted = {key: value for key, value in wanted.items() if value is not None}
     try:
-        make_provider_options(**wanted)
+        made = make_provider_options(**wanted)
     except ValueError as exc:
         raise UsageError(str(exc), hint="for example --schedule 0,1,2 --threads 2") from exc
-    return wanted
+    return {key: made[key] for key in wanted}
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

@@ -104,7 +104,7 @@ class TqdmProgress(Progress):
         if elapsed < self._next:
             return
         self._next = elapsed + self._EVERY
-        self._bar.n = frames if self._by_frames else round(elapsed, 1)
+        self._bar.n = min(frames if self._by_frames else round(elapsed, 1), self._bar.total)
         self._bar.set_postfix_str(f"{frames / elapsed:.1f} fps" if elapsed > 0 else "")
 
     def stop(self) -> None:
