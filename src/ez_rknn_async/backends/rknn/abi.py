@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ctypes
 from enum import IntEnum, IntFlag
-from typing import Optional
+from typing import Any, Optional
 
 __all__ = [
     "CONTEXT_TYPE",
@@ -170,9 +170,9 @@ STRUCT_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
-def _ctype(spec: str, pointer: type, context: type) -> type:
+def _ctype(spec: str, pointer: type, context: type) -> Any:
     base, _, count = spec.partition("[")
-    scalar = {"ptr": pointer, "context": context}.get(base) or _SCALARS[base]
+    scalar: Any = {"ptr": pointer, "context": context}.get(base) or _SCALARS[base]
     return scalar * int(count[:-1]) if count else scalar
 
 

@@ -46,13 +46,14 @@ __all__ = ["RknnBackend", "RknnRunner", "load", "MIN_API_VERSION"]
 MIN_API_VERSION = (2, 4, 1)
 
 #: Array dtypes librknnrt converts itself (rknn_input.type with pass_through = 0).
-_INPUT_TYPES = {
+_INPUT_TYPES: dict[np.dtype, TensorType] = {
     np.dtype(np.float32): TensorType.FLOAT32,
     np.dtype(np.float16): TensorType.FLOAT16,
     np.dtype(np.int8): TensorType.INT8,
     np.dtype(np.uint8): TensorType.UINT8,
 }
-_ACCEPTS = tuple(_INPUT_TYPES)
+_ACCEPTS: tuple[np.dtype, ...] = tuple(_INPUT_TYPES)
+_FLOAT32 = np.dtype(np.float32)
 #: The model's internal type as get_inputs()/get_outputs() show it (SPEC.md 11).
 _TYPE_STRINGS = {
     TensorType.FLOAT32: "tensor(float)",
@@ -190,9 +191,9 @@ class RknnBackend(Backend):
         attrs = [self._attr(Query.INPUT_ATTR, i) for i in range(counts.n_input)]
         self.inputs = [_input_spec(a, i, layout) for i, a in enumerate(attrs)]
         self.input_formats = [_input_format(a, layout) for a in attrs]
-        self.outputs = [
-            _output_spec(self._attr(Query.OUTPUT_ATTR, i), i) for i in range(counts.n_output)
-        ]
+        output_attrs = [self._attr(Query.OUTPUT_ATTR, i) for i in range(counts.n_output)]
+        self.outputs = [_output_spec(a, i) for i, a in enumerate(output_attrs)]
+        self.output_dims = [_dims(a) for a in output_attrs]
         self._native_inputs = [
             _native_spec(self._attr(Query.NATIVE_INPUT_ATTR, i), f"input_{i}")
             for i in range(counts.n_input)
@@ -311,7 +312,7 @@ class RknnRunner(Runner):
         self._context = context
         self._owns_context = owns_context
         self._input_formats = backend.input_formats
-        self._output_shapes = [tuple(spec.shape) for spec in backend.outputs]
+        self._output_shapes = backend.output_dims
         self._inputs = (RknnInput * len(backend.inputs))()
         for index, item in enumerate(self._inputs):
             item.index = index
@@ -376,7 +377,7 @@ def _input_spec(attr: Any, index: int, layout: str) -> TensorSpec:
     if len(dims) == 4 and layout in _NCHW_LAYOUTS:
         dims = (dims[0], dims[3], dims[1], dims[2])
     return TensorSpec(
-        _name(attr, f"input_{index}"), dims, np.float32, type=_type_string(attr), accepts=_ACCEPTS
+        _name(attr, f"input_{index}"), dims, _FLOAT32, type=_type_string(attr), accepts=_ACCEPTS
     )
 
 
@@ -391,12 +392,12 @@ def _input_format(attr: Any, layout: str) -> tuple[int, bool]:
 
 def _output_spec(attr: Any, index: int) -> TensorSpec:
     return TensorSpec(
-        _name(attr, f"output_{index}"), _dims(attr), np.float32, type=_type_string(attr)
+        _name(attr, f"output_{index}"), _dims(attr), _FLOAT32, type=_type_string(attr)
     )
 
 
 def _native_spec(attr: Any, fallback: str) -> TensorSpec:
-    return TensorSpec(_name(attr, fallback), _dims(attr), np.float32, type=_type_string(attr))
+    return TensorSpec(_name(attr, fallback), _dims(attr), _FLOAT32, type=_type_string(attr))
 
 
 def load(

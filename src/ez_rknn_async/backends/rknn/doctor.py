@@ -118,7 +118,7 @@ def collect(environ: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
     """``{"python", "numpy", "runtime", "soc", "problems"}`` for this machine; never raises."""
     environ = os.environ if environ is None else environ
     problems: list[dict[str, str]] = []
-    empty_soc = {"name": None, "source": "unknown", "npu_cores": []}
+    empty_soc: dict[str, Any] = {"name": None, "source": "unknown", "npu_cores": []}
     return {
         "python": {
             "version": platform.python_version(),
