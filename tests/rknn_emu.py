@@ -108,10 +108,15 @@ def reference(model: EmuModel, feeds: Sequence[np.ndarray], gain: Optional[float
 class Npu:
     """The emulator's control API (same library handle as the backend's) plus the test's paths."""
 
-    def __init__(self, paths: emulator_build.Emulator, setenv: Callable[[str, str], None]) -> None:
+    def __init__(
+        self,
+        paths: emulator_build.Emulator,
+        setenv: Callable[[str, str], None],
+        library: Optional[Path] = None,
+    ) -> None:
         self.paths = paths
         self._setenv = setenv  # monkeypatch.setenv in tests
-        self.lib = ctypes.CDLL(str(paths.library))
+        self.lib = ctypes.CDLL(str(library or paths.library))
         self.lib.rknn_emu_last_violation.restype = ctypes.c_char_p
         self.expected_violations = 0
 

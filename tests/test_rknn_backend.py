@@ -16,7 +16,7 @@ from ez_rknn_async.backends import ModelSource
 from ez_rknn_async.backends.rknn import abi, custom_ops, library
 from ez_rknn_async.backends.rknn.backend import load
 from ez_rknn_async.options import ProviderOptions
-from rknn_emu import EmuModel, EmuTensor, reference, to_nchw
+from rknn_emu import EmuModel, EmuTensor, Npu, reference, to_nchw
 
 pytest_plugins = ("rknn_fixtures",)
 
@@ -134,6 +134,13 @@ def test_inputs_outputs_show_the_models_internal_types(npu):
             ("scores", [12], "tensor(float16)"),
         ]
         assert sess.get_providers() == ["RKNNExecutionProvider"]
+
+
+def test_unnamed_tensors_get_positional_names(npu):
+    model = EmuModel([EmuTensor("_", "float32", (2,))], [EmuTensor("_", "float32", (2,))] * 2)
+    with session(model) as sess:
+        assert sess.input_names == ["input_0"]
+        assert sess.output_names == ["output_0", "output_1"]
 
 
 def test_native_views(npu):
@@ -432,6 +439,18 @@ def test_missing_runtime_library(npu, monkeypatch, tmp_path):
     monkeypatch.setenv("EZ_RKNN_RUNTIME_LIB", str(tmp_path / "librknnrt.so"))
     with pytest.raises(library.RuntimeNotFoundError, match="set EZ_RKNN_RUNTIME_LIB to its path"):
         session(FLOAT_MODEL)
+
+
+def test_a_zero_copy_only_runtime_says_what_it_lacks(npu, monkeypatch):
+    """RV1103/RV1106's librknnmrt has no rknn_dup_context / rknn_inputs_set / rknn_outputs_get."""
+    monkeypatch.setenv("EZ_RKNN_RUNTIME_LIB", str(npu.paths.zero_copy_only))
+    variant = Npu(npu.paths, monkeypatch.setenv, library=npu.paths.zero_copy_only)
+    variant.use("rk3588")
+    with session(FLOAT_MODEL) as sess:
+        assert variant.calls("rknn_init") == 3  # no dup: every context is a fresh rknn_init
+        with pytest.raises(RKNNError, match="rknn_inputs_set is not available in .*librknnmrt.so"):
+            sess.run(None, feeds_for(FLOAT_MODEL, np.random.default_rng(14)))
+    assert (variant.violations, variant.live_allocations) == (0, 0)
 
 
 def test_weight_sharing_needs_an_rknn_session(npu):

@@ -37,9 +37,14 @@ _PLUGINS = {
 
 @dataclass(frozen=True)
 class Emulator:
-    """Paths of one build: the library and a folder of custom-op plugins."""
+    """Paths of one build: the library, its RV1106-like variant and the custom-op plugins.
+
+    ``zero_copy_only`` lacks rknn_dup_context, rknn_inputs_set and rknn_outputs_get/_release,
+    like RV1103/RV1106's librknnmrt.
+    """
 
     library: Path
+    zero_copy_only: Path
     plugins: Path
 
     def plugin(self, name: str) -> Path:
@@ -63,7 +68,7 @@ def build(out_root: Optional[Path] = None) -> Emulator:
     """Compile into ``build/<hash>/`` unless that build exists; safe to call from many processes."""
     out_root = out_root or HERE / "build"
     final = out_root / _digest()
-    result = Emulator(final / "librknnrt.so", final / "plugins")
+    result = Emulator(final / "librknnrt.so", final / "librknnmrt.so", final / "plugins")
     if result.library.exists():
         return result
     out_root.mkdir(parents=True, exist_ok=True)
@@ -72,6 +77,8 @@ def build(out_root: Optional[Path] = None) -> Emulator:
         (staging / "plugins").mkdir()
         source = str(HERE / "emulator.c")
         _gcc([*_CFLAGS, "-o", str(staging / "librknnrt.so"), source, "-lm"], HERE)
+        variant = ["-DEMU_ZERO_COPY_ONLY", "-Wno-unused-function"]
+        _gcc([*_CFLAGS, *variant, "-o", str(staging / "librknnmrt.so"), source, "-lm"], HERE)
         for name, flags in _PLUGINS.items():
             target = str(staging / "plugins" / name)
             _gcc([*_CFLAGS, *flags, "-o", target, str(HERE / "custom_op_plugin.c")], HERE)

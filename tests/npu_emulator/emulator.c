@@ -157,6 +157,7 @@ static int parse_tensor(const char* rest, emu_tensor* t) {
     int used = 0;
     if (sscanf(rest, "%255s %31s %d %f %u%n", t->name, type, &t->zp, &t->scale, &t->n_dims, &used) != 5)
         return -1;
+    if (!strcmp(t->name, "_")) t->name[0] = 0; /* a tensor without a name */
     t->type = type_from_name(type);
     if (t->type < 0 || t->n_dims > 6 || t->scale <= 0) return -1;
     t->n_elems = 1;
@@ -345,6 +346,7 @@ int rknn_init(rknn_context* context, void* model, uint32_t size, uint32_t flag, 
     return RKNN_SUCC;
 }
 
+#ifndef EMU_ZERO_COPY_ONLY
 int rknn_dup_context(rknn_context* context_in, rknn_context* context_out) {
     int injected = enter_api(API_DUP);
     if (injected) return injected;
@@ -363,6 +365,7 @@ int rknn_dup_context(rknn_context* context_in, rknn_context* context_out) {
     release(origin);
     return c ? RKNN_SUCC : RKNN_ERR_MALLOC_FAIL;
 }
+#endif
 
 int rknn_destroy(rknn_context context) {
     int injected = enter_api(API_DESTROY);
@@ -503,6 +506,7 @@ static double quantize(const emu_tensor* t, double real) {
 
 /* ---------------------------------------------------------------- inference */
 
+#ifndef EMU_ZERO_COPY_ONLY
 int rknn_inputs_set(rknn_context context, uint32_t n_inputs, rknn_input inputs[]) {
     int injected = enter_api(API_INPUTS_SET);
     if (injected) return injected;
@@ -555,6 +559,7 @@ int rknn_inputs_set(rknn_context context, uint32_t n_inputs, rknn_input inputs[]
     release(c);
     return rc;
 }
+#endif
 
 int rknn_set_core_mask(rknn_context context, rknn_core_mask core_mask) {
     int injected = enter_api(API_CORE_MASK);
@@ -655,6 +660,7 @@ static void write_value(void* buf, int type, size_t i, double v) {
     }
 }
 
+#ifndef EMU_ZERO_COPY_ONLY
 int rknn_outputs_get(rknn_context context, uint32_t n_outputs, rknn_output outputs[], rknn_output_extend* extend) {
     int injected = enter_api(API_OUTPUTS_GET);
     if (injected) return injected;
@@ -731,6 +737,7 @@ int rknn_outputs_release(rknn_context context, uint32_t n_outputs, rknn_output o
     release(c);
     return rc;
 }
+#endif
 
 int rknn_register_custom_ops(rknn_context context, rknn_custom_op* op, uint32_t custom_op_num) {
     int injected = enter_api(API_REGISTER_OPS);
