@@ -12,7 +12,7 @@ import numpy as np
 from ez_rknn_async.backends.base import Runner, SlotSpec
 from ez_rknn_async.engine.core import Engine, EngineConfig
 
-__all__ = ["FunctionRunner", "make_engine", "echo"]
+__all__ = ["FunctionRunner", "Gate", "make_engine", "echo", "wait_for"]
 
 
 def echo(inputs: Sequence[np.ndarray], output_indices: Sequence[int]) -> list[np.ndarray]:
@@ -58,3 +58,29 @@ def make_engine(
     cores = list(cores) if cores is not None else list(range(n))
     slots = [(SlotSpec(i, cores[i], 1 << cores[i]), runner) for i, runner in enumerate(runners)]
     return Engine(slots, EngineConfig(**config)), runners
+
+
+class Gate:
+    """A runner function that blocks until ``open()``: lets a test hold workers busy."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self._open = threading.Event()
+
+    def __call__(self, inputs, output_indices):
+        self.started.set()
+        self._open.wait(10)
+        return [inputs[0] for _ in output_indices]
+
+    def open(self) -> None:
+        self._open.set()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``predicate`` until it holds (for engine states no event announces)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True

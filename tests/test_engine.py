@@ -17,7 +17,7 @@ from ez_rknn_async import SessionClosedError, SubmitTimeoutError
 from ez_rknn_async.engine.core import CALLBACK_BACKLOG
 
 import fakes
-from fakes import make_engine
+from fakes import Gate, make_engine, wait_for
 
 
 def jitter(inputs, indices):
@@ -99,41 +99,26 @@ def test_sync_run_uses_the_calling_thread_when_a_slot_is_idle():
 
 
 def test_sync_run_queues_when_every_slot_is_busy():
-    gate = threading.Event()
-    started = threading.Barrier(3, timeout=10)
-
-    def blocking(inputs, indices):
-        if inputs[0] == "block":
-            started.wait()
-            gate.wait(10)
-        return [inputs[0]]
-
-    engine, runners = make_engine(2, blocking)
+    gate = Gate()
+    engine, runners = make_engine(2, gate)
     futures = [engine.submit(["block"], (0,)) for _ in range(2)]
-    started.wait()  # both workers are busy now
+    assert wait_for(lambda: engine.stats().running == 2)
     result = []
     caller = threading.Thread(target=lambda: result.append(engine.run_inline(["x"], (0,))))
     caller.start()
-    deadline = time.monotonic() + 5
-    while engine.stats().queued != 1 and time.monotonic() < deadline:
-        time.sleep(0.001)
-    assert engine.stats().queued == 1  # it waited in the queue, not on a busy slot
-    gate.set()
+    assert wait_for(lambda: engine.stats().queued == 1)  # queued, not run on a busy slot
+    gate.open()
     caller.join(10)
     assert result == [["x"]] and all(f.result(10) == ["block"] for f in futures)
     assert engine.stats().inline_runs == 0
     engine.close()
 
 
-def test_backpressure_blocks_then_times_out_with_a_clear_error():
-    gate = threading.Event()
-    engine, _ = make_engine(
-        1, lambda i, o: (gate.wait(10), [i[0]])[1], max_queue_size=2, submit_timeout_ms=200
-    )
-    running = engine.submit([0], (0,))
-    deadline = time.monotonic() + 5
-    while engine.stats().running != 1 and time.monotonic() < deadline:
-        time.sleep(0.001)
+def test_full_queue_times_out_with_a_clear_error():
+    gate = Gate()
+    engine, _ = make_engine(1, gate, max_queue_size=2, submit_timeout_ms=200)
+    engine.submit([0], (0,))
+    assert wait_for(lambda: engine.stats().running == 1)
     queued = [engine.submit([i], (0,)) for i in (1, 2)]
     assert engine.stats().queued == 2
     start = time.monotonic()
@@ -142,19 +127,25 @@ def test_backpressure_blocks_then_times_out_with_a_clear_error():
     assert 0.15 < time.monotonic() - start < 5
     with pytest.raises(TimeoutError):  # SubmitTimeoutError is a TimeoutError too
         engine.submit([3], (0,), blocking=False)
-    # a blocked submitter proceeds as soon as space frees up
-    late = []
-    blocked = threading.Thread(target=lambda: late.append(engine.submit([4], (0,))))
-    engine._config = type(engine._config)(max_queue_size=2, submit_timeout_ms=10000)
-    blocked.start()
-    deadline = time.monotonic() + 5
-    while engine.stats().waiting_submitters != 1 and time.monotonic() < deadline:
-        time.sleep(0.001)
-    assert engine.stats().waiting_submitters == 1
-    gate.set()
-    blocked.join(10)
-    assert [int(f.result(10)[0]) for f in [running, *queued, *late]] == [0, 1, 2, 4]
+    gate.open()
+    assert [int(f.result(10)[0]) for f in queued] == [1, 2]
     assert engine.stats().peak_queued == 2
+    engine.close()
+
+
+def test_blocked_submitter_proceeds_as_soon_as_space_frees_up():
+    gate = Gate()
+    engine, _ = make_engine(1, gate, max_queue_size=2)
+    first = [engine.submit([i], (0,)) for i in range(3)]  # one running, two queued
+    assert wait_for(lambda: engine.stats().queued == 2)
+    late = []
+    blocked = threading.Thread(target=lambda: late.append(engine.submit([3], (0,))))
+    blocked.start()
+    assert wait_for(lambda: engine.stats().waiting_submitters == 1)
+    assert not late
+    gate.open()
+    blocked.join(10)
+    assert [int(f.result(10)[0]) for f in [*first, *late]] == [0, 1, 2, 3]
     engine.close()
 
 
@@ -236,10 +227,7 @@ def test_slow_callbacks_bound_the_backlog():
     engine, _ = make_engine(2, max_queue_size=2, submit_timeout_ms=300)
     for v in range(CALLBACK_BACKLOG):  # the first blocks the callback thread, 7 more wait
         engine.submit_callback([v], (0,), lambda r, u, e: release.wait(10), v)
-    deadline = time.monotonic() + 5
-    while engine.stats().callback_backlog < CALLBACK_BACKLOG and time.monotonic() < deadline:
-        time.sleep(0.001)
-    assert engine.stats().callback_backlog == CALLBACK_BACKLOG
+    assert wait_for(lambda: engine.stats().callback_backlog == CALLBACK_BACKLOG)
     with pytest.raises(SubmitTimeoutError, match="run_async submit timed out"):
         engine.submit_callback([99], (0,), lambda *a: None, None)
     assert engine.submit([1], (0,)).result(5) == [1]  # futures do not wait for callbacks
@@ -248,17 +236,10 @@ def test_slow_callbacks_bound_the_backlog():
 
 
 def test_close_fails_queued_tasks_finishes_running_ones_and_delivers_every_callback():
-    gate = threading.Event()
-    started = threading.Event()
-
-    def slow(inputs, indices):
-        started.set()
-        gate.wait(10)
-        return [inputs[0]]
-
-    engine, runners = make_engine(1, slow, max_queue_size=10)
+    gate = Gate()
+    engine, runners = make_engine(1, gate, max_queue_size=10)
     running = engine.submit([0], (0,))
-    assert started.wait(5)
+    assert gate.started.wait(5)
     queued = [engine.submit([i], (0,)) for i in range(1, 4)]
     errors = []
     engine.submit_callback([4], (0,), lambda r, u, e: errors.append((r, e)), None)
@@ -267,7 +248,7 @@ def test_close_fails_queued_tasks_finishes_running_ones_and_delivers_every_callb
     for future in queued:
         with pytest.raises(SessionClosedError, match="session closed before the task started"):
             future.result(5)
-    gate.set()
+    gate.open()
     closer.join(10)
     assert not closer.is_alive()
     assert running.result(5) == [0]
@@ -278,13 +259,11 @@ def test_close_fails_queued_tasks_finishes_running_ones_and_delivers_every_callb
 
 
 def test_close_wakes_a_blocked_submitter():
-    gate = threading.Event()
-    engine, _ = make_engine(1, lambda i, o: (gate.wait(10), [i[0]])[1], max_queue_size=1)
+    gate = Gate()
+    engine, _ = make_engine(1, gate, max_queue_size=1)
     engine.submit([0], (0,))
     engine.submit([1], (0,))
-    deadline = time.monotonic() + 5
-    while engine.stats().queued != 1 and time.monotonic() < deadline:
-        time.sleep(0.001)
+    assert wait_for(lambda: engine.stats().queued == 1)
     outcome = []
 
     def blocked():
@@ -295,13 +274,12 @@ def test_close_wakes_a_blocked_submitter():
 
     thread = threading.Thread(target=blocked)
     thread.start()
-    while engine.stats().waiting_submitters != 1 and time.monotonic() < deadline:
-        time.sleep(0.001)
+    assert wait_for(lambda: engine.stats().waiting_submitters == 1)
     closer = threading.Thread(target=engine.close)
     closer.start()
     thread.join(5)
     assert len(outcome) == 1
-    gate.set()
+    gate.open()
     closer.join(10)
 
 
@@ -315,31 +293,21 @@ def test_close_from_inside_a_callback():
 
     engine.submit_callback([1], (0,), callback, None)
     assert done.wait(10)
-    deadline = time.monotonic() + 5
-    while engine.stats().state != "closed" and time.monotonic() < deadline:
-        time.sleep(0.001)
-    assert engine.stats().state == "closed"
+    assert wait_for(lambda: engine.stats().state == "closed")
 
 
 def test_close_waits_for_a_run_on_a_borrowed_slot():
-    gate = threading.Event()
-    started = threading.Event()
-
-    def slow(inputs, indices):
-        started.set()
-        gate.wait(10)
-        return [inputs[0]]
-
-    engine, runners = make_engine(1, slow)
+    gate = Gate()
+    engine, runners = make_engine(1, gate)
     result = []
     caller = threading.Thread(target=lambda: result.append(engine.run_inline([3], (0,))))
     caller.start()
-    assert started.wait(5)
+    assert gate.started.wait(5)
     closer = threading.Thread(target=engine.close)
     closer.start()
     closer.join(0.2)
     assert closer.is_alive() and runners[0].closed == 0  # never released while in use
-    gate.set()
+    gate.open()
     closer.join(10)
     caller.join(10)
     assert result == [[3]] and runners[0].closed == 1
@@ -389,7 +357,7 @@ def test_interpreter_exit_with_work_in_flight_does_not_hang(tmp_path):
     script.write_text(
         "import sys, time\n"
         f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
-        "from fakes import make_engine\n"
+        "from fakes import Gate, make_engine, wait_for\n"
         "engine, runners = make_engine(2, lambda i, o: (time.sleep(0.05), [i[0]])[1],"
         " max_queue_size=20)\n"
         "for v in range(20):\n"
