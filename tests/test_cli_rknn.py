@@ -6,6 +6,7 @@ import json
 
 from ez_rknn_async.cli.errors import ExitCode
 from ez_rknn_async.cli.main import main
+
 from rknn_emu import EmuModel, EmuTensor
 
 pytest_plugins = ("rknn_fixtures",)

@@ -425,12 +425,18 @@ class _Sessions:
     def __init__(self, plan: Plan, stack: contextlib.ExitStack) -> None:
         self._plan, self._stack = plan, stack
         self._cache: dict[str, tuple[Any, float]] = {}
+        self._openers: dict[str, Callable[[], Any]] = {
+            "ours": self._open_ours,
+            "ort": lambda: self._open_ort(None),
+            "ort-1t": lambda: self._open_ort(1),
+            "openvino": self._open_openvino,
+        }
 
     def get(self, key: str) -> tuple[Any, float]:
         """(session, seconds its load took) of ``ours``, ``ort``, ``ort-1t`` or ``openvino``."""
         if key not in self._cache:
             start = time.perf_counter()
-            session = getattr(self, f"_open_{key.replace('-', '_')}")()
+            session = self._openers[key]()
             self._cache[key] = (session, time.perf_counter() - start)
         return self._cache[key]
 
@@ -444,7 +450,7 @@ class _Sessions:
         self._stack.callback(session.close)
         return session
 
-    def _ort(self, threads: Optional[int]) -> Any:
+    def _open_ort(self, threads: Optional[int]) -> Any:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -453,12 +459,6 @@ class _Sessions:
         return onnxruntime.InferenceSession(
             self._plan.model, options, providers=["CPUExecutionProvider"]
         )
-
-    def _open_ort(self) -> Any:
-        return self._ort(None)
-
-    def _open_ort_1t(self) -> Any:
-        return self._ort(1)
 
     def _open_openvino(self) -> Any:
         import openvino
