@@ -55,7 +55,8 @@ comparators (--compare, comma-separated; skipped with a note when not installed)
 """ + "\n".join(f"  {name:<10} {c.label}" for name, c in COMPARATORS.items())
 
 _BENCH_EPILOG = """\
-inputs are random (seeded) unless given; dynamic dims default to 1 unless set with --shape.
+inputs are random (seeded) unless given with --input. A dynamic batch dim becomes 1; any other
+dynamic dim (image size, sequence length) must be set with --shape.
 
 examples:
   ez-rknn bench yolov8n.onnx                                 all modes, 10 s each
@@ -138,7 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     what = bench.add_argument_group("what to run")
     what.add_argument("--mode", default="all", help=f"{', '.join(MODES)} or all (default: all)")
     what.add_argument(
-        "--compare", default="none", help="comparators to run side by side, or all (default: none)"
+        "--compare",
+        default="none",
+        metavar="LIST",
+        help="comparators to run side by side, or all (default: none)",
     )
     what.add_argument(
         "--input",
