@@ -6,6 +6,7 @@ The public names of API.md; everything else is internal.
 from __future__ import annotations
 
 from .errors import BrokenSessionError, RKNNError, SessionClosedError, SubmitTimeoutError
+from .iobinding import IOBinding, OrtValue, SessionIOBinding
 from .options import make_provider_options
 from .session import InferenceSession
 from .tensors import ModelMetadata, NodeArg
@@ -21,9 +22,19 @@ __all__ = [
     "BrokenSessionError",
     "NodeArg",
     "ModelMetadata",
+    "OrtValue",
+    "IOBinding",
+    "SessionIOBinding",
     "__version__",
 ]
 
-for _name in ("InferenceSession", "make_provider_options", "NodeArg", "ModelMetadata"):
+for _name in (
+    "InferenceSession",
+    "make_provider_options",
+    "NodeArg",
+    "ModelMetadata",
+    "OrtValue",
+    "SessionIOBinding",
+):
     globals()[_name].__module__ = __name__
 del _name

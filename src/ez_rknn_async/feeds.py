@@ -18,6 +18,7 @@ __all__ = [
     "resolve_outputs",
     "format_shape",
     "check_array",
+    "check_tensor",
     "split_batch",
     "copy_for_async",
     "run_option",
@@ -96,37 +97,44 @@ def _from_mapping(feed: Mapping, inputs: Sequence[TensorSpec]) -> list[Any]:
     raise ValueError(message)
 
 
-def check_array(value: Any, spec: TensorSpec) -> np.ndarray:
+def check_array(value: Any, spec: TensorSpec, *, role: str = "input") -> np.ndarray:
     """``value`` as an array the backend accepts for ``spec``, or a ValueError/TypeError."""
     if isinstance(value, np.ndarray):
         array = value
-        if array.dtype not in spec.accepts:
-            expected = " or ".join(str(dt) for dt in spec.accepts)
-            raise TypeError(
-                f"input {spec.name!r}: expected dtype {expected} ({spec.type}), got {array.dtype}"
-            )
     else:
         try:
             array = np.asarray(value, dtype=spec.dtype)
         except (TypeError, ValueError) as exc:
             raise TypeError(
-                f"input {spec.name!r}: cannot convert {type(value).__name__} to a "
+                f"{role} {spec.name!r}: cannot convert {type(value).__name__} to a "
                 f"{spec.dtype} array ({exc})"
             ) from None
-    shape = array.shape
+    check_tensor(array.shape, array.dtype, spec, role=role)
+    return array
+
+
+def check_tensor(
+    shape: Sequence[int], dtype: np.dtype, spec: TensorSpec, *, role: str = "input"
+) -> None:
+    """Raise TypeError/ValueError unless a tensor of ``shape``/``dtype`` fits ``spec``: the one
+    check behind feeds and zero-copy values. ``role`` names the tensor kind in the message."""
+    if dtype not in spec.accepts:
+        expected = " or ".join(str(dt) for dt in spec.accepts)
+        raise TypeError(
+            f"{role} {spec.name!r}: expected dtype {expected} ({spec.type}), got {dtype}"
+        )
     expected_shape = spec.shape
     if len(shape) != len(expected_shape):
         raise ValueError(
-            f"input {spec.name!r}: expected rank {len(expected_shape)} "
+            f"{role} {spec.name!r}: expected rank {len(expected_shape)} "
             f"{format_shape(expected_shape)}, got rank {len(shape)} {list(shape)}"
         )
     for got, want in zip(shape, expected_shape):
         if got != want and isinstance(want, int) and want >= 0:
             raise ValueError(
-                f"input {spec.name!r}: expected shape {format_shape(expected_shape)}, "
+                f"{role} {spec.name!r}: expected shape {format_shape(expected_shape)}, "
                 f"got {list(shape)}"
             )
-    return array
 
 
 def split_batch(

@@ -21,12 +21,15 @@ from .engine.layout import plan_slots, task_routes
 from .engine.pipeline import Pipeline
 from .errors import SessionClosedError, SubmitTimeoutError
 from .feeds import copy_for_async, normalize_feed, resolve_outputs, run_option, split_batch
+from .iobinding import SessionIOBinding, SessionMemory
 from .options import ProviderOptions, parse_bool, parse_provider_options
 from .tensors import ModelMetadata, NodeArg
 
 __all__ = ["InferenceSession"]
 
 DISPATCH_BATCH = "ztu_modelrt_dispatch_batch"
+#: The runner method of an I/O-binding task (``Runner.run_binding``).
+_RUN_BINDING = "run_binding"
 
 
 class InferenceSession:
@@ -67,6 +70,7 @@ class InferenceSession:
         self._backend: Backend = backend
         self._options = options
         self._weights_from = use_weight_from  # the owner of shared weights outlives this session
+        self._zero_copy = SessionMemory(backend)
         self._engine = _start_engine(backend, options)
         self._pipeline = Pipeline()
         self._inputs = list(backend.inputs)
@@ -108,34 +112,38 @@ class InferenceSession:
         submission order. An exception raised by the callback is reported through
         ``sys.unraisablehook`` and the session goes on. Inputs are copied, so the caller may reuse
         its arrays at once. Blocks only while the queue is full (up to ``submit_timeout_ms``).
+        ``input_feed`` may be an IOBinding (``output_names`` None): ``results`` are then its bound
+        output OrtValues.
         """
         engine = self._check_open()
         if not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-        indices, arrays = self._prepare_async("run_async", output_names, input_feed, run_options)
-        engine.submit_callback(arrays, indices, callback, user_data)
+        job = self._prepare_async("run_async", output_names, input_feed, run_options)
+        job.submit_callback(engine, callback, user_data)
 
     def submit(
         self, output_names: Optional[Sequence[str]], input_feed: Any, run_options: Any = None
     ) -> Future:
-        """Queue one inference; the returned ``concurrent.futures.Future`` gets the outputs."""
+        """Queue one inference; the returned ``concurrent.futures.Future`` gets the outputs.
+        ``input_feed`` may be an IOBinding (``output_names`` None): the future then gets its bound
+        output OrtValues, so zero-copy frames pipeline across the workers (one binding per frame
+        in flight)."""
         engine = self._check_open()
-        indices, arrays = self._prepare_async("submit", output_names, input_feed, run_options)
-        return engine.submit(arrays, indices)
+        return self._prepare_async("submit", output_names, input_feed, run_options).submit(engine)
 
     async def arun(
         self, output_names: Optional[Sequence[str]], input_feed: Any, run_options: Any = None
     ) -> list[np.ndarray]:
         """``await`` one inference from asyncio. Never blocks the event loop: when the queue is
         full, the wait for space happens in the loop's executor. Cancelling the awaiting task
-        cancels the inference if it has not started."""
+        cancels the inference if it has not started. Takes an IOBinding as ``submit`` does."""
         engine = self._check_open()
-        indices, arrays = self._prepare_async("arun", output_names, input_feed, run_options)
+        job = self._prepare_async("arun", output_names, input_feed, run_options)
         try:
-            future = engine.submit(arrays, indices, blocking=False)
+            future = job.submit(engine, blocking=False)
         except SubmitTimeoutError:
             loop = asyncio.get_running_loop()
-            future = await loop.run_in_executor(None, engine.submit, arrays, indices)
+            future = await loop.run_in_executor(None, job.submit, engine)
         return await asyncio.wrap_future(future)
 
     def run_pipeline(
@@ -152,6 +160,23 @@ class InferenceSession:
         arrays = copy_for_async(normalize_feed(input_feed, self._inputs))
         indices = self._all_outputs
         return self._pipeline.push(lambda: engine.submit(arrays, indices), int(depth), reset)
+
+    def io_binding(self) -> SessionIOBinding:
+        """A new I/O binding for zero-copy runs (``iobinding`` module; SPEC.md 12.3)."""
+        self._check_open()
+        return SessionIOBinding(self)
+
+    def run_with_iobinding(self, iobinding: SessionIOBinding, run_options: Any = None) -> None:
+        """Run one inference on the values bound in ``iobinding``; the outputs land in its bound
+        output values. Like ``run``, it takes a worker slot (on the calling thread when one is
+        idle), so it never races the workers."""
+        engine = self._check_open()
+        _reject_dispatch_batch("run_with_iobinding", run_options)
+        self._zero_copy.launch(
+            iobinding,
+            "run_with_iobinding",
+            lambda flight: engine.run_inline(flight, (), method=_RUN_BINDING),
+        )
 
     def drain_pipeline(self) -> list[list[np.ndarray]]:
         """Wait for the frames still in the pipeline and return their outputs, oldest first.
@@ -213,6 +238,7 @@ class InferenceSession:
         if engine is None or engine.state is not State.OPEN:
             return
         self._pipeline.discard()
+        self._zero_copy.close()  # values and bindings refuse calls; the backend frees buffers
         engine.close()
         self._backend.close()
         self._weights_from = None
@@ -246,13 +272,19 @@ class InferenceSession:
 
     def _prepare_async(
         self, api: str, output_names: Any, input_feed: Any, run_options: Any
-    ) -> tuple[tuple[int, ...], list[np.ndarray]]:
-        if run_options is not None and _dispatch_batch(run_options):
-            raise ValueError(f"{api} does not support {DISPATCH_BATCH}=True; use run()")
+    ) -> _Job:
+        _reject_dispatch_batch(api, run_options)
+        if isinstance(input_feed, SessionIOBinding):
+            if output_names:
+                raise ValueError(
+                    f"{api}: output_names must be None with an IOBinding; the run delivers its "
+                    "bound outputs"
+                )
+            return _Job(api, input_feed, (), self._zero_copy)
         indices = (
             resolve_outputs(output_names, self._outputs) if output_names else self._all_outputs
         )
-        return indices, copy_for_async(normalize_feed(input_feed, self._inputs))
+        return _Job(api, copy_for_async(normalize_feed(input_feed, self._inputs)), indices)
 
     def _run_batch(self, indices: tuple[int, ...], input_feed: Any) -> list[np.ndarray]:
         """Dispatch batch: one task per sample over all workers, outputs joined in order."""
@@ -278,6 +310,43 @@ def _join(parts: list[np.ndarray]) -> np.ndarray:
 def _dispatch_batch(run_options: Any) -> bool:
     value = run_option(run_options, DISPATCH_BATCH)
     return False if value is None else parse_bool(DISPATCH_BATCH, value)
+
+
+def _reject_dispatch_batch(api: str, run_options: Any) -> None:
+    if run_options is not None and _dispatch_batch(run_options):
+        raise ValueError(f"{api} does not support {DISPATCH_BATCH}=True; use run()")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """One queued inference: copied input arrays, or an IOBinding that every submit attempt
+    claims anew (so an attempt that queues nothing leaves the binding free)."""
+
+    api: str
+    inputs: Any
+    indices: tuple[int, ...]
+    memory: Optional[SessionMemory] = None  # set when ``inputs`` is an IOBinding
+
+    def submit(self, engine: Engine, blocking: bool = True) -> Future:
+        if self.memory is None:
+            return engine.submit(self.inputs, self.indices, blocking=blocking)
+        return self.memory.launch(
+            self.inputs,
+            self.api,
+            lambda flight: engine.submit(flight, (), blocking=blocking, method=_RUN_BINDING),
+        )
+
+    def submit_callback(self, engine: Engine, callback: Callable[..., Any], user_data: Any) -> None:
+        if self.memory is None:
+            engine.submit_callback(self.inputs, self.indices, callback, user_data)
+            return
+        self.memory.launch(
+            self.inputs,
+            self.api,
+            lambda flight: engine.submit_callback(
+                flight, (), callback, user_data, method=_RUN_BINDING
+            ),
+        )
 
 
 def _start_engine(backend: Any, options: ProviderOptions) -> Engine:

@@ -5,20 +5,45 @@ slot the engine asks it for a ``Runner``: a plain, synchronous object that runs 
 The engine guarantees a runner is never called by two threads at once, so a runner may own a
 non-thread-safe native handle (an RKNN context). Backends start no threads and never wait on
 anything but their runtime.
+
+Zero copy (``iobinding.py``) adds a small device-memory interface: ``Backend.allocate`` /
+``Backend.import_dmabuf`` make ``DeviceBuffer`` objects, ``Backend.check_binding`` vets one for a
+model tensor, and ``Runner.run_buffers`` runs one inference on bound buffers. ``DeviceBuffer``
+keeps the lifetime rules (pinned while a run uses it, freed exactly once) so a backend only
+supplies the native calls.
 """
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional, Protocol
 
 import numpy as np
 
 from ..tensors import ModelMetadata, TensorSpec
 
-__all__ = ["SlotSpec", "Runner", "Backend"]
+__all__ = [
+    "SlotSpec",
+    "Runner",
+    "Backend",
+    "BindingJob",
+    "BufferRequest",
+    "DeviceBuffer",
+    "BufferTracker",
+    "MEM_DEFAULT",
+    "MEM_CACHEABLE",
+    "MEM_NON_CACHEABLE",
+    "MEM_TRY_SRAM",
+]
+
+#: ``BufferRequest.mem_flags`` bits, with the values of ``rknn_create_mem2``'s alloc flags.
+MEM_DEFAULT = 0  # cacheable
+MEM_CACHEABLE = 1
+MEM_NON_CACHEABLE = 2
+MEM_TRY_SRAM = 4
 
 
 @dataclass(frozen=True)
@@ -36,6 +61,157 @@ class SlotSpec:
     intra_op_threads: int = 1
 
 
+@dataclass(frozen=True)
+class BufferRequest:
+    """What a device buffer is for.
+
+    ``shape`` and ``dtype`` are the logical view: what ``OrtValue.numpy()`` returns and
+    ``update_inplace`` takes (the layout of ``Backend.zero_copy_inputs/outputs``). ``io_kind``
+    ("input" / "output") and ``index`` (into those lists) name the model tensor the buffer is made
+    for, so the backend can lay it out natively (strides, NC1HWC2); both None: a generic dense
+    buffer. The caller has already checked shape and dtype against the tensor's spec.
+    ``mem_flags`` combines the ``MEM_*`` bits (RKNN cacheability / SRAM; host memory ignores them).
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    io_kind: Optional[str] = None
+    index: Optional[int] = None
+    mem_flags: int = MEM_DEFAULT
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the dense logical tensor (native layouts may need more)."""
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+class DeviceBuffer(ABC):
+    """A block of memory a runtime reads or writes in place (an RKNN ``rknn_tensor_mem``, a
+    dma-buf, or host memory standing in for one).
+
+    This class owns the lifetime rules so no backend re-implements them: a run ``pin()``s the
+    buffers it uses; ``release()`` frees at once when unpinned and otherwise when the last pin
+    goes, so memory is never freed under a running inference; ``_free`` is called exactly once,
+    and the buffer leaves its ``BufferTracker`` then. Subclasses supply the native calls.
+    """
+
+    def __init__(self, request: BufferRequest, tracker: BufferTracker) -> None:
+        self.request = request
+        self._lock = threading.Lock()
+        self._pins = 0
+        self._release_requested = False
+        self._tracker = tracker
+        tracker.add(self)
+
+    @property
+    def released(self) -> bool:
+        """True once ``release()`` was called (the memory may still be pinned by a run)."""
+        return self._release_requested
+
+    def pin(self) -> bool:
+        """Keep the memory alive for a run. False (and nothing pinned) if already released."""
+        with self._lock:
+            if self._release_requested:
+                return False
+            self._pins += 1
+            return True
+
+    def unpin(self) -> None:
+        with self._lock:
+            self._pins -= 1
+            free = self._release_requested and self._pins == 0
+        if free:
+            self._finalize()
+
+    def release(self) -> None:
+        """Free the memory now, or after the runs that pinned it. Idempotent."""
+        with self._lock:
+            if self._release_requested:
+                return
+            self._release_requested = True
+            free = self._pins == 0
+        if free:
+            self._finalize()
+
+    def _finalize(self) -> None:
+        try:
+            self._free()
+        finally:
+            self._tracker.discard(self)
+
+    # -- what a backend implements ---------------------------------------------------------
+
+    @abstractmethod
+    def _free(self) -> None:
+        """Release the native memory (``rknn_destroy_mem``, munmap, close the dup'ed fd).
+        Called exactly once, from any thread, never while pinned."""
+
+    @abstractmethod
+    def read(self) -> np.ndarray:
+        """A new array of ``request.shape``/``dtype`` with the buffer's contents, converted from
+        the native layout. Callers sync first. May raise ValueError for a layout the CPU cannot
+        read (NC1HWC2 with pass-through)."""
+
+    @abstractmethod
+    def write(self, array: np.ndarray) -> None:
+        """Store ``array`` (already checked: ``request.shape``/``dtype``) in the native layout.
+        Callers sync afterwards."""
+
+    def sync_to_device(self) -> None:  # noqa: B027 - host memory needs no sync
+        """Make CPU writes visible to the device (``rknn_mem_sync`` TO_DEVICE)."""
+
+    def sync_from_device(self) -> None:  # noqa: B027 - host memory needs no sync
+        """Make device writes visible to the CPU (``rknn_mem_sync`` FROM_DEVICE)."""
+
+    @property
+    @abstractmethod
+    def data_ptr(self) -> int:
+        """Virtual address of the first element (``virt_addr + offset``)."""
+
+    @abstractmethod
+    def memory_info(self) -> dict[str, Any]:
+        """Backend details for ``OrtValue.memory_info()`` (size, fd, offset, strides...)."""
+
+
+class BufferTracker:
+    """The live buffers of one backend: ``release_all()`` at backend close frees what users still
+    hold, and the counters let tests check that every buffer was freed exactly once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: set[DeviceBuffer] = set()
+        self.allocated = 0
+        self.freed = 0
+
+    @property
+    def live(self) -> int:
+        return len(self._live)
+
+    def add(self, buffer: DeviceBuffer) -> None:
+        with self._lock:
+            self._live.add(buffer)
+            self.allocated += 1
+
+    def discard(self, buffer: DeviceBuffer) -> None:
+        with self._lock:
+            self._live.remove(buffer)  # KeyError: freed twice, a bug worth a traceback
+            self.freed += 1
+
+    def release_all(self) -> None:
+        with self._lock:
+            buffers = list(self._live)
+        for buffer in buffers:
+            buffer.release()
+
+
+class BindingJob(Protocol):
+    """What an I/O-binding task hands to ``Runner.run_binding`` (``iobinding`` makes it)."""
+
+    def run_on(self, runner: Runner) -> list[Any]:
+        """Pin the bound buffers, call ``runner.run_buffers``, unpin; return the bound outputs."""
+        ...
+
+
 class Runner(ABC):
     """Runs tasks for one worker slot, one at a time."""
 
@@ -47,6 +223,18 @@ class Runner(ABC):
         shape compatible with the spec). ``output_indices`` are the model outputs wanted, in the
         order wanted (may repeat). Returns fresh arrays the caller owns.
         """
+
+    def run_binding(self, job: BindingJob, output_indices: Sequence[int]) -> list[Any]:
+        """The engine's entry point for an I/O-binding task (``method="run_binding"``): the job
+        keeps the buffers alive around ``run_buffers`` and returns the bound output values."""
+        return job.run_on(self)
+
+    def run_buffers(self, inputs: Sequence[DeviceBuffer], outputs: Sequence[DeviceBuffer]) -> None:
+        """Run one inference reading ``inputs`` and writing ``outputs`` in place: one buffer per
+        model input / output, in model order, each made by this runner's backend and accepted by
+        its ``check_binding``. Buffers are pinned for the call. No syncs needed: callers sync
+        around their own CPU reads and writes."""
+        raise NotImplementedError(f"{type(self).__name__} does not support I/O binding (zero copy)")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the runner owns. Called once, after its last ``run``."""
@@ -71,6 +259,39 @@ class Backend(ABC):
     @property
     def native_outputs(self) -> Sequence[TensorSpec]:
         return self.outputs
+
+    #: What zero-copy values report as ``device_name()``.
+    device_type: str = "cpu"
+
+    @property
+    def zero_copy_inputs(self) -> Sequence[TensorSpec]:
+        """The inputs as bound values see them (logical shape, buffer dtype); default ``inputs``.
+        RKNN: the zero-copy attrs of SPEC.md 12.1 (``layout`` decides NCHW/NHWC)."""
+        return self.inputs
+
+    @property
+    def zero_copy_outputs(self) -> Sequence[TensorSpec]:
+        """The outputs as bound values see them; default ``outputs``. RKNN: the model's own type
+        (zero-copy outputs are not dequantised)."""
+        return self.outputs
+
+    def allocate(self, request: BufferRequest) -> DeviceBuffer:
+        """A new zero-filled buffer for ``request``."""
+        raise NotImplementedError(f"the {self.name} backend does not support zero-copy buffers")
+
+    def import_dmabuf(
+        self, fd: int, request: BufferRequest, *, size: int, offset: int, virt_addr: Optional[int]
+    ) -> DeviceBuffer:
+        """A buffer over ``size`` bytes of the dma-buf ``fd`` from ``offset`` (``size`` already
+        checked to hold ``request.nbytes``). Dup the fd: the caller may close it. ``virt_addr``: the
+        caller's mapping of the fd, if it has one."""
+        raise NotImplementedError(f"the {self.name} backend does not import dma-bufs")
+
+    def check_binding(  # noqa: B027 - buffers of this backend bind as made by default
+        self, buffer: DeviceBuffer, io_kind: str, index: int
+    ) -> None:
+        """Raise ValueError if ``buffer`` (shape and dtype already checked) cannot serve model
+        tensor ``index`` (e.g. a generic dense buffer for a strided native input)."""
 
     @abstractmethod
     def default_cores(self) -> list[int]:

@@ -4,11 +4,16 @@ Parallelism comes from the engine, not from onnxruntime's thread pool: every slo
 with ``intra_op_num_threads=1`` (tp_mode asks for more), so N slots keep N cores busy with N
 frames. onnxruntime's ``InferenceSession.run`` is thread-safe, so slots that need the same thread
 count share one onnxruntime session (one copy of the weights); only the engine decides who runs.
+
+Zero copy runs on host memory standing in for device memory: a buffer is a numpy array (or an
+mmap of an imported fd, so a memfd plays the part of a dma-buf) wrapped, without a copy, in an
+onnxruntime ``OrtValue``, and a binding run is onnxruntime's own ``run_with_iobinding``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any, Optional
@@ -19,9 +24,9 @@ import onnxruntime as ort
 from ..options import ProviderOptions
 from ..tensors import ONNX_TYPE_TO_DTYPE, ModelMetadata, TensorSpec
 from . import ModelSource
-from .base import Backend, Runner, SlotSpec
+from .base import Backend, BufferRequest, BufferTracker, DeviceBuffer, Runner, SlotSpec
 
-__all__ = ["OnnxRuntimeBackend", "load", "usable_cpus"]
+__all__ = ["OnnxRuntimeBackend", "HostBuffer", "load", "usable_cpus"]
 
 _CPU = "CPUExecutionProvider"
 
@@ -65,10 +70,57 @@ def _threads(sess_options: Any, intra: int) -> Iterator[Any]:
         sess_options.intra_op_num_threads, sess_options.inter_op_num_threads = saved
 
 
+class HostBuffer(DeviceBuffer):
+    """Host memory as a device buffer: ``array`` is allocated here or maps an imported fd, and
+    ``ort_value`` is onnxruntime's zero-copy view of it, which binding runs bind directly."""
+
+    def __init__(
+        self,
+        request: BufferRequest,
+        tracker: BufferTracker,
+        array: np.ndarray,
+        mapping: Optional[mmap.mmap] = None,
+        fd: int = -1,
+        offset: int = 0,
+    ) -> None:
+        self._array = array
+        self.ort_value: Optional[ort.OrtValue] = ort.OrtValue.ortvalue_from_numpy(array)
+        self._mapping = mapping
+        self._fd = fd
+        self._offset = offset
+        super().__init__(request, tracker)
+
+    def _free(self) -> None:
+        self.ort_value = None
+        self._array = None  # the last views of the mapping go, so it can be unmapped
+        if self._mapping is not None:
+            self._mapping.close()
+            os.close(self._fd)
+
+    def read(self) -> np.ndarray:
+        return self._array.copy()
+
+    def write(self, array: np.ndarray) -> None:
+        np.copyto(self._array, array)
+
+    @property
+    def data_ptr(self) -> int:
+        return int(self._array.ctypes.data)
+
+    def memory_info(self) -> dict[str, Any]:
+        return {
+            "size": self._array.nbytes,
+            "fd": self._fd,
+            "offset": self._offset,
+            "dmabuf_backed": self._mapping is not None,
+        }
+
+
 class _OrtRunner(Runner):
-    __slots__ = ("_run", "_input_names", "_output_names")
+    __slots__ = ("_session", "_run", "_input_names", "_output_names")
 
     def __init__(self, session: ort.InferenceSession) -> None:
+        self._session = session
         self._run = session.run
         self._input_names = [arg.name for arg in session.get_inputs()]
         self._output_names = [arg.name for arg in session.get_outputs()]
@@ -76,6 +128,14 @@ class _OrtRunner(Runner):
     def run(self, inputs: Sequence[np.ndarray], output_indices: Sequence[int]) -> list[np.ndarray]:
         names = self._output_names
         return self._run([names[i] for i in output_indices], dict(zip(self._input_names, inputs)))
+
+    def run_buffers(self, inputs: Sequence[DeviceBuffer], outputs: Sequence[DeviceBuffer]) -> None:
+        binding = self._session.io_binding()
+        for name, buffer in zip(self._input_names, inputs):
+            binding.bind_ortvalue_input(name, buffer.ort_value)  # type: ignore[attr-defined]
+        for name, buffer in zip(self._output_names, outputs):
+            binding.bind_ortvalue_output(name, buffer.ort_value)  # type: ignore[attr-defined]
+        self._session.run_with_iobinding(binding)
 
 
 class OnnxRuntimeBackend(Backend):
@@ -91,6 +151,7 @@ class OnnxRuntimeBackend(Backend):
         self._source = source
         self._sess_options = sess_options if sess_options is not None else ort.SessionOptions()
         self._providers = _usable_providers(providers)
+        self.buffers = BufferTracker()
         # Sessions by intra-op thread count; weight sharing with an identical model reuses them.
         self._sessions: dict[int, ort.InferenceSession] = (
             shared._sessions if shared is not None and shared._source.data == source.data else {}
@@ -125,7 +186,36 @@ class OnnxRuntimeBackend(Backend):
     def open_runner(self, slot: SlotSpec) -> Runner:
         return _OrtRunner(self._session(slot.intra_op_threads))
 
+    def allocate(self, request: BufferRequest) -> DeviceBuffer:
+        return HostBuffer(request, self.buffers, np.zeros(request.shape, request.dtype))
+
+    def import_dmabuf(
+        self, fd: int, request: BufferRequest, *, size: int, offset: int, virt_addr: Optional[int]
+    ) -> DeviceBuffer:
+        """Maps the fd itself (``virt_addr`` is not needed). Any mappable fd works: a memfd
+        stands in for a dma-buf in tests."""
+        available = os.fstat(fd).st_size
+        if offset + size > available:
+            raise ValueError(
+                f"fd {fd} holds {available} bytes; offset {offset} + size {size} goes past its end"
+            )
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        count = int(np.prod(request.shape, dtype=np.int64))
+        with contextlib.ExitStack() as undo:
+            own_fd = os.dup(fd)
+            undo.callback(os.close, own_fd)
+            mapping = mmap.mmap(own_fd, offset + size - start, offset=start)
+            undo.callback(mapping.close)
+            array = np.frombuffer(mapping, request.dtype, count, offset - start)
+            buffer = HostBuffer(
+                request, self.buffers, array.reshape(request.shape), mapping, own_fd, offset
+            )
+            del array
+            undo.pop_all()
+        return buffer
+
     def close(self) -> None:
+        self.buffers.release_all()
         self._sessions = {}
 
 
