@@ -9,6 +9,7 @@ import pytest
 
 from ez_rknn_async import RKNNError
 from ez_rknn_async.backends.rknn import abi, library
+
 from rknn_emu import emulator_build
 
 pytest_plugins = ("rknn_fixtures",)

@@ -16,6 +16,7 @@ from ez_rknn_async.backends import ModelSource
 from ez_rknn_async.backends.rknn import abi, custom_ops, library
 from ez_rknn_async.backends.rknn.backend import load
 from ez_rknn_async.options import ProviderOptions
+
 from rknn_emu import EmuModel, EmuTensor, Npu, reference, to_nchw
 
 pytest_plugins = ("rknn_fixtures",)

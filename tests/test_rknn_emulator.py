@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ez_rknn_async.backends.rknn import abi, library
+
 from rknn_emu import EmuModel, EmuTensor
 
 pytest_plugins = ("rknn_fixtures",)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ez_rknn_async import InferenceSession, make_provider_options
+
 from rknn_emu import EmuModel, EmuTensor, reference
 
 pytest_plugins = ("rknn_fixtures",)
