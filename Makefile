@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,cli,plot,openvino,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[test,dev]"
 	# nudenet ships the YOLOv8n 320n.onnx the demo and tests run; its own deps (opencv) are not needed.
 	$(BIN)/python -m pip install --quiet --no-deps nudenet
 	touch $(STAMP)

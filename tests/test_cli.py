@@ -118,7 +118,8 @@ def test_bench_time_budget(capsys, add_mul_path):
     )
     assert code == 0
     result = json.loads(out)["results"][0]
-    assert 0.3 <= result["duration_s"] < 1.5 and result["count"] > 10
+    # the budget is checked between frames: duration ends at the last completion, just under it
+    assert 0.28 <= result["duration_s"] < 1.5 and result["count"] > 10
 
 
 def test_compare_skips_what_is_missing_with_a_note(capsys, add_mul_path, monkeypatch):
