@@ -14,13 +14,14 @@ import pytest
 from onnx import TensorProto, helper
 
 from ez_rknn_async import (
-    IOBinding,
     InferenceSession,
+    IOBinding,
     OrtValue,
     SessionIOBinding,
     make_provider_options,
 )
 from ez_rknn_async.backends import onnxruntime as ort_backend
+
 from onnx_models import add_mul_model, save, yolo_path
 
 H, W = 48, 64
@@ -222,6 +223,7 @@ def test_memfd_stands_in_for_a_dmabuf(tmp_path):
     rng = np.random.default_rng(4)
     image = rng.integers(0, 256, (1, 3, H, W), dtype=np.uint8)
     offset = 4096 + 100  # not page aligned
+    open_fds = len(os.listdir("/proc/self/fd"))
     fd = _memfd(image.tobytes(), 3 * 4096 + image.nbytes, offset)
     out_fd = _memfd(b"", 3 * 4096, 0)
     with InferenceSession(path) as sess:
@@ -237,9 +239,14 @@ def test_memfd_stands_in_for_a_dmabuf(tmp_path):
                 io_kind="input",
             )
             nhwc = OrtValue.ortvalue_from_dmabuf(
-                out_fd, [1, H, W, 3], np.uint8, size=H * W * 3, session=sess, name="nhwc",
+                out_fd,
+                [1, H, W, 3],
+                np.uint8,
+                size=H * W * 3,
+                session=sess,
+                name="nhwc",
                 io_kind="output",
-            )  # fmt: skip
+            )
         finally:
             os.close(out_fd)  # the values hold their own dup of the fd
         info = frame.memory_info()
@@ -267,6 +274,7 @@ def test_memfd_stands_in_for_a_dmabuf(tmp_path):
         binding.close()
         assert live_buffers(sess) == 2  # the two imported values, still held here
     assert live_buffers(sess) == 0
+    assert len(os.listdir("/proc/self/fd")) == open_fds  # the dup'ed fds were closed
 
 
 def test_many_bindings_in_flight_across_workers(tmp_path):

@@ -68,6 +68,7 @@ For backend authors (phase 2, RKNN): implement, in ``backends/base.py`` terms,
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -253,14 +254,16 @@ class SessionMemory:
         check_tensor(shape, dtype, self._specs[io_kind][index], role=io_kind)
         return BufferRequest(shape, dtype, io_kind, index, mem_flags)
 
-    def new_value(self, make: Callable[[BufferRequest], DeviceBuffer], request: Any) -> OrtValue:
-        return OrtValue._device(self, make(request))
+    def new_value(
+        self, make: Callable[[BufferRequest], DeviceBuffer], request: BufferRequest
+    ) -> _DeviceValue:
+        return _DeviceValue(self, make(request))
 
-    def check_bindable(self, value: Any, io_kind: str, index: int, api: str) -> None:
-        """Raise unless ``value`` may serve as model tensor ``index`` of kind ``io_kind``."""
+    def check_bindable(self, value: Any, io_kind: str, index: int, api: str) -> _DeviceValue:
+        """``value``, if it may serve as model tensor ``index`` of kind ``io_kind``."""
         if not isinstance(value, OrtValue):
             raise TypeError(f"{api} takes an OrtValue, got {type(value).__name__}")
-        if value._buffer is None:
+        if not isinstance(value, _DeviceValue):
             host_way = "bind_cpu_input" if io_kind == "input" else "bind_output"
             raise TypeError(
                 f"{api} needs an OrtValue in session memory (device_type='rknpu2', session=...); "
@@ -271,14 +274,17 @@ class SessionMemory:
         buffer = value._live()
         spec = self._specs[io_kind][index]
         made_for = buffer.request
-        if made_for.index is not None and (made_for.io_kind, made_for.index) != (io_kind, index):
-            other = self._specs[made_for.io_kind][made_for.index].name
+        made_kind, made_index = made_for.io_kind, made_for.index
+        generic = made_kind is None or made_index is None
+        if not generic and (made_kind, made_index) != (io_kind, index):
+            other = self._specs[made_kind][made_index].name  # type: ignore[index]
             raise ValueError(
-                f"{api}: the OrtValue was made for {made_for.io_kind} {other!r}; it cannot be "
+                f"{api}: the OrtValue was made for {made_kind} {other!r}; it cannot be "
                 f"bound to {io_kind} {spec.name!r}"
             )
         check_tensor(made_for.shape, made_for.dtype, spec, role=io_kind)
         self.backend.check_binding(buffer, io_kind, index)
+        return value
 
     def launch(self, binding: Any, api: str, start: Callable[[_Flight], _T]) -> _T:
         """Claim ``binding`` for one run and ``start(flight)`` it (hand it to the engine).
@@ -304,7 +310,7 @@ class SessionMemory:
         return outcome
 
 
-class OrtValue:
+class OrtValue(ABC):
     """A tensor for zero-copy runs, with onnxruntime's ``OrtValue`` surface (SPEC.md 12.2).
 
     Make one with ``ortvalue_from_numpy``, ``ortvalue_from_shape_and_type`` or
@@ -312,25 +318,15 @@ class OrtValue:
     or when its session closes, whichever comes first.
     """
 
-    __slots__ = ("_array", "_buffer", "_memory")
+    __slots__ = ()
 
-    def __init__(self) -> None:
-        raise TypeError(
-            "make OrtValues with OrtValue.ortvalue_from_numpy, ortvalue_from_shape_and_type or "
-            "ortvalue_from_dmabuf"
-        )
-
-    @classmethod
-    def _host(cls, array: np.ndarray) -> OrtValue:
-        value = object.__new__(cls)
-        value._array, value._buffer, value._memory = array, None, None
-        return value
-
-    @classmethod
-    def _device(cls, memory: SessionMemory, buffer: DeviceBuffer) -> OrtValue:
-        value = object.__new__(cls)
-        value._array, value._buffer, value._memory = None, buffer, memory
-        return value
+    def __new__(cls, *args: Any, **kwargs: Any) -> OrtValue:
+        if cls is OrtValue:
+            raise TypeError(
+                "make OrtValues with OrtValue.ortvalue_from_numpy, ortvalue_from_shape_and_type "
+                "or ortvalue_from_dmabuf"
+            )
+        return super().__new__(cls)
 
     # -- constructors ----------------------------------------------------------------------
 
@@ -354,10 +350,13 @@ class OrtValue:
         _check_layout(layout)
         memory = _placement(device_type, device_id, session, name, io_kind)
         if memory is None:
-            return OrtValue._host(np.ascontiguousarray(arr))
+            return _HostValue(arr if arr.flags.c_contiguous else arr.copy(order="C"))
         request = memory.request(name, io_kind, arr.shape, arr.dtype, MEM_DEFAULT)
         value = memory.new_value(memory.backend.allocate, request)
-        value._store(arr, sync)
+        if sync:
+            value._store(arr)
+        else:
+            value._live().write(arr)
         return value
 
     @staticmethod
@@ -380,7 +379,7 @@ class OrtValue:
         flags = parse_mem_flags(mem_flags)
         memory = _placement(device_type, device_id, session, name, io_kind)
         if memory is None:
-            return OrtValue._host(np.zeros(dims, dtype))
+            return _HostValue(np.zeros(dims, dtype))
         return memory.new_value(
             memory.backend.allocate, memory.request(name, io_kind, dims, dtype, flags)
         )
@@ -411,7 +410,8 @@ class OrtValue:
                 raise ValueError(f"{arg} must be >= {low}, got {value}")
         _check_layout(layout)
         memory = _memory_of(session)
-        request = memory.request(name, io_kind, _dims(shape), _element_dtype(element_type), 0)
+        dims, dtype = _dims(shape), _element_dtype(element_type)
+        request = memory.request(name, io_kind, dims, dtype, MEM_DEFAULT)
         if size < request.nbytes:
             raise ValueError(
                 f"dmabuf size {size} is smaller than the {request.nbytes} bytes of "
@@ -427,129 +427,219 @@ class OrtValue:
 
     # -- methods ---------------------------------------------------------------------------
 
+    @abstractmethod
     def numpy(self) -> np.ndarray:
         """Host value: the wrapped array itself. Device value: a synced copy, logical layout."""
-        buffer = self._live()
-        if buffer is None:
-            return self._array
-        buffer.sync_from_device()
-        return buffer.read()
 
-    def update_inplace(self, np_arr: np.ndarray) -> None:
-        """Overwrite the contents with ``np_arr`` (same shape and dtype), synced to the device."""
-        buffer = self._live()
-        if not isinstance(np_arr, np.ndarray):
-            raise TypeError(f"update_inplace takes a numpy array, got {type(np_arr).__name__}")
-        shape, dtype = tuple(self.shape()), self._dtype()
-        if np_arr.shape != shape or np_arr.dtype != dtype:
-            raise ValueError(
-                f"update_inplace: the OrtValue is {format_shape(shape)} {dtype}, got "
-                f"{list(np_arr.shape)} {np_arr.dtype}"
-            )
-        if buffer is None:
-            np.copyto(self._array, np_arr)
-        else:
-            self._store(np_arr, True)
-
+    @abstractmethod
     def data_ptr(self) -> int:
-        buffer = self._live()
-        return int(self._array.ctypes.data) if buffer is None else buffer.data_ptr
+        """Address of the first element."""
 
+    @abstractmethod
     def device_name(self) -> str:
         """``"cpu"`` for host values, else the backend's device (``"rknpu2"``, or ``"cpu"`` for
         onnxruntime's host-memory buffers)."""
-        self._live()
-        return "cpu" if self._memory is None else self._memory.backend.device_type
 
-    device_type = device_name
-
-    def device_id(self) -> int:
-        self._live()
-        return 0
-
-    def shape(self) -> list[int]:
-        buffer = self._live()
-        return list(self._array.shape if buffer is None else buffer.request.shape)
-
-    def element_type(self) -> str:
-        """The onnxruntime type string, e.g. ``tensor(float)``."""
-        self._live()
-        return type_string(self._dtype())
-
-    def is_tensor(self) -> bool:
-        self._live()
-        return True
-
+    @abstractmethod
     def has_value(self) -> bool:
         """False once released."""
-        if self._memory is not None:
-            self._memory.check_open()
-        return self._buffer is None or not self._buffer.released
 
+    @abstractmethod
     def sync_to_device(self) -> None:
         """After writing through ``data_ptr()``: make the writes visible to the device."""
-        buffer = self._live()
-        if buffer is not None:
-            buffer.sync_to_device()
 
+    @abstractmethod
     def sync_from_device(self) -> None:
         """Before reading through ``data_ptr()``: make the device's writes visible."""
-        buffer = self._live()
-        if buffer is not None:
-            buffer.sync_from_device()
 
-    def memory_info(self) -> dict[str, Any]:
-        buffer = self._live()
-        info: dict[str, Any] = {"device_type": self.device_name(), "device_id": 0}
-        if buffer is not None:
-            info.update(buffer.memory_info())
-        return info
-
+    @abstractmethod
     def release(self) -> None:
         """Free the device buffer now (after the run using it, if any) instead of when the value
         is collected. Idempotent; a no-op for host values and after the session closed."""
-        if self._buffer is not None:
-            self._buffer.release()
+
+    def device_type(self) -> str:
+        return self.device_name()
+
+    def device_id(self) -> int:
+        self._check()
+        return 0
+
+    def shape(self) -> list[int]:
+        self._check()
+        return list(self._shape)
+
+    def element_type(self) -> str:
+        """The onnxruntime type string, e.g. ``tensor(float)``."""
+        self._check()
+        return type_string(self._dtype)
+
+    def is_tensor(self) -> bool:
+        self._check()
+        return True
+
+    def update_inplace(self, np_arr: np.ndarray) -> None:
+        """Overwrite the contents with ``np_arr`` (same shape and dtype), synced to the device."""
+        self._check()
+        if not isinstance(np_arr, np.ndarray):
+            raise TypeError(f"update_inplace takes a numpy array, got {type(np_arr).__name__}")
+        if np_arr.shape != self._shape or np_arr.dtype != self._dtype:
+            raise ValueError(
+                f"update_inplace: the OrtValue is {format_shape(self._shape)} {self._dtype}, got "
+                f"{list(np_arr.shape)} {np_arr.dtype}"
+            )
+        self._store(np_arr)
+
+    def memory_info(self) -> dict[str, Any]:
+        return {"device_type": self.device_name(), "device_id": 0, **self._details()}
+
+    # -- what each kind of value supplies --------------------------------------------------
+
+    @property
+    @abstractmethod
+    def _shape(self) -> tuple[int, ...]: ...
+
+    @property
+    @abstractmethod
+    def _dtype(self) -> np.dtype: ...
+
+    @abstractmethod
+    def _check(self) -> None:
+        """Raise if the value may no longer be used."""
+
+    @abstractmethod
+    def _store(self, array: np.ndarray) -> None:
+        """Write ``array`` (already checked) and sync it to the device."""
+
+    @abstractmethod
+    def _details(self) -> dict[str, Any]:
+        """The device part of ``memory_info()``."""
+
+
+class _HostValue(OrtValue):
+    """A numpy array, wrapped: no session, no device memory, nothing to free."""
+
+    __slots__ = ("_array",)
+
+    def __init__(self, array: np.ndarray) -> None:
+        self._array = array
+
+    def numpy(self) -> np.ndarray:
+        return self._array
+
+    def data_ptr(self) -> int:
+        return int(self._array.ctypes.data)
+
+    def device_name(self) -> str:
+        return "cpu"
+
+    def has_value(self) -> bool:
+        return True
+
+    def sync_to_device(self) -> None:
+        pass
+
+    def sync_from_device(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"<OrtValue {type_string(self._dtype)} {list(self._shape)} (cpu)>"
+
+    @property
+    def _shape(self) -> tuple[int, ...]:
+        return self._array.shape
+
+    @property
+    def _dtype(self) -> np.dtype:
+        return self._array.dtype
+
+    def _check(self) -> None:
+        pass
+
+    def _store(self, array: np.ndarray) -> None:
+        np.copyto(self._array, array)
+
+    def _details(self) -> dict[str, Any]:
+        return {}
+
+
+class _DeviceValue(OrtValue):
+    """The one owner of a buffer of session memory: it frees the buffer when released or
+    collected (the session frees it at close otherwise)."""
+
+    __slots__ = ("_buffer", "_memory")
+
+    def __init__(self, memory: SessionMemory, buffer: DeviceBuffer) -> None:
+        self._memory = memory
+        self._buffer = buffer
+
+    def numpy(self) -> np.ndarray:
+        buffer = self._live()
+        buffer.sync_from_device()
+        return buffer.read()
+
+    def data_ptr(self) -> int:
+        return self._live().data_ptr
+
+    def device_name(self) -> str:
+        self._check()
+        return self._memory.backend.device_type
+
+    def has_value(self) -> bool:
+        self._memory.check_open()
+        return not self._buffer.released
+
+    def sync_to_device(self) -> None:
+        self._live().sync_to_device()
+
+    def sync_from_device(self) -> None:
+        self._live().sync_from_device()
+
+    def release(self) -> None:
+        self._buffer.release()
 
     def __del__(self) -> None:
-        buffer = getattr(self, "_buffer", None)
+        buffer = getattr(self, "_buffer", None)  # absent if __init__ never ran
         if buffer is not None:
             buffer.release()
 
     def __repr__(self) -> str:
-        if self._buffer is None:
-            where, dtype, shape = "cpu", self._array.dtype, self._array.shape
-        else:
-            request = self._buffer.request
-            where, dtype, shape = self._memory.backend.device_type, request.dtype, request.shape
-            if self._buffer.released:
-                where += ", released"
-        return f"<OrtValue {type_string(dtype)} {list(shape)} ({where})>"
+        released = ", released" if self._buffer.released else ""
+        where = self._memory.backend.device_type + released
+        return f"<OrtValue {type_string(self._dtype)} {list(self._shape)} ({where})>"
 
-    # -- internals -------------------------------------------------------------------------
+    @property
+    def _shape(self) -> tuple[int, ...]:
+        return self._buffer.request.shape
 
-    def _live(self) -> Optional[DeviceBuffer]:
-        """The device buffer (None for a host value); raises once the session closed or the
-        value was released."""
-        buffer = self._buffer
-        if buffer is not None:
-            self._memory.check_open()
-            if buffer.released:
-                raise RuntimeError("the OrtValue was released; its buffer is gone")
-        return buffer
-
+    @property
     def _dtype(self) -> np.dtype:
-        return self._array.dtype if self._buffer is None else self._buffer.request.dtype
+        return self._buffer.request.dtype
 
-    def _store(self, array: np.ndarray, sync: bool) -> None:
-        self._buffer.write(array)
-        if sync:
-            self._buffer.sync_to_device()
+    def _live(self) -> DeviceBuffer:
+        """The buffer, unless the session closed or the value was released."""
+        self._memory.check_open()
+        if self._buffer.released:
+            raise RuntimeError("the OrtValue was released; its buffer is gone")
+        return self._buffer
+
+    def _check(self) -> None:
+        self._live()
+
+    def _store(self, array: np.ndarray) -> None:
+        buffer = self._live()
+        buffer.write(array)
+        buffer.sync_to_device()
+
+    def _details(self) -> dict[str, Any]:
+        return self._live().memory_info()
 
 
 @dataclass(frozen=True)
 class _Bound:
-    value: OrtValue
+    value: _DeviceValue
     owned: bool  # allocated by the binding (bind_cpu_input / bind_output): it releases it
 
 
@@ -621,7 +711,7 @@ class SessionIOBinding:
             value = self._owned_value(
                 self._inputs, "input", index, array.shape, array.dtype, MEM_DEFAULT
             )
-            value._store(array, True)
+            value._store(array)
 
     def bind_input(self, *args: Any, **kwargs: Any) -> None:
         """Raw device pointers cannot be checked, so they are not accepted."""
@@ -772,7 +862,6 @@ class SessionIOBinding:
         current = slots.get(index)
         if current is not None and current.owned:
             buffer = current.value._buffer
-            assert buffer is not None  # the binding allocates device values only
             if buffer.request == request and not buffer.released:
                 return current.value
         value = self._memory.new_value(self._memory.backend.allocate, request)
@@ -784,8 +873,8 @@ class SessionIOBinding:
     ) -> None:
         with self._editing(api):
             index = self._memory.tensor(io_kind, name)
-            self._memory.check_bindable(value, io_kind, index, api)
-            self._set(slots, index, _Bound(value, owned=False))
+            bindable = self._memory.check_bindable(value, io_kind, index, api)
+            self._set(slots, index, _Bound(bindable, owned=False))
 
     def _launch(self, api: str) -> _Flight:
         """Claim the binding for one run: everything bound and live, not already in flight."""
@@ -812,7 +901,6 @@ class SessionIOBinding:
                 for i, spec in enumerate(specs):
                     label = f"{io_kind} {spec.name!r}"
                     buffer = slots[i].value._buffer
-                    assert buffer is not None  # only device values are bound
                     if buffer.released:
                         raise RuntimeError(
                             f"{api}: {label} is bound to an OrtValue that was released; bind a "
@@ -821,7 +909,7 @@ class SessionIOBinding:
                     buffers.append(buffer)
                     labels.append(label)
             n_inputs = len(self._inputs)
-            results = [bound.value for bound in self._outputs.values()]
+            results: list[OrtValue] = [bound.value for bound in self._outputs.values()]
             flight = _Flight(
                 self, tuple(buffers[:n_inputs]), tuple(buffers[n_inputs:]), tuple(labels), results
             )

@@ -92,7 +92,7 @@ class HostBuffer(DeviceBuffer):
 
     def _free(self) -> None:
         self.ort_value = None
-        self._array = None  # the last views of the mapping go, so it can be unmapped
+        del self._array  # the last views of the mapping go, so it can be unmapped
         if self._mapping is not None:
             self._mapping.close()
             os.close(self._fd)
