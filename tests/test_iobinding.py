@@ -429,3 +429,25 @@ def test_dynamic_outputs_take_a_shape(tmp_path):
         assert_same(binding.copy_outputs_to_cpu(), sess.run(None, [a, a]))
         binding.synchronize_inputs()
         binding.synchronize_outputs()
+
+
+def test_arun_waits_for_queue_space_without_holding_the_binding(add_mul_path, gate):
+    entered, opened = gate
+    a = np.ones((2, 4), np.float32)
+    options = {"schedule": [0], "max_queue_size": 1}
+    with InferenceSession(add_mul_path, provider_options=options) as sess:
+        bindings = [bound_to(sess, {"a": a, "b": k * a}, [(2, 4)] * 2) for k in range(3)]
+        running = sess.submit(None, bindings[0])
+        assert entered.acquire(timeout=10)
+        queued = sess.submit(None, bindings[1])  # the queue is full now
+
+        async def main():
+            waiting = asyncio.ensure_future(sess.arun(None, bindings[2]))
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+            opened.set()
+            return await waiting
+
+        last = asyncio.run(main())
+        for k, outputs in enumerate([running.result(10), queued.result(10), last]):
+            assert_same([v.numpy() for v in outputs], [(1 + k) * a, k * a])

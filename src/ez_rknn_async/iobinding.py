@@ -647,30 +647,28 @@ class _Flight:
     """One run of a binding: the buffers in model order, the values it delivers, and the binding
     to hand back when it ends. A worker calls ``run_on`` (through ``Runner.run_binding``)."""
 
-    __slots__ = ("_binding", "_inputs", "_outputs", "_labels", "results")
+    __slots__ = ("_binding", "_inputs", "_outputs", "results")
 
     def __init__(
         self,
         binding: SessionIOBinding,
         inputs: tuple[DeviceBuffer, ...],
         outputs: tuple[DeviceBuffer, ...],
-        labels: tuple[str, ...],
         results: list[OrtValue],
     ) -> None:
         self._binding = binding
         self._inputs = inputs
         self._outputs = outputs
-        self._labels = labels
         self.results = results
 
     def run_on(self, runner: Runner) -> list[OrtValue]:
         pinned: list[DeviceBuffer] = []
+        n_inputs = len(self._inputs)
         try:
-            for label, buffer in zip(self._labels, self._inputs + self._outputs):
+            for k, buffer in enumerate(self._inputs + self._outputs):
                 if not buffer.pin():
-                    raise RuntimeError(
-                        f"{label} is bound to an OrtValue that was released; bind a live value"
-                    )
+                    where = ("input", k) if k < n_inputs else ("output", k - n_inputs)
+                    raise _released(self._binding._memory, *where)
                 pinned.append(buffer)
             runner.run_buffers(self._inputs, self._outputs)
         finally:
@@ -886,33 +884,25 @@ class SessionIOBinding:
                     "finished); wait for it, or use one IOBinding per frame in flight"
                 )
             buffers: list[DeviceBuffer] = []
-            labels: list[str] = []
             for io_kind, slots, how in (
                 ("input", self._inputs, "bind_cpu_input or bind_ortvalue_input"),
                 ("output", self._outputs, "bind_output or bind_ortvalue_output"),
             ):
                 specs = self._memory.specs(io_kind)
-                missing = [spec.name for i, spec in enumerate(specs) if i not in slots]
-                if missing:
+                if len(slots) < len(specs):
+                    missing = [spec.name for i, spec in enumerate(specs) if i not in slots]
                     raise ValueError(
                         f"{api}: model {io_kind}s {missing} are not bound; bind every {io_kind} "
                         f"({how})"
                     )
-                for i, spec in enumerate(specs):
-                    label = f"{io_kind} {spec.name!r}"
+                for i in range(len(specs)):
                     buffer = slots[i].value._buffer
                     if buffer.released:
-                        raise RuntimeError(
-                            f"{api}: {label} is bound to an OrtValue that was released; bind a "
-                            "live value"
-                        )
+                        raise _released(self._memory, io_kind, i, f"{api}: ")
                     buffers.append(buffer)
-                    labels.append(label)
             n_inputs = len(self._inputs)
             results: list[OrtValue] = [bound.value for bound in self._outputs.values()]
-            flight = _Flight(
-                self, tuple(buffers[:n_inputs]), tuple(buffers[n_inputs:]), tuple(labels), results
-            )
+            flight = _Flight(self, tuple(buffers[:n_inputs]), tuple(buffers[n_inputs:]), results)
             self._flight = flight
             return flight
 
@@ -924,6 +914,13 @@ class SessionIOBinding:
 
 #: onnxruntime's name for the same class.
 IOBinding = SessionIOBinding
+
+
+def _released(memory: SessionMemory, io_kind: str, index: int, prefix: str = "") -> RuntimeError:
+    name = memory.specs(io_kind)[index].name
+    return RuntimeError(
+        f"{prefix}{io_kind} {name!r} is bound to an OrtValue that was released; bind a live value"
+    )
 
 
 def _release_owned(slots: dict[int, _Bound]) -> None:
