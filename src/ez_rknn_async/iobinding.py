@@ -60,9 +60,16 @@ For backend authors (phase 2, RKNN): implement, in ``backends/base.py`` terms,
   (``virt_addr + offset``) and ``memory_info`` (size, fd, offset, virt_addr, dmabuf_backed,
   size_with_stride, w_stride, h_stride, fmt, pass_through).
 * ``Runner.run_buffers(inputs, outputs)``: on the slot's own context, ``rknn_set_io_mem`` for each
-  buffer with its native attr (skip it when that context already has that buffer set), then
-  ``rknn_run``. Buffers come from any context of the same model (``rknn_dup_context`` shares
-  them). No syncs: ``OrtValue`` syncs around its own CPU reads and writes.
+  buffer with its native attr, then ``rknn_run``. A buffer is made once but runs on whichever slot
+  takes the task: check (emulator, RKNN docs) that a mem made on one context may be set on another
+  context of the same model; if not, allocate on context 0 and keep per-context registrations.
+  Skipping ``rknn_set_io_mem`` when a context already has a buffer set is fine if the cache holds
+  the ``DeviceBuffer`` objects and compares them with ``is`` (never addresses or ids, which a
+  freed buffer's successor may reuse). No syncs: ``OrtValue`` syncs around its own CPU reads and
+  writes.
+
+The tests to mirror are ``tests/test_iobinding*.py``: run them against the emulator with the
+emulator's buffer counters in place of ``backend.buffers``.
 """
 
 from __future__ import annotations
@@ -271,7 +278,8 @@ class SessionMemory:
             )
         if value._memory is not self:
             raise ValueError(f"{api}: the OrtValue belongs to a different session")
-        buffer = value._live()
+        value._check()
+        buffer = value._buffer
         spec = self._specs[io_kind][index]
         made_for = buffer.request
         made_kind, made_index = made_for.io_kind, made_for.index
@@ -353,10 +361,7 @@ class OrtValue(ABC):
             return _HostValue(arr if arr.flags.c_contiguous else arr.copy(order="C"))
         request = memory.request(name, io_kind, arr.shape, arr.dtype, MEM_DEFAULT)
         value = memory.new_value(memory.backend.allocate, request)
-        if sync:
-            value._store(arr)
-        else:
-            value._live().write(arr)
+        value._store(arr, sync)
         return value
 
     @staticmethod
@@ -507,8 +512,8 @@ class OrtValue(ABC):
         """Raise if the value may no longer be used."""
 
     @abstractmethod
-    def _store(self, array: np.ndarray) -> None:
-        """Write ``array`` (already checked) and sync it to the device."""
+    def _store(self, array: np.ndarray, sync: bool = True) -> None:
+        """Write ``array`` (already checked) and, with ``sync``, sync it to the device."""
 
     @abstractmethod
     def _details(self) -> dict[str, Any]:
@@ -558,7 +563,7 @@ class _HostValue(OrtValue):
     def _check(self) -> None:
         pass
 
-    def _store(self, array: np.ndarray) -> None:
+    def _store(self, array: np.ndarray, sync: bool = True) -> None:
         np.copyto(self._array, array)
 
     def _details(self) -> dict[str, Any]:
@@ -576,12 +581,13 @@ class _DeviceValue(OrtValue):
         self._buffer = buffer
 
     def numpy(self) -> np.ndarray:
-        buffer = self._live()
-        buffer.sync_from_device()
-        return buffer.read()
+        with self._using() as buffer:
+            buffer.sync_from_device()
+            return buffer.read()
 
     def data_ptr(self) -> int:
-        return self._live().data_ptr
+        with self._using() as buffer:
+            return buffer.data_ptr
 
     def device_name(self) -> str:
         self._check()
@@ -592,10 +598,12 @@ class _DeviceValue(OrtValue):
         return not self._buffer.released
 
     def sync_to_device(self) -> None:
-        self._live().sync_to_device()
+        with self._using() as buffer:
+            buffer.sync_to_device()
 
     def sync_from_device(self) -> None:
-        self._live().sync_from_device()
+        with self._using() as buffer:
+            buffer.sync_from_device()
 
     def release(self) -> None:
         self._buffer.release()
@@ -618,23 +626,33 @@ class _DeviceValue(OrtValue):
     def _dtype(self) -> np.dtype:
         return self._buffer.request.dtype
 
-    def _live(self) -> DeviceBuffer:
-        """The buffer, unless the session closed or the value was released."""
+    def _check(self) -> None:
         self._memory.check_open()
         if self._buffer.released:
             raise RuntimeError("the OrtValue was released; its buffer is gone")
-        return self._buffer
 
-    def _check(self) -> None:
-        self._live()
+    @contextmanager
+    def _using(self) -> Iterator[DeviceBuffer]:
+        """The buffer, pinned while the caller touches it, so a release from another thread
+        frees it only afterwards."""
+        self._memory.check_open()
+        buffer = self._buffer
+        if not buffer.pin():
+            raise RuntimeError("the OrtValue was released; its buffer is gone")
+        try:
+            yield buffer
+        finally:
+            buffer.unpin()
 
-    def _store(self, array: np.ndarray) -> None:
-        buffer = self._live()
-        buffer.write(array)
-        buffer.sync_to_device()
+    def _store(self, array: np.ndarray, sync: bool = True) -> None:
+        with self._using() as buffer:
+            buffer.write(array)
+            if sync:
+                buffer.sync_to_device()
 
     def _details(self) -> dict[str, Any]:
-        return self._live().memory_info()
+        with self._using() as buffer:
+            return buffer.memory_info()
 
 
 @dataclass(frozen=True)
