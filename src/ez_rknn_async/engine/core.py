@@ -135,7 +135,7 @@ class Engine:
         return [worker.spec for worker in self._workers]
 
     def run_inline(
-        self, inputs: Sequence[Any], output_indices: Sequence[int], *, method: str = "run"
+        self, inputs: Any, output_indices: Sequence[int], *, method: str = "run"
     ) -> list[Any]:
         """Run a task and return its results; on the calling thread when a slot is idle."""
         with self._lock:
@@ -149,7 +149,11 @@ class Engine:
             future: Future = Future()
             task = Task(inputs, output_indices, future=future, method=method)
             self._admit(task, core, "run")
-            return future.result()
+            try:
+                return future.result()
+            except BaseException:
+                future.cancel()  # interrupted (KeyboardInterrupt): the task must not run later
+                raise
         start = time.monotonic()
         try:
             return getattr(worker.runner, method)(inputs, output_indices)
@@ -163,7 +167,7 @@ class Engine:
 
     def submit(
         self,
-        inputs: Sequence[Any],
+        inputs: Any,
         output_indices: Sequence[int],
         *,
         blocking: bool = True,
@@ -181,7 +185,7 @@ class Engine:
 
     def submit_callback(
         self,
-        inputs: Sequence[Any],
+        inputs: Any,
         output_indices: Sequence[int],
         callback: Callable[..., Any],
         user_data: Any,

@@ -19,6 +19,8 @@ Outcome = tuple[Optional[list[np.ndarray]], Optional[BaseException]]
 class Task:
     """One inference request.
 
+    ``inputs`` is what the runner method takes: a list of arrays, or an I/O binding's buffers.
+
     Its outcome goes to exactly one place: a ``Future`` (``run``/``submit``/pipeline) or a
     ``deliver(task, results, exc)`` hook (``run_async``: the ordering stage). ``method`` names the
     runner method that takes ``(inputs, output_indices)``: ``run``, or another entry point such as
@@ -30,7 +32,7 @@ class Task:
 
     def __init__(
         self,
-        inputs: Sequence[np.ndarray],
+        inputs: Any,
         output_indices: Sequence[int],
         *,
         future: Optional[Future] = None,
