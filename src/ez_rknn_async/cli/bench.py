@@ -444,7 +444,7 @@ class _Sessions:
         from .. import InferenceSession, make_provider_options
 
         depth = self._plan.depth
-        queue = {} if depth is None else {"max_queue_size": max(3, depth)}
+        queue: dict[str, Any] = {} if depth is None else {"max_queue_size": max(3, depth)}
         options = make_provider_options(**queue, **self._plan.provider_options)
         session = InferenceSession(self._plan.model, provider_options=options)
         self._stack.callback(session.close)

@@ -95,7 +95,7 @@ def _warmup(text: str) -> Optional[int]:
     return value
 
 
-def _backend_option(parser: argparse.ArgumentParser) -> None:
+def _backend_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--backend",
         choices=("onnxruntime", "rknn", "openvino"),
