@@ -1,0 +1,67 @@
+"""The OpenVINO backend: same API, results close to onnxruntime's, every calling mode."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from ez_rknn_async import InferenceSession, make_provider_options
+
+pytest.importorskip("openvino")
+
+
+def openvino(**options):
+    return make_provider_options(backend="openvino", **options)
+
+
+def test_add_mul_exact_in_every_mode(add_mul_path):
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    b = np.full((3, 4), 0.5, np.float32)
+    want = ort.InferenceSession(add_mul_path).run(None, {"a": a, "b": b})
+    with InferenceSession(add_mul_path, provider_options=openvino()) as sess:
+        assert sess.backend_name == "openvino"
+        assert sess.get_providers() == ["OpenVINOExecutionProvider"]
+        assert [(i.name, i.type) for i in sess.get_inputs()] == [
+            ("a", "tensor(float)"),
+            ("b", "tensor(float)"),
+        ]
+        for got in (
+            sess.run(None, {"a": a, "b": b}),
+            sess.submit(None, [a, b]).result(30),
+            sess.run(None, [a, b], {"ztu_modelrt_dispatch_batch": True}),
+        ):
+            for g, w in zip(got, want):
+                np.testing.assert_array_equal(g, w)
+        done = threading.Event()
+        outcome = []
+        sess.run_async(["prod"], [a, b], lambda r, u, e: (outcome.append((r, e)), done.set()))
+        assert done.wait(30)
+        np.testing.assert_array_equal(outcome[0][0][0], want[1])
+        assert outcome[0][1] == ""
+
+
+def test_yolo_close_to_onnxruntime_with_pipelining(yolo):
+    rng = np.random.default_rng(3)
+    frames = [rng.random((1, 3, 320, 320), dtype=np.float32) for _ in range(4)]
+    ref = ort.InferenceSession(yolo, providers=["CPUExecutionProvider"])
+    with InferenceSession(yolo, provider_options=openvino(precision="f32")) as sess:
+        assert sess.get_inputs()[0].shape == [None, 3, None, None]
+        results = [sess.run_pipeline(frame, depth=2) for frame in frames]
+        results = results[2:] + sess.drain_pipeline()
+    for frame, (got,) in zip(frames, results):
+        (want,) = ref.run(None, {"images": frame})
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-2)
+
+
+def test_bad_input_is_caught_before_openvino_sees_it(mixed_path):
+    with InferenceSession(mixed_path, provider_options=openvino()) as sess:
+        with pytest.raises(TypeError, match=r"input 'ids': expected dtype int64"):
+            sess.run(None, {"ids": np.ones((1, 3), np.int32), "h": np.ones((1, 3), np.float16)})
+        ids = np.array([[1, 2, 3]], np.int64)
+        h = np.array([[0.5, 1.0, 2.0]], np.float16)
+        got = sess.run(None, {"ids": ids, "h": h})
+        np.testing.assert_array_equal(got[0], ids * 2)
+        np.testing.assert_array_equal(got[1], h + h)
