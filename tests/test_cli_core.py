@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 
@@ -20,7 +21,7 @@ from ez_rknn_async.cli.bench import (
 )
 from ez_rknn_async.cli.errors import ExitCode, UsageError, explain
 from ez_rknn_async.cli.models import build_feed, parse_input_spec, parse_shape_spec
-from ez_rknn_async.cli.report import format_table
+from ez_rknn_async.cli.report import Output, TqdmProgress, format_table
 from ez_rknn_async.cli.stats import (
     autorange,
     percentile,
@@ -252,3 +253,14 @@ def test_pipeline_latency_includes_the_frames_it_waits_behind():
 def test_async_driver_raises_the_callback_error():
     with pytest.raises(RuntimeError, match="run_async failed: boom"):
         measure(AsyncDriver(SlowSession(fail_at=2), FEED, depth=2), Budget(frames=4))
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_only_on_a_terminal_in_human_mode():
+    assert isinstance(Output("human", err=_Terminal()).progress(), TqdmProgress)
+    assert Output("human", err=io.StringIO()).progress() is None  # piped: CI logs, make demo
+    assert Output("json", err=_Terminal()).progress() is None

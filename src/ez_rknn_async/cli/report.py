@@ -65,8 +65,10 @@ class Output:
             print(f"note: {text}", file=self._err)
 
     def progress(self) -> Optional[Progress]:
-        """A tqdm bar in human mode; None elsewhere or (with a note) when tqdm is missing."""
-        if self.mode != "human":
+        """A tqdm bar in human mode on a terminal; None elsewhere (logs and CI get no carriage
+        returns) or, with a note, when tqdm is missing."""
+        isatty = getattr(self._err, "isatty", None)
+        if self.mode != "human" or isatty is None or not isatty():
             return None
         try:
             import tqdm
