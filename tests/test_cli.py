@@ -199,13 +199,6 @@ def test_missing_matplotlib_prints_the_pip_command_before_measuring(
     assert not (tmp_path / "x.png").exists()
 
 
-def test_missing_tqdm_is_a_note_not_an_error(capsys, add_mul_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "tqdm", None)
-    code, out, err = run_cli(capsys, "bench", add_mul_path, "--mode", "run", "--frames", 3)
-    assert code == 0 and "run" in table_rows(out)
-    assert "pip install 'ez-rknn-async[cli]'" in err
-
-
 def test_interrupt_is_130_unknown_errors_keep_their_traceback(capsys, add_mul_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

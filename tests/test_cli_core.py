@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 import threading
 import time
 
@@ -264,3 +265,10 @@ def test_progress_bar_only_on_a_terminal_in_human_mode():
     assert isinstance(Output("human", err=_Terminal()).progress(), TqdmProgress)
     assert Output("human", err=io.StringIO()).progress() is None  # piped: CI logs, make demo
     assert Output("json", err=_Terminal()).progress() is None
+
+
+def test_missing_tqdm_is_a_note_not_an_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    err = _Terminal()
+    assert Output("human", err=err).progress() is None
+    assert "pip install 'ez-rknn-async[cli]'" in err.getvalue()
