@@ -158,5 +158,10 @@ class Npu:
         return self.lib.rknn_emu_live_contexts()
 
     @property
+    def live_mems(self) -> int:
+        """Tensor mems created and not destroyed yet."""
+        return self.lib.rknn_emu_live_mems()
+
+    @property
     def max_parallel(self) -> int:
         return self.lib.rknn_emu_max_parallel()

@@ -1,7 +1,7 @@
 """Fixtures of the RKNN backend tests; load with ``pytest_plugins = ("rknn_fixtures",)``.
 
 ``npu`` points ``EZ_RKNN_RUNTIME_LIB`` at the emulated librknnrt, emulates an RK3588, and after the
-test fails it if the emulator saw a rule violation or still holds a context or a buffer.
+test fails it if the emulator saw a rule violation or still holds a context, a buffer or a tensor mem.
 """
 
 from __future__ import annotations
@@ -28,3 +28,4 @@ def npu(emulator, monkeypatch) -> Iterator[Npu]:
     assert control.violations == control.expected_violations, control.last_violation
     assert control.live_contexts == 0, "contexts left alive"
     assert control.live_allocations == 0, "emulator memory left allocated"
+    assert control.live_mems == 0, "tensor mems left alive"

@@ -15,6 +15,8 @@
 #define _GNU_SOURCE
 #include "rknn_emu_api.h"
 
+#include <fcntl.h>
+
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -22,6 +24,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -55,9 +59,11 @@ static atomic_uint g_auto_rr;
 static const char* const k_apis[] = {
     "rknn_init", "rknn_dup_context", "rknn_destroy", "rknn_query", "rknn_inputs_set",
     "rknn_set_core_mask", "rknn_run", "rknn_outputs_get", "rknn_outputs_release",
-    "rknn_register_custom_ops"};
+    "rknn_register_custom_ops", "rknn_create_mem", "rknn_create_mem2", "rknn_create_mem_from_fd",
+    "rknn_destroy_mem", "rknn_set_io_mem", "rknn_mem_sync"};
 enum { API_INIT, API_DUP, API_DESTROY, API_QUERY, API_INPUTS_SET, API_CORE_MASK, API_RUN,
-       API_OUTPUTS_GET, API_OUTPUTS_RELEASE, API_REGISTER_OPS, API_COUNT };
+       API_OUTPUTS_GET, API_OUTPUTS_RELEASE, API_REGISTER_OPS, API_CREATE_MEM, API_CREATE_MEM2,
+       API_CREATE_MEM_FROM_FD, API_DESTROY_MEM, API_SET_IO_MEM, API_MEM_SYNC, API_COUNT };
 static atomic_int g_calls[API_COUNT];
 static int g_fail_code[API_COUNT];
 static int g_fail_count[API_COUNT];
@@ -231,8 +237,28 @@ typedef struct emu_ctx {
     int have_run;
     int outstanding; /* outputs got and not released yet */
     void* runtime_bufs[EMU_MAX_IO];
+    int mode; /* MODE_COPY after rknn_inputs_set, MODE_ZERO_COPY after rknn_set_io_mem */
+    struct emu_mem* io_mem[2][EMU_MAX_IO]; /* [0] inputs, [1] outputs, as rknn_set_io_mem set them */
+    rknn_tensor_attr io_attr[2][EMU_MAX_IO];
 } emu_ctx;
 
+enum { MODE_NONE, MODE_COPY, MODE_ZERO_COPY };
+
+/* A tensor mem: `pub` is what the caller holds (the pointer handed out is &pub). Live mems are kept
+ * in a list and every pointer the caller passes is looked up there first, so a destroyed or forged
+ * mem is reported, never dereferenced. */
+typedef struct emu_mem {
+    rknn_tensor_mem pub;
+    struct emu_mem* next;
+    emu_ctx* ctx;          /* created on: destroy it with this context, before the context */
+    void* map;             /* the emulator's own mapping (NULL: the caller's virt_addr) */
+    size_t map_len;
+    int own_fd;            /* rknn_create_mem's memfd, closed on destroy (-1 for imports) */
+    int users;             /* runs using it right now (g_lock) */
+} emu_mem;
+
+static emu_mem* g_mems;
+static atomic_int g_live_mems;
 static emu_ctx* g_contexts;
 static rknn_context g_next_handle = 1;
 
@@ -374,6 +400,15 @@ int rknn_destroy(rknn_context context) {
     if (!c) return RKNN_ERR_CTX_INVALID;
     if (c->outstanding) violation("rknn_destroy: outputs of context 0x%llx not released", (unsigned long long)context);
     pthread_mutex_lock(&g_lock);
+    int mems = 0;
+    for (emu_mem* m = g_mems; m; m = m->next) mems += m->ctx == c;
+    if (mems) {
+        pthread_mutex_unlock(&g_lock);
+        release(c);
+        violation("rknn_destroy: context 0x%llx still has %d tensor mems (rknn_destroy_mem them first)",
+                  (unsigned long long)context, mems);
+        return RKNN_ERR_CTX_INVALID;
+    }
     if (c->children) {
         pthread_mutex_unlock(&g_lock);
         release(c);
@@ -402,7 +437,23 @@ int rknn_destroy(rknn_context context) {
 
 static uint32_t c2_of(int type) { return type == RKNN_TENSOR_FLOAT16 ? 8 : type == RKNN_TENSOR_FLOAT32 ? 4 : 16; }
 
-static void fill_attr(rknn_tensor_attr* a, const emu_tensor* t, int is_input, int native) {
+/* Native NHWC inputs pad each row to a multiple of 16 pixels (w_stride). */
+static uint32_t w_stride_of(uint32_t width) { return (width + 15) / 16 * 16; }
+
+static int is_native(int cmd) {
+    return cmd == RKNN_QUERY_NATIVE_INPUT_ATTR || cmd == RKNN_QUERY_NATIVE_OUTPUT_ATTR ||
+           cmd == RKNN_QUERY_NATIVE_NHWC_INPUT_ATTR || cmd == RKNN_QUERY_NATIVE_NHWC_OUTPUT_ATTR;
+}
+
+static int is_input_query(int cmd) {
+    return cmd == RKNN_QUERY_INPUT_ATTR || cmd == RKNN_QUERY_NATIVE_INPUT_ATTR || cmd == RKNN_QUERY_NATIVE_NHWC_INPUT_ATTR;
+}
+
+/* The attr `cmd` reports for tensor t. Native layouts (4-D tensors only): inputs with up to 4
+ * channels are NHWC with padded rows, wider ones NC1HWC2 (the NHWC query gives padded NHWC for
+ * all); outputs are NC1HWC2 (the NHWC query gives plain NHWC). */
+static void fill_attr(rknn_tensor_attr* a, const emu_tensor* t, int cmd) {
+    int is_input = is_input_query(cmd);
     uint32_t index = a->index;
     memset(a, 0, sizeof *a);
     a->index = index;
@@ -416,20 +467,33 @@ static void fill_attr(rknn_tensor_attr* a, const emu_tensor* t, int is_input, in
     memcpy(a->dims, t->dims, sizeof a->dims);
     a->fmt = t->n_dims == 4 ? (is_input ? RKNN_TENSOR_NHWC : RKNN_TENSOR_NCHW) : RKNN_TENSOR_UNDEFINED;
     a->n_elems = t->n_elems;
-    if (native && !is_input && t->n_dims == 4) { /* NC1HWC2 */
-        uint32_t c2 = c2_of(t->type), c = t->dims[1];
-        a->fmt = RKNN_TENSOR_NC1HWC2;
-        a->n_dims = 5;
-        a->dims[0] = t->dims[0];
-        a->dims[1] = (c + c2 - 1) / c2;
-        a->dims[2] = t->dims[2];
-        a->dims[3] = t->dims[3];
-        a->dims[4] = c2;
-        a->n_elems = a->dims[0] * a->dims[1] * a->dims[2] * a->dims[3] * c2;
+    uint32_t n = t->dims[0], c = is_input ? t->dims[3] : t->dims[1], h = is_input ? t->dims[1] : t->dims[2],
+             w = is_input ? t->dims[2] : t->dims[3];
+    uint32_t padded_rows = 0;
+    if (t->n_dims == 4 && is_native(cmd)) {
+        int nc1hwc2 = cmd == RKNN_QUERY_NATIVE_OUTPUT_ATTR || (cmd == RKNN_QUERY_NATIVE_INPUT_ATTR && c > 4);
+        if (nc1hwc2) {
+            uint32_t c2 = c2_of(t->type);
+            a->fmt = RKNN_TENSOR_NC1HWC2;
+            a->n_dims = 5;
+            a->dims[0] = n;
+            a->dims[1] = (c + c2 - 1) / c2;
+            a->dims[2] = h;
+            a->dims[3] = w;
+            a->dims[4] = c2;
+            a->n_elems = n * a->dims[1] * h * w * c2;
+        } else {
+            a->fmt = RKNN_TENSOR_NHWC;
+            a->dims[0] = n;
+            a->dims[1] = h;
+            a->dims[2] = w;
+            a->dims[3] = c;
+            padded_rows = is_input;
+        }
     }
     a->size = a->n_elems * type_size(t->type);
-    a->w_stride = a->fmt == RKNN_TENSOR_NHWC ? a->dims[2] : 0;
-    a->size_with_stride = a->size;
+    a->w_stride = a->fmt == RKNN_TENSOR_NHWC ? (padded_rows ? w_stride_of(w) : w) : 0;
+    a->size_with_stride = a->fmt == RKNN_TENSOR_NHWC ? n * h * a->w_stride * c * type_size(t->type) : a->size;
 }
 
 static uint32_t query_size(int cmd) {
@@ -438,7 +502,9 @@ static uint32_t query_size(int cmd) {
         case RKNN_QUERY_INPUT_ATTR:
         case RKNN_QUERY_OUTPUT_ATTR:
         case RKNN_QUERY_NATIVE_INPUT_ATTR:
-        case RKNN_QUERY_NATIVE_OUTPUT_ATTR: return sizeof(rknn_tensor_attr);
+        case RKNN_QUERY_NATIVE_OUTPUT_ATTR:
+        case RKNN_QUERY_NATIVE_NHWC_INPUT_ATTR:
+        case RKNN_QUERY_NATIVE_NHWC_OUTPUT_ATTR: return sizeof(rknn_tensor_attr);
         case RKNN_QUERY_SDK_VERSION: return sizeof(rknn_sdk_version);
         case RKNN_QUERY_CUSTOM_STRING: return sizeof(rknn_custom_string);
         default: return 0;
@@ -470,13 +536,13 @@ int rknn_query(rknn_context context, rknn_query_cmd cmd, void* info, uint32_t si
         snprintf(((rknn_custom_string*)info)->string, 1024, "%s", m->custom_string);
     } else {
         rknn_tensor_attr* a = info;
-        int is_input = cmd == RKNN_QUERY_INPUT_ATTR || cmd == RKNN_QUERY_NATIVE_INPUT_ATTR;
+        int is_input = is_input_query(cmd);
         int count = is_input ? m->n_in : m->n_out;
         if (a->index >= (uint32_t)count) {
             violation("rknn_query(cmd=%d): index %u out of range (%d tensors)", cmd, a->index, count);
             rc = RKNN_ERR_PARAM_INVALID;
         } else {
-            fill_attr(a, is_input ? &m->in[a->index] : &m->out[a->index], is_input, cmd >= RKNN_QUERY_NATIVE_INPUT_ATTR);
+            fill_attr(a, is_input ? &m->in[a->index] : &m->out[a->index], cmd);
         }
     }
     release(c);
@@ -514,7 +580,11 @@ int rknn_inputs_set(rknn_context context, uint32_t n_inputs, rknn_input inputs[]
     if (!c) return RKNN_ERR_CTX_INVALID;
     const emu_model* m = &c->shared->model;
     int rc = RKNN_SUCC, seen = 0;
-    if (n_inputs != (uint32_t)m->n_in || !inputs) {
+    if (c->mode == MODE_ZERO_COPY) {
+        violation("rknn_inputs_set: context 0x%llx runs zero copy (rknn_set_io_mem); a context serves one kind of run",
+                  (unsigned long long)context);
+        rc = RKNN_ERR_CTX_INVALID;
+    } else if (n_inputs != (uint32_t)m->n_in || !inputs) {
         violation("rknn_inputs_set: %u inputs given, the model has %d", n_inputs, m->n_in);
         rc = RKNN_ERR_PARAM_INVALID;
     }
@@ -555,7 +625,10 @@ int rknn_inputs_set(rknn_context context, uint32_t n_inputs, rknn_input inputs[]
             dst[i] = quantize(t, read_value(in->buf, in->type, src));
         }
     }
-    if (rc == RKNN_SUCC) c->inputs_set |= seen;
+    if (rc == RKNN_SUCC) {
+        c->inputs_set |= seen;
+        c->mode = MODE_COPY;
+    }
     release(c);
     return rc;
 }
@@ -598,15 +671,69 @@ static int take_cores(const emu_ctx* c) {
     return mask;
 }
 
+static void write_value(void* buf, int type, size_t i, double v) {
+    switch (type) {
+        case RKNN_TENSOR_FLOAT32: ((float*)buf)[i] = (float)v; break;
+        case RKNN_TENSOR_FLOAT16: ((_Float16*)buf)[i] = (_Float16)(float)v; break;
+        case RKNN_TENSOR_INT8: ((int8_t*)buf)[i] = (int8_t)v; break;
+        default: ((uint8_t*)buf)[i] = (uint8_t)v; break;
+    }
+}
+
+/* Channels, height and width of a 4-D tensor (inputs are reported NHWC, outputs NCHW). */
+static void chw_of(const emu_tensor* t, int is_input, uint32_t* c, uint32_t* h, uint32_t* w) {
+    *c = is_input ? t->dims[3] : t->dims[1];
+    *h = is_input ? t->dims[1] : t->dims[2];
+    *w = is_input ? t->dims[2] : t->dims[3];
+}
+
+/* Where element k (original NCHW order) of tensor t sits in a buffer laid out as `a`. */
+static size_t native_offset(const emu_tensor* t, int is_input, const rknn_tensor_attr* a, size_t k) {
+    if (a->fmt != RKNN_TENSOR_NHWC && a->fmt != RKNN_TENSOR_NC1HWC2) return k;
+    uint32_t ch, h, w;
+    chw_of(t, is_input, &ch, &h, &w);
+    size_t x = k % w, y = k / w % h, cc = k / ((size_t)w * h) % ch, b = k / ((size_t)w * h * ch);
+    if (a->fmt == RKNN_TENSOR_NHWC) return ((b * h + y) * a->w_stride + x) * ch + cc;
+    size_t c1 = a->dims[1], c2 = a->dims[4];
+    return (((b * c1 + cc / c2) * h + y) * w + x) * c2 + cc % c2;
+}
+
+static int is_quantized(int type) { return type == RKNN_TENSOR_INT8 || type == RKNN_TENSOR_UINT8; }
+
+static char* mem_data(const emu_mem* mem) { return (char*)mem->pub.virt_addr + mem->pub.offset; }
+
+/* x_i[k]: from rknn_inputs_set's copy, or read where the NPU would, in the io mem (no copy). */
+static double input_at(const emu_ctx* c, int i, size_t k) {
+    if (c->mode != MODE_ZERO_COPY) return c->in_vals[i][k];
+    const emu_tensor* t = &c->shared->model.in[i];
+    const rknn_tensor_attr* a = &c->io_attr[0][i];
+    double v = read_value(mem_data(c->io_mem[0][i]), a->type, native_offset(t, 1, a, k));
+    if (!a->pass_through) return quantize(t, v);
+    return is_quantized(t->type) ? (v - t->zp) * (double)t->scale : v;
+}
+
+static void store_output(emu_ctx* c, int j, size_t k, double v) {
+    if (c->mode != MODE_ZERO_COPY) {
+        c->out_vals[j][k] = v;
+        return;
+    }
+    const emu_tensor* t = &c->shared->model.out[j];
+    const rknn_tensor_attr* a = &c->io_attr[1][j];
+    write_value(mem_data(c->io_mem[1][j]), t->type, native_offset(t, 0, a, k),
+                is_quantized(t->type) ? nearbyint(v / t->scale) + t->zp : v);
+}
+
 static void compute(emu_ctx* c) {
     const emu_model* m = &c->shared->model;
     for (int j = 0; j < m->n_out; j++) {
         const emu_tensor* t = &m->out[j];
-        if (!c->out_vals[j]) c->out_vals[j] = emu_calloc(t->n_elems, sizeof(double));
+        if (c->mode != MODE_ZERO_COPY && !c->out_vals[j]) c->out_vals[j] = emu_calloc(t->n_elems, sizeof(double));
+        if (c->mode == MODE_ZERO_COPY && c->io_attr[1][j].fmt == RKNN_TENSOR_NC1HWC2)
+            memset(mem_data(c->io_mem[1][j]), 0xA5, c->io_attr[1][j].size); /* padding channels: garbage */
         for (uint32_t k = 0; k < t->n_elems; k++) {
             double sum = 0;
-            for (int i = 0; i < m->n_in; i++) sum += (i + 1) * c->in_vals[i][(k + j) % m->in[i].n_elems];
-            c->out_vals[j][k] = quantize(t, c->gain * sum + 0.5 * j);
+            for (int i = 0; i < m->n_in; i++) sum += (i + 1) * input_at(c, i, (k + j) % m->in[i].n_elems);
+            store_output(c, j, k, quantize(t, c->gain * sum + 0.5 * j));
         }
     }
 }
@@ -617,6 +744,268 @@ static int has_op(const emu_ctx* c, const char* op) {
     return 0;
 }
 
+/* ---------------------------------------------------------------- tensor memory */
+
+/* A destroyed mem still set on a context points here, so a later run reports the use after free
+ * (and a new mem at the old address is never mistaken for it). */
+static emu_mem g_destroyed_mem;
+
+static emu_mem* find_mem(const rknn_tensor_mem* pub) { /* g_lock held */
+    for (emu_mem* m = g_mems; m; m = m->next)
+        if (&m->pub == pub) return m;
+    return NULL;
+}
+
+static rknn_tensor_mem* link_mem(emu_ctx* c, emu_mem* mem) {
+    mem->ctx = c;
+    pthread_mutex_lock(&g_lock);
+    mem->next = g_mems;
+    g_mems = mem;
+    pthread_mutex_unlock(&g_lock);
+    atomic_fetch_add(&g_live_mems, 1);
+    return &mem->pub;
+}
+
+/* Zero-copy runs: every tensor needs a live mem, held in use (not destroyable) for the run. */
+static int claim_mems(emu_ctx* c) {
+    const emu_model* m = &c->shared->model;
+    int missing = -1, dead = -1;
+    pthread_mutex_lock(&g_lock);
+    for (int io = 0; io < 2 && missing < 0 && dead < 0; io++)
+        for (int i = 0; i < (io ? m->n_out : m->n_in) && missing < 0 && dead < 0; i++) {
+            emu_mem* mem = c->io_mem[io][i];
+            if (!mem) missing = io * EMU_MAX_IO + i;
+            else if (mem == &g_destroyed_mem) dead = io * EMU_MAX_IO + i;
+        }
+    for (int io = 0; io < 2 && missing < 0 && dead < 0; io++)
+        for (int i = 0; i < (io ? m->n_out : m->n_in); i++) c->io_mem[io][i]->users++;
+    pthread_mutex_unlock(&g_lock);
+    int bad = missing >= 0 ? missing : dead;
+    if (bad < 0) return RKNN_SUCC;
+    const char* kind = bad >= EMU_MAX_IO ? "output" : "input";
+    if (missing >= 0)
+        violation("rknn_run: zero copy, but no io mem was set for %s %d", kind, bad % EMU_MAX_IO);
+    else
+        violation("rknn_run: the io mem of %s %d was destroyed (use after free)", kind, bad % EMU_MAX_IO);
+    return bad >= EMU_MAX_IO ? RKNN_ERR_OUTPUT_INVALID : RKNN_ERR_INPUT_INVALID;
+}
+
+static void unclaim_mems(emu_ctx* c) {
+    const emu_model* m = &c->shared->model;
+    pthread_mutex_lock(&g_lock);
+    for (int io = 0; io < 2; io++)
+        for (int i = 0; i < (io ? m->n_out : m->n_in); i++) c->io_mem[io][i]->users--;
+    pthread_mutex_unlock(&g_lock);
+}
+
+static rknn_tensor_mem* create_mem(int api, rknn_context context, uint64_t size, uint64_t alloc_flags) {
+    if (enter_api(api)) return NULL;
+    emu_ctx* c = acquire(context, k_apis[api]);
+    if (!c) return NULL;
+    rknn_tensor_mem* result = NULL;
+    if (size == 0 || size > UINT32_MAX) {
+        runtime_error(RKNN_ERR_PARAM_INVALID, "%s: invalid size %llu", k_apis[api], (unsigned long long)size);
+    } else if ((alloc_flags & 3) == 3 || (alloc_flags & ~(uint64_t)7)) {
+        violation("%s: alloc flags 0x%llx are not CACHEABLE/NON_CACHEABLE/TRY_ALLOC_SRAM", k_apis[api],
+                  (unsigned long long)alloc_flags);
+    } else {
+        /* A memfd plays the dma-buf: the mem has a real fd, as the runtime's do. */
+        int fd = memfd_create("rknn-emu-mem", MFD_CLOEXEC);
+        void* map = fd >= 0 && ftruncate(fd, (off_t)size) == 0
+                        ? mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+                        : MAP_FAILED;
+        emu_mem* mem = map != MAP_FAILED ? calloc(1, sizeof *mem) : NULL;
+        if (!mem) {
+            if (map != MAP_FAILED) munmap(map, size);
+            if (fd >= 0) close(fd);
+            runtime_error(RKNN_ERR_MALLOC_FAIL, "%s: cannot allocate %llu bytes", k_apis[api], (unsigned long long)size);
+        } else {
+            static atomic_ullong next_phys = 0x10000000;
+            mem->pub.virt_addr = map;
+            mem->pub.phys_addr = atomic_fetch_add(&next_phys, (size + 4095) / 4096 * 4096);
+            mem->pub.fd = fd;
+            mem->pub.size = (uint32_t)size;
+            mem->pub.flags = 1; /* RKNN_TENSOR_MEMORY_FLAGS_ALLOC_INSIDE */
+            mem->map = map;
+            mem->map_len = size;
+            mem->own_fd = fd;
+            result = link_mem(c, mem);
+        }
+    }
+    release(c);
+    return result;
+}
+
+rknn_tensor_mem* rknn_create_mem(rknn_context ctx, uint32_t size) { return create_mem(API_CREATE_MEM, ctx, size, 0); }
+
+rknn_tensor_mem* rknn_create_mem2(rknn_context ctx, uint64_t size, uint64_t alloc_flags) {
+    return create_mem(API_CREATE_MEM2, ctx, size, alloc_flags);
+}
+
+rknn_tensor_mem* rknn_create_mem_from_fd(rknn_context context, int32_t fd, void* virt_addr, uint32_t size, int32_t offset) {
+    if (enter_api(API_CREATE_MEM_FROM_FD)) return NULL;
+    emu_ctx* c = acquire(context, "rknn_create_mem_from_fd");
+    if (!c) return NULL;
+    rknn_tensor_mem* result = NULL;
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        violation("rknn_create_mem_from_fd: fd %d is not open", fd);
+    } else if (offset < 0 || size == 0 || (uint64_t)offset + size > (uint64_t)st.st_size) {
+        runtime_error(RKNN_ERR_PARAM_INVALID, "rknn_create_mem_from_fd: offset %d + size %u past the %lld bytes of fd %d",
+                      offset, size, (long long)st.st_size, fd);
+    } else {
+        size_t len = (size_t)offset + size;
+        void* map = virt_addr ? NULL : mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        emu_mem* mem = map != MAP_FAILED ? calloc(1, sizeof *mem) : NULL;
+        if (!mem) {
+            if (map && map != MAP_FAILED) munmap(map, len);
+            runtime_error(RKNN_ERR_MALLOC_FAIL, "rknn_create_mem_from_fd: cannot map fd %d", fd);
+        } else {
+            mem->pub.virt_addr = virt_addr ? virt_addr : map;
+            mem->pub.fd = fd;
+            mem->pub.offset = offset;
+            mem->pub.size = size;
+            mem->pub.flags = 2; /* RKNN_TENSOR_MEMORY_FLAGS_FROM_FD */
+            mem->map = map;
+            mem->map_len = len;
+            mem->own_fd = -1;
+            result = link_mem(c, mem);
+        }
+    }
+    release(c);
+    return result;
+}
+
+int rknn_destroy_mem(rknn_context context, rknn_tensor_mem* pub) {
+    int injected = enter_api(API_DESTROY_MEM);
+    if (injected) return injected;
+    emu_ctx* c = acquire(context, "rknn_destroy_mem");
+    if (!c) return RKNN_ERR_CTX_INVALID;
+    pthread_mutex_lock(&g_lock);
+    emu_mem* mem = find_mem(pub);
+    const char* problem = !mem ? "is not a live tensor mem (freed twice, or never created)"
+                          : mem->ctx != c ? "was created on another context; destroy it with that one"
+                          : mem->users ? "is in use by a running rknn_run"
+                                       : NULL;
+    if (!problem) {
+        emu_mem** link = &g_mems;
+        while (*link != mem) link = &(*link)->next;
+        *link = mem->next;
+        for (emu_ctx* other = g_contexts; other; other = other->next)
+            for (int io = 0; io < 2; io++)
+                for (int i = 0; i < EMU_MAX_IO; i++)
+                    if (other->io_mem[io][i] == mem) other->io_mem[io][i] = &g_destroyed_mem;
+    }
+    pthread_mutex_unlock(&g_lock);
+    release(c);
+    if (problem) {
+        violation("rknn_destroy_mem: mem %p %s", (void*)pub, problem);
+        return RKNN_ERR_PARAM_INVALID;
+    }
+    if (mem->map) munmap(mem->map, mem->map_len);
+    if (mem->own_fd >= 0) close(mem->own_fd);
+    free(mem);
+    atomic_fetch_sub(&g_live_mems, 1);
+    return RKNN_SUCC;
+}
+
+/* The tensor an io attr names: index and name select it; 1 input, 2 output, 0 none/ambiguous. */
+static int io_tensor_of(const emu_model* m, const rknn_tensor_attr* a) {
+    int in = a->index < (uint32_t)m->n_in && !strncmp(m->in[a->index].name, a->name, RKNN_MAX_NAME_LEN);
+    int out = a->index < (uint32_t)m->n_out && !strncmp(m->out[a->index].name, a->name, RKNN_MAX_NAME_LEN);
+    return in && out ? 0 : in ? 1 : out ? 2 : 0;
+}
+
+/* Checks `a` against the layouts the emulated runtime reads or writes for tensor t (README.md);
+ * the needed bytes go to *need. NULL if fine, else what is wrong. */
+static const char* check_io_attr(const emu_tensor* t, int is_input, const rknn_tensor_attr* a, uint64_t* need) {
+    rknn_tensor_attr want = {.index = a->index};
+    int cmd = is_input ? (a->fmt == RKNN_TENSOR_NHWC ? RKNN_QUERY_NATIVE_NHWC_INPUT_ATTR
+                          : a->fmt == RKNN_TENSOR_NC1HWC2 ? RKNN_QUERY_NATIVE_INPUT_ATTR
+                                                          : RKNN_QUERY_INPUT_ATTR)
+                       : (a->fmt == RKNN_TENSOR_NHWC ? RKNN_QUERY_NATIVE_NHWC_OUTPUT_ATTR
+                          : a->fmt == RKNN_TENSOR_NC1HWC2 ? RKNN_QUERY_NATIVE_OUTPUT_ATTR
+                                                          : RKNN_QUERY_OUTPUT_ATTR);
+    fill_attr(&want, t, cmd);
+    if (want.fmt != a->fmt || (t->n_dims == 4 && want.fmt != RKNN_TENSOR_NHWC && want.fmt != RKNN_TENSOR_NC1HWC2))
+        return "fmt is not a native layout of this tensor";
+    if (want.n_dims != a->n_dims || memcmp(want.dims, a->dims, sizeof want.dims) || want.w_stride != a->w_stride)
+        return "dims or w_stride differ from the native attr";
+    int converts = is_input && !a->pass_through;
+    if (converts ? !type_size(a->type) : (int)a->type != t->type)
+        return converts ? "type is not one the runtime converts" : "type is not the tensor's own type";
+    if (converts && a->fmt == RKNN_TENSOR_NC1HWC2) return "NC1HWC2 inputs need pass_through";
+    *need = (uint64_t)want.size_with_stride / type_size(t->type) * type_size(a->type);
+    return NULL;
+}
+
+int rknn_set_io_mem(rknn_context context, rknn_tensor_mem* pub, rknn_tensor_attr* attr) {
+    int injected = enter_api(API_SET_IO_MEM);
+    if (injected) return injected;
+    emu_ctx* c = acquire(context, "rknn_set_io_mem");
+    if (!c) return RKNN_ERR_CTX_INVALID;
+    const emu_model* m = &c->shared->model;
+    int kind = attr ? io_tensor_of(m, attr) : 0;
+    pthread_mutex_lock(&g_lock);
+    emu_mem* mem = find_mem(pub);
+    int same_model = mem && mem->ctx->shared == c->shared;
+    uint32_t mem_size = mem ? mem->pub.size : 0;
+    pthread_mutex_unlock(&g_lock);
+    uint64_t need = 0;
+    const char* wrong = kind ? check_io_attr(kind == 1 ? &m->in[attr->index] : &m->out[attr->index], kind == 1, attr, &need)
+                             : NULL;
+    int rc = RKNN_ERR_PARAM_INVALID;
+    if (!mem) {
+        violation("rknn_set_io_mem: mem %p is not a live tensor mem (destroyed, or never created)", (void*)pub);
+    } else if (!same_model) {
+        violation("rknn_set_io_mem: mem %p was created on a context of another rknn_init; only the context "
+                  "it was made on and the dups of the same model may use it", (void*)pub);
+    } else if (!kind) {
+        violation("rknn_set_io_mem: attr (index %u, name '%s') names no tensor", attr ? attr->index : 0,
+                  attr ? attr->name : "");
+    } else if (wrong) {
+        violation("rknn_set_io_mem: %s %u: %s", kind == 1 ? "input" : "output", attr->index, wrong);
+    } else if (mem_size < need) {
+        violation("rknn_set_io_mem: mem size(%u) < size_with_stride(%llu) of %s %u", mem_size,
+                  (unsigned long long)need, kind == 1 ? "input" : "output", attr->index);
+    } else if (c->mode == MODE_COPY) {
+        violation("rknn_set_io_mem: context 0x%llx ran with rknn_inputs_set; a context serves one kind of run",
+                  (unsigned long long)context);
+        rc = RKNN_ERR_CTX_INVALID;
+    } else {
+        pthread_mutex_lock(&g_lock);
+        c->io_mem[kind - 1][attr->index] = mem;
+        pthread_mutex_unlock(&g_lock);
+        c->io_attr[kind - 1][attr->index] = *attr;
+        c->mode = MODE_ZERO_COPY;
+        rc = RKNN_SUCC;
+    }
+    release(c);
+    return rc;
+}
+
+int rknn_mem_sync(rknn_context context, rknn_tensor_mem* pub, int mode) {
+    int injected = enter_api(API_MEM_SYNC);
+    if (injected) return injected;
+    emu_ctx* c = acquire(context, "rknn_mem_sync");
+    if (!c) return RKNN_ERR_CTX_INVALID;
+    pthread_mutex_lock(&g_lock);
+    emu_mem* mem = find_mem(pub);
+    int same_model = mem && mem->ctx->shared == c->shared;
+    pthread_mutex_unlock(&g_lock);
+    int rc = RKNN_ERR_PARAM_INVALID;
+    if (!mem)
+        violation("rknn_mem_sync: mem %p is not a live tensor mem", (void*)pub);
+    else if (!same_model)
+        violation("rknn_mem_sync: mem %p belongs to another model's context", (void*)pub);
+    else if (mode < 1 || mode > 3)
+        violation("rknn_mem_sync: mode %d is not TO_DEVICE (1), FROM_DEVICE (2) or BIDIRECTIONAL (3)", mode);
+    else
+        rc = RKNN_SUCC; /* the emulated NPU shares the CPU's caches */
+    release(c);
+    return rc;
+}
+
 int rknn_run(rknn_context context, rknn_run_extend* extend) {
     int injected = enter_api(API_RUN);
     if (injected) return injected;
@@ -625,12 +1014,17 @@ int rknn_run(rknn_context context, rknn_run_extend* extend) {
     const emu_model* m = &c->shared->model;
     int rc = RKNN_SUCC;
     if (extend) violation("rknn_run: pass NULL as rknn_run_extend");
-    if (c->inputs_set != (1 << m->n_in) - 1) {
+    int claimed = 0;
+    if (c->mode == MODE_ZERO_COPY) {
+        rc = claim_mems(c);
+        claimed = rc == RKNN_SUCC;
+    } else if (c->inputs_set != (1 << m->n_in) - 1) {
         violation("rknn_run: not every input was set");
         rc = RKNN_ERR_INPUT_INVALID;
-    } else if (m->custom_op[0] && !has_op(c, m->custom_op)) {
+    }
+    if (rc == RKNN_SUCC && m->custom_op[0] && !has_op(c, m->custom_op)) {
         rc = runtime_error(RKNN_ERR_FAIL, "rknn_run: op type '%s' is not registered", m->custom_op);
-    } else {
+    } else if (rc == RKNN_SUCC) {
         int cores = take_cores(c), busy = 0;
         for (int k = 0; k < g_cores; k++) busy += (cores >> k) & 1;
         int now = atomic_fetch_add(&g_parallel, busy) + busy, seen = atomic_load(&g_max_parallel);
@@ -647,17 +1041,9 @@ int rknn_run(rknn_context context, rknn_run_extend* extend) {
             }
         c->have_run = 1;
     }
+    if (claimed) unclaim_mems(c);
     release(c);
     return rc;
-}
-
-static void write_value(void* buf, int type, size_t i, double v) {
-    switch (type) {
-        case RKNN_TENSOR_FLOAT32: ((float*)buf)[i] = (float)v; break;
-        case RKNN_TENSOR_FLOAT16: ((_Float16*)buf)[i] = (_Float16)(float)v; break;
-        case RKNN_TENSOR_INT8: ((int8_t*)buf)[i] = (int8_t)v; break;
-        default: ((uint8_t*)buf)[i] = (uint8_t)v; break;
-    }
 }
 
 #ifndef EMU_ZERO_COPY_ONLY
@@ -669,7 +1055,11 @@ int rknn_outputs_get(rknn_context context, uint32_t n_outputs, rknn_output outpu
     const emu_model* m = &c->shared->model;
     int rc = RKNN_SUCC, seen = 0;
     if (extend) violation("rknn_outputs_get: pass NULL as rknn_output_extend");
-    if (c->outstanding) {
+    if (c->mode == MODE_ZERO_COPY) {
+        violation("rknn_outputs_get: context 0x%llx runs zero copy; its outputs are in the io mems",
+                  (unsigned long long)context);
+        rc = RKNN_ERR_CTX_INVALID;
+    } else if (c->outstanding) {
         violation("rknn_outputs_get: the previous outputs were not released");
         rc = RKNN_ERR_FAIL;
     } else if (!c->have_run) {
@@ -818,6 +1208,7 @@ int rknn_emu_violations(void) { return atomic_load(&g_violations); }
 const char* rknn_emu_last_violation(void) { return g_last_violation; }
 int rknn_emu_live_allocations(void) { return atomic_load(&g_live_allocs); }
 int rknn_emu_live_contexts(void) { return atomic_load(&g_live_contexts); }
+int rknn_emu_live_mems(void) { return atomic_load(&g_live_mems); }
 
 int rknn_emu_calls(const char* api) {
     int i = api_index(api);

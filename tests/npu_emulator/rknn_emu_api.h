@@ -229,6 +229,12 @@ int rknn_run(rknn_context context, rknn_run_extend* extend);
 int rknn_outputs_get(rknn_context context, uint32_t n_outputs, rknn_output outputs[], rknn_output_extend* extend);
 int rknn_outputs_release(rknn_context context, uint32_t n_ouputs, rknn_output outputs[]);
 int rknn_register_custom_ops(rknn_context ctx, rknn_custom_op* op, uint32_t custom_op_num);
+rknn_tensor_mem* rknn_create_mem(rknn_context ctx, uint32_t size);
+rknn_tensor_mem* rknn_create_mem2(rknn_context ctx, uint64_t size, uint64_t alloc_flags);
+rknn_tensor_mem* rknn_create_mem_from_fd(rknn_context ctx, int32_t fd, void* virt_addr, uint32_t size, int32_t offset);
+int rknn_destroy_mem(rknn_context ctx, rknn_tensor_mem* mem);
+int rknn_set_io_mem(rknn_context ctx, rknn_tensor_mem* mem, rknn_tensor_attr* attr);
+int rknn_mem_sync(rknn_context ctx, rknn_tensor_mem* mem, int mode);
 
 /* ---- emulator control API (not part of librknnrt) ---- */
 
@@ -246,6 +252,8 @@ const char* rknn_emu_last_violation(void);
 /* Emulator heap blocks (models, contexts, runtime-owned output buffers) and contexts alive. */
 int rknn_emu_live_allocations(void);
 int rknn_emu_live_contexts(void);
+/* Tensor mems created (rknn_create_mem*) and not destroyed yet. */
+int rknn_emu_live_mems(void);
 /* How often `api` was called since configure, runs served by `core`, most cores busy at once. */
 int rknn_emu_calls(const char* api);
 int rknn_emu_core_runs(int core);
