@@ -5,7 +5,7 @@ The public names of API.md; everything else is internal.
 
 from __future__ import annotations
 
-from .errors import BrokenSessionError, RKNNError, SessionClosedError, SubmitTimeoutError
+from .errors import RKNNError, SessionClosedError, SubmitTimeoutError
 from .iobinding import IOBinding, OrtValue, SessionIOBinding
 from .options import make_provider_options
 from .session import InferenceSession
@@ -19,7 +19,6 @@ __all__ = [
     "RKNNError",
     "SessionClosedError",
     "SubmitTimeoutError",
-    "BrokenSessionError",
     "NodeArg",
     "ModelMetadata",
     "OrtValue",

@@ -3,7 +3,6 @@
     RuntimeError
      +-- RKNNError              the runtime (librknnrt) returned an error code: ``.code``, ``.name``
      +-- SessionClosedError     *you* closed the session; every later call raises this at once
-     +-- BrokenSessionError     a worker or backend died; the cause is chained
      +-- SubmitTimeoutError     the queue stayed full for ``submit_timeout_ms``; a TimeoutError too
 
 Bad arguments raise the builtin ``ValueError`` / ``TypeError`` with a message that names the input,
@@ -12,7 +11,7 @@ option key or argument that was wrong.
 
 from __future__ import annotations
 
-__all__ = ["RKNNError", "SessionClosedError", "BrokenSessionError", "SubmitTimeoutError"]
+__all__ = ["RKNNError", "SessionClosedError", "SubmitTimeoutError"]
 
 
 class RKNNError(RuntimeError):
@@ -28,13 +27,9 @@ class SessionClosedError(RuntimeError):
     """The session was closed (by ``close()`` or its context manager) before or during the call."""
 
 
-class BrokenSessionError(RuntimeError):
-    """The session can no longer run tasks because a worker or its backend failed."""
-
-
 class SubmitTimeoutError(RuntimeError, TimeoutError):
     """The task queue stayed saturated for ``submit_timeout_ms``; nothing was queued."""
 
 
-for _cls in (RKNNError, SessionClosedError, BrokenSessionError, SubmitTimeoutError):
+for _cls in (RKNNError, SessionClosedError, SubmitTimeoutError):
     _cls.__module__ = "ez_rknn_async"

@@ -16,7 +16,7 @@ import enum
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
-from ..errors import BrokenSessionError, RKNNError, SessionClosedError, SubmitTimeoutError
+from ..errors import RKNNError, SessionClosedError, SubmitTimeoutError
 
 __all__ = [
     "ExitCode",
@@ -109,9 +109,6 @@ _TABLE: tuple[KnownError, ...] = (
         SubmitTimeoutError,
         ExitCode.ERROR,
         _own_hint("the workers did not keep up; lower --depth or raise the timeout"),
-    ),
-    KnownError(
-        BrokenSessionError, ExitCode.ERROR, _own_hint("a worker died; rerun with EZ_RKNN_DEBUG=1")
     ),
     KnownError(SessionClosedError, ExitCode.ERROR, _own_hint("")),
     KnownError(
