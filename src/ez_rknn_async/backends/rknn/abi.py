@@ -24,12 +24,14 @@ __all__ = [
     "RknnSdkVersion",
     "RknnCustomString",
     "RknnCustomOp",
+    "RknnTensorMem",
     "Query",
     "TensorType",
     "TensorFormat",
     "QntType",
     "CoreMask",
     "InitFlag",
+    "MemSyncMode",
     "ERRORS",
     "error_name",
     "MAX_DIMS",
@@ -200,6 +202,7 @@ RknnInitExtend = STRUCTS["rknn_init_extend"]
 RknnSdkVersion = STRUCTS["rknn_sdk_version"]
 RknnCustomString = STRUCTS["rknn_custom_string"]
 RknnCustomOp = STRUCTS["rknn_custom_op"]
+RknnTensorMem = STRUCTS["rknn_tensor_mem"]
 
 
 class Query(IntEnum):
@@ -212,6 +215,8 @@ class Query(IntEnum):
     CUSTOM_STRING = 7
     NATIVE_INPUT_ATTR = 8
     NATIVE_OUTPUT_ATTR = 9
+    NATIVE_NHWC_INPUT_ATTR = 10
+    NATIVE_NHWC_OUTPUT_ATTR = 11
 
 
 class TensorType(IntEnum):
@@ -257,6 +262,14 @@ class InitFlag(IntFlag):
 
     NONE = 0
     SHARE_WEIGHT_MEM = 0x20
+
+
+class MemSyncMode(IntEnum):
+    """``rknn_mem_sync`` modes."""
+
+    TO_DEVICE = 1
+    FROM_DEVICE = 2
+    BIDIRECTIONAL = 3
 
 
 #: return code -> (name as in rknn_api.h, what it usually means)

@@ -11,17 +11,29 @@ and nothing hangs under it, which gives the runtime's destroy order for free.
 from __future__ import annotations
 
 import ctypes
+import mmap
+import os
 import re
 import threading
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
 
 from ...options import ProviderOptions
 from ...tensors import ModelMetadata, TensorSpec
-from ..base import Backend, Runner, SlotSpec
+from ..base import (
+    MEM_CACHEABLE,
+    MEM_DEFAULT,
+    Backend,
+    BufferRequest,
+    BufferTracker,
+    DeviceBuffer,
+    Runner,
+    SlotSpec,
+)
 from .abi import (
     CONTEXT_TYPE,
     InitFlag,
@@ -33,11 +45,13 @@ from .abi import (
     RknnOutput,
     RknnSdkVersion,
     RknnTensorAttr,
+    RknnTensorMem,
     TensorFormat,
     TensorType,
 )
 from .custom_ops import CustomOp, load_custom_ops
-from .library import Library, check, load_library
+from .library import Library, RKNNError, check, load_library
+from .memory import NativeLayout, RknnBuffer, dma_heap_alloc, map_bytes
 from .soc import Soc, detect_soc
 
 __all__ = ["RknnBackend", "RknnRunner", "load", "MIN_API_VERSION"]
@@ -68,46 +82,94 @@ _TYPE_STRINGS = {
     TensorType.BOOL: "tensor(bool)",
 }
 _NCHW_LAYOUTS = ("nchw", "nchw_software")
+#: numpy views of the runtime's types (INT4 and BFLOAT16 have none: their bytes as uint8/uint16).
+_DTYPES: dict[int, np.dtype] = {
+    TensorType.FLOAT32: np.dtype(np.float32),
+    TensorType.FLOAT16: np.dtype(np.float16),
+    TensorType.INT8: np.dtype(np.int8),
+    TensorType.UINT8: np.dtype(np.uint8),
+    TensorType.INT16: np.dtype(np.int16),
+    TensorType.UINT16: np.dtype(np.uint16),
+    TensorType.INT32: np.dtype(np.int32),
+    TensorType.UINT32: np.dtype(np.uint32),
+    TensorType.INT64: np.dtype(np.int64),
+    TensorType.BOOL: np.dtype(np.bool_),
+    TensorType.INT4: np.dtype(np.uint8),
+    TensorType.BFLOAT16: np.dtype(np.uint16),
+}
+_NO_DUP = (
+    "zero copy needs rknn_dup_context: this session gives every worker context its own rknn_init "
+    "(disable_dup_context, custom ops or use_weight_from), and a tensor mem can only be bound on "
+    "contexts of the rknn_init that made it"
+)
+
+
+@dataclass(frozen=True)
+class _ZeroCopyTensor:
+    """A model tensor as bound buffers serve it: the user's view, the attr ``rknn_set_io_mem``
+    gets (a native attr, ``pass_through`` set for NC1HWC2 inputs) and the buffer layout."""
+
+    spec: TensorSpec
+    attr: Any
+    layout: NativeLayout
 
 
 class _Context:
-    """One rknn_context and the contexts that depend on it (its dups and weight sharers).
+    """One rknn_context and what depends on it: its dups and weight sharers, and the tensor mems
+    made on it (``hold``/``drop``).
 
     ``lock`` makes "one thread per context" a guarantee of this module, not only of the engine.
-    ``close`` destroys the context once nothing depends on it, then retries its parent.
+    ``close`` destroys the context once nothing depends on it, then retries its parent. ``family``
+    is the context of the ``rknn_init`` it comes from (itself unless it is a dup): a tensor mem
+    may be bound on every context of its family.
     """
 
     _tree_lock = threading.Lock()
 
-    def __init__(self, lib: Library, handle: int, parent: Optional[_Context]) -> None:
+    def __init__(
+        self, lib: Library, handle: int, parent: Optional[_Context], *, dup: bool = False
+    ) -> None:
         self.lib = lib
         self.handle = handle
         self.parent = parent
+        self.family: _Context = parent.family if dup and parent is not None else self
         self.lock = threading.Lock()
         self.children = 0
         self.closed = False
         self.destroyed = False
         if parent is not None:
-            with _Context._tree_lock:
-                parent.children += 1
+            parent.hold()
+
+    def hold(self) -> None:
+        """One more thing that must be gone before this context is destroyed."""
+        with _Context._tree_lock:
+            self.children += 1
+
+    def drop(self) -> None:
+        """Undo one ``hold``: destroys the context if it was closed and this was the last."""
+        with _Context._tree_lock:
+            self.children -= 1
+            self._destroy_unused()
 
     def close(self) -> None:
         with _Context._tree_lock:
             if self.closed:
                 return
             self.closed = True
-            node: Optional[_Context] = self
-            while node is not None and node.closed and not node.children and not node.destroyed:
-                with node.lock:
-                    code = node.lib.rknn_destroy(node.handle)
-                node.destroyed = True
-                if code:
-                    warnings.warn(
-                        f"rknn_destroy failed with code {code}", RuntimeWarning, stacklevel=2
-                    )
-                if node.parent is not None:
-                    node.parent.children -= 1
-                node = node.parent
+            self._destroy_unused()
+
+    def _destroy_unused(self) -> None:
+        """Destroy this context and then its ancestors while each is closed and unused."""
+        node: Optional[_Context] = self
+        while node is not None and node.closed and not node.children and not node.destroyed:
+            with node.lock:
+                code = node.lib.rknn_destroy(node.handle)
+            node.destroyed = True
+            if code:
+                warnings.warn(f"rknn_destroy failed with code {code}", RuntimeWarning, stacklevel=3)
+            if node.parent is not None:
+                node.parent.children -= 1
+            node = node.parent
 
 
 def _text(raw: bytes) -> str:
@@ -123,6 +185,7 @@ class RknnBackend(Backend):
     """One model loaded into librknnrt; ``open_runner`` gives each worker slot its own context."""
 
     name = "rknn"
+    device_type = "rknpu2"
 
     def __init__(
         self,
@@ -142,6 +205,8 @@ class RknnBackend(Backend):
         self._lock = threading.Lock()
         self._origin_taken = False
         self._closed = False
+        self.buffers = BufferTracker()
+        self._memory_context: Optional[_Context] = None
         wants_ops = bool(options.custom_op_paths) or options.custom_op_default_path
         if share_with is not None and wants_ops:
             raise ValueError("use_weight_from cannot be combined with custom-op loading")
@@ -163,6 +228,9 @@ class RknnBackend(Backend):
             or share_with is not None
             or not lib.has("rknn_dup_context")
         )
+        # A zero-copy-only runtime (RV1103/RV1106) has no copying runs to keep apart from binding
+        # runs: workers bind on their own contexts and mems live on the first one.
+        self._zero_copy_only = not lib.has("rknn_inputs_set")
         self._origin = self._init_context()
         try:
             self._describe()
@@ -202,6 +270,10 @@ class RknnBackend(Backend):
             _native_spec(self._attr(Query.NATIVE_OUTPUT_ATTR, i), f"output_{i}")
             for i in range(counts.n_output)
         ]
+        self._zero_copy = {
+            "input": [self._zero_copy_tensor(True, i, a) for i, a in enumerate(attrs)],
+            "output": [self._zero_copy_tensor(False, i, a) for i, a in enumerate(output_attrs)],
+        }
         custom = _text(self._query(Query.CUSTOM_STRING, RknnCustomString()).string)
         self.metadata = ModelMetadata(
             custom_metadata_map={"rknn_custom_string": custom} if custom else {}
@@ -226,6 +298,194 @@ class RknnBackend(Backend):
     @property
     def native_outputs(self) -> Sequence[TensorSpec]:
         return self._native_outputs
+
+    # ------------------------------------------------------------------ zero copy
+
+    def _zero_copy_tensor(self, is_input: bool, index: int, attr: Any) -> _ZeroCopyTensor:
+        """SPEC.md 12.1: 4-D tensors use the NHWC native attr in ``zero_copy_layout="nhwc"``,
+        else the native one (NC1HWC2 inputs then take pass-through data). The user's view of a
+        4-D tensor is NCHW, except inputs with ``layout="nhwc"``; values keep the native type."""
+        four_d = attr.n_dims == 4 and attr.fmt in (TensorFormat.NCHW, TensorFormat.NHWC)
+        if four_d and self._options.zero_copy_layout == "nhwc":
+            command = Query.NATIVE_NHWC_INPUT_ATTR if is_input else Query.NATIVE_NHWC_OUTPUT_ATTR
+        else:
+            command = Query.NATIVE_INPUT_ATTR if is_input else Query.NATIVE_OUTPUT_ATTR
+        native = self._attr(command, index)
+        native.pass_through = int(is_input and native.fmt == TensorFormat.NC1HWC2)
+        dtype = _DTYPES.get(native.type, np.dtype(np.uint8))
+        dims = _dims(attr)
+        shape: tuple[int, ...] = dims
+        layout = NativeLayout.dense(dims, dtype)
+        if four_d:
+            nchw = attr.fmt == TensorFormat.NCHW or (is_input and self._options.layout != "nhwc")
+            n, c, h, w = (
+                (dims[0], dims[3], dims[1], dims[2]) if attr.fmt == TensorFormat.NHWC else dims
+            )
+            shape = (n, c, h, w) if nchw else (n, h, w, c)
+            layout = NativeLayout(
+                native.fmt,
+                _dims(native),
+                dtype,
+                w_stride=int(native.w_stride) or (w if native.fmt == TensorFormat.NHWC else 0),
+                channels=c,
+                nchw=nchw,
+                pass_through=bool(native.pass_through),
+            )
+        name = _name(attr, f"{'input' if is_input else 'output'}_{index}")
+        spec = TensorSpec(name, shape, dtype, type=_type_string(native), accepts=(dtype,))
+        return _ZeroCopyTensor(spec, native, layout)
+
+    @property
+    def zero_copy_inputs(self) -> Sequence[TensorSpec]:
+        return [tensor.spec for tensor in self._zero_copy["input"]]
+
+    @property
+    def zero_copy_outputs(self) -> Sequence[TensorSpec]:
+        return [tensor.spec for tensor in self._zero_copy["output"]]
+
+    def io_attrs(self) -> list[Any]:
+        """Copies of the attrs ``rknn_set_io_mem`` takes, inputs then outputs (one set per
+        runner: the runtime gets a non-const pointer)."""
+        tensors = self._zero_copy["input"] + self._zero_copy["output"]
+        return [type(t.attr).from_buffer_copy(t.attr) for t in tensors]
+
+    def _layout(self, request: BufferRequest) -> NativeLayout:
+        if request.io_kind is None or request.index is None:
+            return NativeLayout.dense(request.shape, request.dtype)
+        return self._zero_copy[request.io_kind][request.index].layout
+
+    def _memory(self) -> _Context:
+        """The context every tensor mem is made on: a dup of the first context (so mems never
+        wait for runs), made on first use."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the RKNN backend is closed")
+            if self._memory_context is None:
+                if self._zero_copy_only:
+                    self._memory_context = self._origin
+                elif self._fresh_contexts:
+                    raise RuntimeError(_NO_DUP)
+                else:
+                    self._memory_context = self._dup_context()
+            return self._memory_context
+
+    def allocate(self, request: BufferRequest) -> DeviceBuffer:
+        """A dma-heap buffer where there is a heap and the memory is cacheable, else
+        ``rknn_create_mem``/``rknn_create_mem2``. Zero-filled."""
+        layout = self._layout(request)
+        if request.mem_flags in (MEM_DEFAULT, MEM_CACHEABLE):
+            fd = dma_heap_alloc(layout.size)
+            if fd is not None:
+                try:
+                    buffer = self._import(fd, request, layout, layout.size, 0, None)
+                finally:
+                    os.close(fd)
+                buffer.write(np.zeros(request.shape, request.dtype))
+                buffer.sync_to_device()
+                return buffer
+        context = self._memory()
+        lib = self._lib
+        with context.lock:
+            if request.mem_flags != MEM_DEFAULT and lib.has("rknn_create_mem2"):
+                mem = lib.rknn_create_mem2(context.handle, layout.size, request.mem_flags)
+            else:
+                mem = lib.rknn_create_mem(context.handle, layout.size)
+        if not mem:
+            raise RKNNError(
+                f"rknn_create_mem of {layout.size} bytes failed", -4, "RKNN_ERR_MALLOC_FAIL"
+            )
+        address = RknnTensorMem.from_address(mem)
+        raw = map_bytes(address.virt_addr + address.offset, layout.size)
+        buffer = RknnBuffer(request, self.buffers, context, mem, layout, raw=raw)
+        raw.fill(0)  # the runtime does not promise zeroed memory
+        buffer.sync_to_device()
+        return buffer
+
+    def import_dmabuf(
+        self, fd: int, request: BufferRequest, *, size: int, offset: int, virt_addr: Optional[int]
+    ) -> DeviceBuffer:
+        layout = self._layout(request)
+        if size < layout.size:
+            name = self._zero_copy[request.io_kind][request.index].spec.name  # type: ignore[index]
+            raise ValueError(
+                f"dmabuf size {size} is smaller than the {layout.size} bytes {request.io_kind} "
+                f"{name!r} needs in its native layout ({layout.describe()})"
+            )
+        available = os.fstat(fd).st_size
+        if offset + size > available:
+            raise ValueError(
+                f"fd {fd} holds {available} bytes; offset {offset} + size {size} goes past its end"
+            )
+        if offset >= 2**31 or size >= 2**32:
+            raise ValueError(f"offset {offset} / size {size} do not fit rknn_create_mem_from_fd")
+        return self._import(fd, request, layout, size, offset, virt_addr)
+
+    def _import(
+        self,
+        fd: int,
+        request: BufferRequest,
+        layout: NativeLayout,
+        size: int,
+        offset: int,
+        virt_addr: Optional[int],
+    ) -> RknnBuffer:
+        """``rknn_create_mem_from_fd`` on a dup of ``fd``, mapped here unless ``virt_addr``."""
+        context = self._memory()
+        own_fd = os.dup(fd)
+        mapping = None
+        try:
+            if virt_addr is None:
+                mapping = mmap.mmap(own_fd, offset + size)
+                raw = np.frombuffer(mapping, np.uint8)[offset:]
+                virt_addr = int(raw.ctypes.data) - offset
+            else:
+                raw = map_bytes(virt_addr + offset, size)
+            with context.lock:
+                mem = self._lib.rknn_create_mem_from_fd(
+                    context.handle, own_fd, virt_addr, size, offset
+                )
+            if not mem:
+                raise RKNNError(
+                    f"rknn_create_mem_from_fd of fd {fd} ({size} bytes at {offset}) failed",
+                    -5,
+                    "RKNN_ERR_PARAM_INVALID",
+                )
+            return RknnBuffer(
+                request, self.buffers, context, mem, layout, raw=raw, mapping=mapping, fd=own_fd
+            )
+        except BaseException:
+            raw = None  # noqa: F841 - the view goes before its mapping closes
+            if mapping is not None:
+                mapping.close()
+            os.close(own_fd)
+            raise
+
+    def check_binding(self, buffer: DeviceBuffer, io_kind: str, index: int) -> None:
+        """The buffer's bytes must be laid out as the tensor's native attr says (a generic
+        dense buffer fits tensors whose native layout is dense)."""
+        tensor = self._zero_copy[io_kind][index]
+        have = buffer.layout if isinstance(buffer, RknnBuffer) else None
+        want = tensor.layout
+        if have is None or (have != want and not (have.dense_bytes and want.dense_bytes)):
+            what = have.describe() if have is not None else type(buffer).__name__
+            raise ValueError(
+                f"{io_kind} {tensor.spec.name!r} native zero-copy layout mismatch: the tensor "
+                f"needs {want.describe()}, the OrtValue is {what}"
+            )
+
+    def binding_context(self, runner_context: _Context, mask: Optional[int]) -> _Context:
+        """The context a runner binds buffers on: a dup of the first context on the runner's
+        cores, so copying runs (``rknn_inputs_set``) and binding runs never share a context."""
+        if self._zero_copy_only:
+            return runner_context
+        self._memory()  # the same checks: backend open, dup contexts in use
+        context = self._dup_context()
+        try:
+            self._bind_cores(context, mask)
+        except BaseException:
+            context.close()
+            raise
+        return context
 
     # ------------------------------------------------------------------ contexts
 
@@ -264,7 +524,7 @@ class RknnBackend(Backend):
         with origin.lock:
             code = self._lib.rknn_dup_context(ctypes.byref(source), ctypes.byref(handle))
         check("rknn_dup_context", code)
-        return _Context(self._lib, handle.value, origin)
+        return _Context(self._lib, handle.value, origin, dup=True)
 
     def default_cores(self) -> list[int]:
         return list(self.soc.cores)
@@ -285,32 +545,46 @@ class RknnBackend(Backend):
         else:
             context = self._init_context() if self._fresh_contexts else self._dup_context()
         try:
-            if mask is not None:
-                with context.lock:
-                    code = self._lib.rknn_set_core_mask(context.handle, mask)
-                check("rknn_set_core_mask", code)
+            self._bind_cores(context, mask)
         except BaseException:
             if not reuse_origin:
                 context.close()
             raise
-        return RknnRunner(self, context, owns_context=not reuse_origin)
+        return RknnRunner(self, context, owns_context=not reuse_origin, mask=mask)
+
+    def _bind_cores(self, context: _Context, mask: Optional[int]) -> None:
+        if mask is not None:
+            with context.lock:
+                code = self._lib.rknn_set_core_mask(context.handle, mask)
+            check("rknn_set_core_mask", code)
 
     def close(self) -> None:
-        """Destroys the first context once every runner's and every sharer's is gone."""
+        """Frees the buffers users still hold, then destroys the first context once every
+        runner's, every sharer's and the memory context are gone."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            memory = self._memory_context
+        self.buffers.release_all()
+        if memory is not None and memory is not self._origin:
+            memory.close()  # destroyed once the last mem (one still pinned) is gone
         self._origin.close()
 
 
 class RknnRunner(Runner):
     """Runs tasks on one context: inputs_set -> run -> outputs_get (float32) -> release."""
 
-    def __init__(self, backend: RknnBackend, context: _Context, owns_context: bool) -> None:
+    def __init__(
+        self, backend: RknnBackend, context: _Context, owns_context: bool, mask: Optional[int]
+    ) -> None:
+        self._backend = backend
         self._lib = backend._lib
         self._context = context
         self._owns_context = owns_context
+        self._mask = mask
+        self._binding: Optional[_Context] = None
+        self._io_attrs: list[Any] = []
         self._input_formats = backend.input_formats
         self._output_shapes = backend.output_dims
         self._inputs = (RknnInput * len(backend.inputs))()
@@ -353,7 +627,29 @@ class RknnRunner(Runner):
             first.add(index)
         return ordered
 
+    def run_buffers(self, inputs: Sequence[DeviceBuffer], outputs: Sequence[DeviceBuffer]) -> None:
+        """rknn_set_io_mem of every buffer, then rknn_run, on this runner's binding context
+        (every tensor is set each run: a context never keeps a pointer to a freed mem)."""
+        if self._binding is None:
+            self._binding = self._backend.binding_context(self._context, self._mask)
+            self._io_attrs = self._backend.io_attrs()
+        context, lib = self._binding, self._lib
+        with context.lock:
+            for buffer, attr in zip((*inputs, *outputs), self._io_attrs):
+                assert isinstance(buffer, RknnBuffer), "check_binding admits RknnBuffers only"
+                if buffer.family is not context.family:
+                    raise RuntimeError(
+                        "this worker's context comes from its own rknn_init, and the buffer "
+                        "lives in the first context's memory; run zero copy on one worker "
+                        "(schedule=[0]) with this runtime"
+                    )
+                code = lib.rknn_set_io_mem(context.handle, buffer.mem, ctypes.byref(attr))
+                check("rknn_set_io_mem", code)
+            check("rknn_run", lib.rknn_run(context.handle, None))
+
     def close(self) -> None:
+        if self._binding is not None and self._binding is not self._context:
+            self._binding.close()
         if self._owns_context:
             self._context.close()
 
