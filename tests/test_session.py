@@ -11,7 +11,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from ez_rknn_async import InferenceSession, SessionClosedError, make_provider_options
+from ez_rknn_async.backends.onnxruntime import OnnxRuntimeBackend
 
+from fakes import wait_for
 from onnx_models import save
 
 
@@ -185,3 +187,50 @@ def test_worker_slots_follow_the_options(add_mul_path):
             assert len(names) == len(slots)
             a = np.ones((2, 4), np.float32)
             np.testing.assert_array_equal(sess.run(["prod"], [a, 3 * a])[0], 3 * a)
+
+
+def test_close_wakes_a_pipeline_producer_blocked_on_a_full_queue(add_mul_path, monkeypatch):
+    gate = threading.Event()
+    open_runner = OnnxRuntimeBackend.open_runner
+    monkeypatch.setattr(
+        OnnxRuntimeBackend,
+        "open_runner",
+        lambda self, slot: _Blocking(open_runner(self, slot), gate),
+    )
+    opts = make_provider_options(schedule=[0], max_queue_size=1, submit_timeout_ms=30000)
+    sess = InferenceSession(add_mul_path, provider_options=opts)
+    a = np.ones((1, 4), np.float32)
+    outcome = []
+
+    def producer():
+        try:
+            for _ in range(10):  # one running, one queued, then blocked
+                sess.run_pipeline([a, a], depth=8)
+        except SessionClosedError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    # one task running (held by the gate), one queued, the producer waiting for space
+    assert wait_for(lambda: sess.stats().running == 1 and sess.stats().waiting_submitters == 1)
+    closer = threading.Thread(target=sess.close)
+    closer.start()
+    thread.join(5)
+    assert not thread.is_alive() and len(outcome) == 1  # woken at once, not after 30 s
+    gate.set()
+    closer.join(10)
+    assert not closer.is_alive()
+
+
+class _Blocking:
+    """Wraps a runner so its tasks wait for ``gate``: holds the only worker busy."""
+
+    def __init__(self, runner, gate):
+        self._runner, self._gate = runner, gate
+
+    def run(self, inputs, output_indices):
+        self._gate.wait(10)
+        return self._runner.run(inputs, output_indices)
+
+    def close(self):
+        self._runner.close()

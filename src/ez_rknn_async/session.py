@@ -237,9 +237,9 @@ class InferenceSession:
         engine = self._engine
         if engine is None or engine.state is not State.OPEN:
             return
-        self._pipeline.discard()
         self._zero_copy.close()  # values and bindings refuse calls; the backend frees buffers
-        engine.close()
+        engine.close()  # first: it wakes a run_pipeline caller blocked on a full queue
+        self._pipeline.discard()
         self._backend.close()
         self._weights_from = None
 
