@@ -1,7 +1,8 @@
 """Fixtures of the RKNN backend tests; load with ``pytest_plugins = ("rknn_fixtures",)``.
 
 ``npu`` points ``EZ_RKNN_RUNTIME_LIB`` at the emulated librknnrt, emulates an RK3588, and after the
-test fails it if the emulator saw a rule violation or still holds a context, a buffer or a tensor mem.
+test fails it if the emulator saw a rule violation or still holds a context, a buffer or a
+tensor mem.
 """
 
 from __future__ import annotations
