@@ -12,7 +12,7 @@ import numpy as np
 from ez_rknn_async.backends.base import Runner, SlotSpec
 from ez_rknn_async.engine.core import Engine, EngineConfig
 
-__all__ = ["FunctionRunner", "Gate", "make_engine", "echo", "wait_for"]
+__all__ = ["FunctionRunner", "Gate", "make_engine", "echo", "wait_for", "hold_runners"]
 
 
 def echo(inputs: Sequence[np.ndarray], output_indices: Sequence[int]) -> list[np.ndarray]:
@@ -84,3 +84,32 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
             return False
         time.sleep(0.001)
     return True
+
+
+class _Held(Runner):
+    """Wraps a backend's runner so every task first waits for the gate."""
+
+    def __init__(self, runner: Runner, gate: threading.Event) -> None:
+        self._runner, self._gate = runner, gate
+
+    def run(self, inputs, output_indices):
+        self._gate.wait(10)
+        self._gate.runs += 1  # type: ignore[attr-defined]
+        return self._runner.run(inputs, output_indices)
+
+    def close(self) -> None:
+        self._runner.close()
+
+
+def hold_runners(monkeypatch) -> threading.Event:
+    """Make every onnxruntime runner opened from now on wait for the returned event before each
+    task; ``event.runs`` counts the tasks that ran."""
+    from ez_rknn_async.backends.onnxruntime import OnnxRuntimeBackend
+
+    gate = threading.Event()
+    gate.runs = 0  # type: ignore[attr-defined]
+    open_runner = OnnxRuntimeBackend.open_runner
+    monkeypatch.setattr(
+        OnnxRuntimeBackend, "open_runner", lambda self, slot: _Held(open_runner(self, slot), gate)
+    )
+    return gate

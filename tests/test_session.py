@@ -3,6 +3,7 @@ lifecycle, on real onnxruntime models."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import threading
 
@@ -11,9 +12,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from ez_rknn_async import InferenceSession, SessionClosedError, make_provider_options
-from ez_rknn_async.backends.onnxruntime import OnnxRuntimeBackend
 
-from fakes import wait_for
+from fakes import hold_runners, wait_for
 from onnx_models import save
 
 
@@ -190,13 +190,7 @@ def test_worker_slots_follow_the_options(add_mul_path):
 
 
 def test_close_wakes_a_pipeline_producer_blocked_on_a_full_queue(add_mul_path, monkeypatch):
-    gate = threading.Event()
-    open_runner = OnnxRuntimeBackend.open_runner
-    monkeypatch.setattr(
-        OnnxRuntimeBackend,
-        "open_runner",
-        lambda self, slot: _Blocking(open_runner(self, slot), gate),
-    )
+    gate = hold_runners(monkeypatch)
     opts = make_provider_options(schedule=[0], max_queue_size=1, submit_timeout_ms=30000)
     sess = InferenceSession(add_mul_path, provider_options=opts)
     a = np.ones((1, 4), np.float32)
@@ -222,15 +216,25 @@ def test_close_wakes_a_pipeline_producer_blocked_on_a_full_queue(add_mul_path, m
     assert not closer.is_alive()
 
 
-class _Blocking:
-    """Wraps a runner so its tasks wait for ``gate``: holds the only worker busy."""
+def test_cancelling_arun_cancels_a_queued_inference(add_mul_path, monkeypatch):
+    gate = hold_runners(monkeypatch)
+    opts = make_provider_options(schedule=[0])
+    a = np.ones((1, 4), np.float32)
 
-    def __init__(self, runner, gate):
-        self._runner, self._gate = runner, gate
+    async def main(sess):
+        first = asyncio.ensure_future(sess.arun(None, [a, a]))
+        second = asyncio.ensure_future(sess.arun(None, [2 * a, a]))
+        while sess.stats().queued != 1 or sess.stats().running != 1:
+            await asyncio.sleep(0.001)
+        second.cancel()
+        await asyncio.sleep(0.01)
+        gate.set()
+        result = await first
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        return result
 
-    def run(self, inputs, output_indices):
-        self._gate.wait(10)
-        return self._runner.run(inputs, output_indices)
-
-    def close(self):
-        self._runner.close()
+    with InferenceSession(add_mul_path, provider_options=opts) as sess:
+        result = asyncio.run(asyncio.wait_for(main(sess), 10))
+        np.testing.assert_array_equal(result[0], 2 * a)
+        assert sess.stats().submitted == 2 and gate.runs == 1  # the cancelled one never ran
