@@ -6,6 +6,15 @@ fresh ``rknn_init`` when dup is disabled, custom ops are loaded or weights are s
 cores with ``rknn_set_core_mask`` where the SoC has more than one. Contexts form a small tree (dups
 and weight sharers under the context they came from) and each is destroyed only once it is closed
 and nothing hangs under it, which gives the runtime's destroy order for free.
+
+Zero copy (``memory.py``): every tensor mem is made on one *memory context*, a dup of the first
+context, so allocations and syncs never wait for a run; each mem holds its context open. A
+runner binds buffers on its own *binding context*, another dup on the runner's cores: a mem may be
+set on any context of the ``rknn_init`` that made it, and keeping copying runs
+(``rknn_inputs_set``) and binding runs on separate contexts means the runtime never writes a
+copied input into a user's buffer. Every run sets every tensor, so no context keeps a freed mem.
+Sessions without dup contexts (``disable_dup_context``, custom ops, ``use_weight_from``) refuse
+zero copy; a zero-copy-only runtime (RV1106) binds on the workers' own contexts.
 """
 
 from __future__ import annotations
