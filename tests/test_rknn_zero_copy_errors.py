@@ -4,12 +4,15 @@ outliving their context) sees no violation."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 
 import numpy as np
 import pytest
 
 from ez_rknn_async import InferenceSession, OrtValue, SessionClosedError, make_provider_options
+from ez_rknn_async.backends.rknn.abi import CONTEXT_TYPE, Query, RknnTensorAttr
+from ez_rknn_async.backends.rknn.library import load_library
 
 from rknn_emu import EmuModel, EmuTensor
 
@@ -162,3 +165,40 @@ def test_zero_copy_only_runtime_runs_bindings_on_the_first_context(npu, monkeypa
     with InferenceSession(MODEL.data()) as sess, complete(sess.io_binding()) as binding:
         sess.run_with_iobinding(binding)
         assert binding.copy_outputs_to_cpu()[0].shape == (1, 12)
+
+
+def test_the_emulator_counts_every_mem_rule_broken(npu):
+    """The rules the backend relies on are enforced: each breach below is one violation."""
+    lib = load_library()
+    model = MODEL.data()
+    origin, dup, other = CONTEXT_TYPE(), CONTEXT_TYPE(), CONTEXT_TYPE()
+    assert lib.rknn_init(ctypes.byref(origin), model, len(model), 0, None) == 0
+    assert lib.rknn_dup_context(ctypes.byref(origin), ctypes.byref(dup)) == 0
+    assert lib.rknn_init(ctypes.byref(other), model, len(model), 0, None) == 0
+    attr = RknnTensorAttr()
+    size = ctypes.sizeof(attr)
+    assert lib.rknn_query(origin.value, Query.NATIVE_NHWC_INPUT_ATTR, ctypes.byref(attr), size) == 0
+    assert (attr.w_stride, attr.size_with_stride) == (16, 288)
+    small = lib.rknn_create_mem(origin.value, attr.size)
+    mem = lib.rknn_create_mem(origin.value, attr.size_with_stride)
+    breaches = [
+        lambda: lib.rknn_set_io_mem(dup.value, small, ctypes.byref(attr)),  # size < with stride
+        lambda: lib.rknn_set_io_mem(other.value, mem, ctypes.byref(attr)),  # another rknn_init
+        lambda: lib.rknn_run(dup.value, None),  # zero copy, tensors without a mem
+        lambda: lib.rknn_inputs_set(dup.value, 0, None),  # a zero-copy context copies
+        lambda: lib.rknn_destroy_mem(dup.value, mem),  # not the context that made it
+        lambda: lib.rknn_destroy(origin.value),  # mems still alive (and a dup)
+    ]
+    assert lib.rknn_set_io_mem(dup.value, mem, ctypes.byref(attr)) == 0
+    for count, breach in enumerate(breaches, 1):
+        assert breach() != 0
+        assert npu.violations == count, npu.last_violation
+    assert lib.rknn_destroy_mem(origin.value, mem) == 0
+    assert lib.rknn_destroy_mem(origin.value, mem) != 0  # double free
+    assert "freed twice" in npu.last_violation
+    assert lib.rknn_run(dup.value, None) != 0  # the destroyed mem is still set on dup
+    assert "use after free" in npu.last_violation
+    npu.expected_violations = len(breaches) + 2
+    assert lib.rknn_destroy_mem(origin.value, small) == 0
+    for context in (dup, other, origin):
+        assert lib.rknn_destroy(context.value) == 0
