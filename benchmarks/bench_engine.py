@@ -4,10 +4,12 @@
 
 * Throughput on YOLOv8n 320 (the nudenet wheel's 320n.onnx): plain onnxruntime sequential ``run``
   with 1 and with 2 intra-op threads vs ours (default options) in ``run``, ``run_async`` and
-  ``run_pipeline``. Rounds interleave every contender so machine noise hits them alike; the
-  median ratio over rounds is reported.
+  ``run_pipeline``; and two plain Python threads each looping a 1-thread onnxruntime ``run``, the
+  practical ceiling of data parallelism on this machine (no engine at all). Rounds interleave
+  every contender so machine noise hits them alike; the median ratio over rounds is reported.
 * Per-call overhead of ``sess.run`` over onnxruntime ``run`` on a tiny model (median of
   interleaved blocks).
+* The engine alone, with a runner that does nothing: µs per ``run`` and per ``run_async`` task.
 * Memory: RSS after 100,000 ``run`` calls on the tiny model, against RSS after a warm-up.
 """
 
@@ -26,6 +28,7 @@ import onnxruntime as ort
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from ez_rknn_async import InferenceSession  # noqa: E402
 
+from fakes import echo, make_engine  # noqa: E402
 from onnx_models import add_mul_model, yolo_path  # noqa: E402
 
 
@@ -54,6 +57,17 @@ def throughput(frames: int, rounds: int) -> dict[str, float]:
         for _ in range(n):
             done.acquire()
 
+    def raw_threads(n):
+        """Two plain threads, each looping onnxruntime run: the machine's practical ceiling."""
+        threads = [
+            threading.Thread(target=lambda: [ort1.run(None, {"images": x}) for _ in range(n // 2)])
+            for _ in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
     def pipeline(n):
         for _ in range(n):
             sess.run_pipeline([x])
@@ -62,6 +76,7 @@ def throughput(frames: int, rounds: int) -> dict[str, float]:
     contenders = {
         "onnxruntime run, 1 thread": lambda n: [ort1.run(None, {"images": x}) for _ in range(n)],
         "onnxruntime run, 2 threads": lambda n: [ort2.run(None, {"images": x}) for _ in range(n)],
+        "2 plain threads x ORT 1 thread": raw_threads,
         "ours run": lambda n: [sess.run(None, [x]) for _ in range(n)],
         "ours run_async": async_mode,
         "ours run_pipeline": pipeline,
@@ -94,6 +109,24 @@ def overhead(blocks: int = 30, calls: int = 500) -> tuple[float, float]:
         ours.append((time.perf_counter() - start) / calls)
     sess.close()
     return statistics.median(theirs) * 1e6, statistics.median(ours) * 1e6
+
+
+def engine_alone(tasks: int = 20000) -> tuple[float, float]:
+    """µs per task of the engine itself: a runner that does nothing, ``run`` and ``run_async``."""
+    engine, _ = make_engine(2, echo, max_queue_size=8)
+    start = time.perf_counter()
+    for value in range(tasks):
+        engine.run_inline([value], (0,))
+    inline = (time.perf_counter() - start) / tasks
+    done = threading.Semaphore(0)
+    start = time.perf_counter()
+    for value in range(tasks):
+        engine.submit_callback([value], (0,), lambda r, u, e: done.release(), None)
+    for _ in range(tasks):
+        done.acquire()
+    callbacks = (time.perf_counter() - start) / tasks
+    engine.close()
+    return inline * 1e6, callbacks * 1e6
 
 
 def rss_kib() -> int:
@@ -134,6 +167,8 @@ def main() -> None:
         f"\nper-call run() on a tiny model: onnxruntime {theirs:.1f} us, ours {ours:.1f} us, "
         f"overhead {ours - theirs:.1f} us (median)"
     )
+    inline, callbacks = engine_alone()
+    print(f"engine alone (no-op runner): run {inline:.1f} us, run_async {callbacks:.1f} us a task")
     before, after = memory()
     print(f"RSS over 100,000 runs: {before} KiB -> {after} KiB ({after - before:+d} KiB)")
 
