@@ -7,6 +7,8 @@ STAMP  := $(VENV)/.installed-stamp
 .PHONY: demo test lint bench test-numpy1 clean
 
 $(STAMP): pyproject.toml Makefile
+	@# The tests build a C emulator of the NPU runtime: they need a C compiler.
+	@command -v gcc >/dev/null || (apt-get update -qq && apt-get install -y -qq gcc)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test,dev]"
