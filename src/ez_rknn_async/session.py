@@ -21,7 +21,7 @@ from .engine.layout import plan_slots, task_routes
 from .engine.pipeline import Pipeline
 from .errors import SessionClosedError, SubmitTimeoutError
 from .feeds import copy_for_async, normalize_feed, resolve_outputs, run_option, split_batch
-from .iobinding import SessionIOBinding, SessionMemory
+from .iobinding import SessionIOBinding, SessionMemory, launch
 from .options import ProviderOptions, parse_bool, parse_provider_options
 from .tensors import ModelMetadata, NodeArg
 
@@ -172,7 +172,8 @@ class InferenceSession:
         idle), so it never races the workers."""
         engine = self._check_open()
         _reject_dispatch_batch("run_with_iobinding", run_options)
-        self._zero_copy.launch(
+        launch(
+            self._zero_copy,
             iobinding,
             "run_with_iobinding",
             lambda flight: engine.run_inline(flight, (), method=_RUN_BINDING),
@@ -330,7 +331,8 @@ class _Job:
     def submit(self, engine: Engine, blocking: bool = True) -> Future:
         if self.memory is None:
             return engine.submit(self.inputs, self.indices, blocking=blocking)
-        return self.memory.launch(
+        return launch(
+            self.memory,
             self.inputs,
             self.api,
             lambda flight: engine.submit(flight, (), blocking=blocking, method=_RUN_BINDING),
@@ -340,7 +342,8 @@ class _Job:
         if self.memory is None:
             engine.submit_callback(self.inputs, self.indices, callback, user_data)
             return
-        self.memory.launch(
+        launch(
+            self.memory,
             self.inputs,
             self.api,
             lambda flight: engine.submit_callback(

@@ -6,11 +6,28 @@ The engine guarantees a runner is never called by two threads at once, so a runn
 non-thread-safe native handle (an RKNN context). Backends start no threads and never wait on
 anything but their runtime.
 
-Zero copy (``iobinding.py``) adds a small device-memory interface: ``Backend.allocate`` /
+Zero copy (the ``iobinding`` package) adds a small device-memory interface: ``Backend.allocate`` /
 ``Backend.import_dmabuf`` make ``DeviceBuffer`` objects, ``Backend.check_binding`` vets one for a
 model tensor, and ``Runner.run_buffers`` runs one inference on bound buffers. ``DeviceBuffer``
 keeps the lifetime rules (pinned while a run uses it, freed exactly once) so a backend only
-supplies the native calls.
+supplies the native calls. What a backend must get right beyond the method docstrings:
+
+* ``zero_copy_inputs`` / ``zero_copy_outputs``: one ``TensorSpec`` per tensor in the logical
+  layout of SPEC.md 12.1, dtype the buffer's element type (outputs: the model's own type),
+  ``accepts=(dtype,)``; ``device_type`` is what values report (``"rknpu2"``).
+* Buffers register with the backend's ``BufferTracker``, and ``close()`` calls
+  ``buffers.release_all()`` before destroying anything a buffer needs. ``_free`` may run on any
+  thread (the garbage collector's) while a worker runs: it takes the native context's lock.
+* A buffer is made once but runs on whichever slot takes the task, so it must be valid on every
+  runner's native context. A runner that caches what it has set compares ``DeviceBuffer``
+  objects with ``is``, never addresses or ids (a freed buffer's successor may reuse them).
+  ``run_buffers`` does no syncs: ``OrtValue`` syncs around its own CPU reads and writes.
+
+The RKNN implementation: ``rknn/memory.py`` (``RknnBuffer``: one ``rknn_tensor_mem``;
+``NativeLayout``: logical tensor <-> NHWC-with-stride / NC1HWC2 bytes) and ``rknn/backend.py``
+(mems made on one memory context, bound on each runner's own binding context, every tensor set
+each run). Host-memory backends are tested by ``tests/test_iobinding*.py``, RKNN against the
+emulator by ``tests/test_rknn_zero_copy*.py``.
 """
 
 from __future__ import annotations
