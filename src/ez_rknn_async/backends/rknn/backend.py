@@ -3,9 +3,10 @@
 The model file's bytes go to ``rknn_init`` unchanged; everything known about the model comes from
 ``rknn_query``. Each worker slot gets its own context (``rknn_dup_context`` of the first one, or a
 fresh ``rknn_init`` when dup is disabled, custom ops are loaded or weights are shared), bound to its
-cores with ``rknn_set_core_mask`` where the SoC has more than one. Contexts form a small tree (dups
-and weight sharers under the context they came from) and each is destroyed only once it is closed
-and nothing hangs under it, which gives the runtime's destroy order for free.
+cores with ``rknn_set_core_mask`` where the SoC has more than one. Contexts form a small tree
+(``context.py``: dups and weight sharers under the context they came from) and each is destroyed
+only once it is closed and nothing hangs under it, which gives the runtime's destroy order for
+free. What the queried attrs mean to users (specs, formats, type strings) is ``attrs.py``.
 
 Zero copy (``memory.py``): every tensor mem is made on one *memory context*, a dup of the first
 context, so allocations and syncs never wait for a run; each mem holds its context open. A
@@ -22,7 +23,6 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-import re
 import threading
 import warnings
 from collections.abc import Sequence
@@ -43,6 +43,7 @@ from ..base import (
     Runner,
     SlotSpec,
 )
+from . import attrs
 from .abi import (
     CONTEXT_TYPE,
     InitFlag,
@@ -56,8 +57,8 @@ from .abi import (
     RknnTensorAttr,
     RknnTensorMem,
     TensorFormat,
-    TensorType,
 )
+from .context import Context
 from .custom_ops import CustomOp, load_custom_ops
 from .library import Library, RKNNError, check, load_library
 from .memory import NativeLayout, RknnBuffer, dma_heap_alloc, map_bytes
@@ -68,44 +69,6 @@ __all__ = ["RknnBackend", "RknnRunner", "load", "MIN_API_VERSION"]
 #: Older runtimes work but are known to be buggy (SPEC.md 2).
 MIN_API_VERSION = (2, 4, 1)
 
-#: Array dtypes librknnrt converts itself (rknn_input.type with pass_through = 0).
-_INPUT_TYPES: dict[np.dtype, TensorType] = {
-    np.dtype(np.float32): TensorType.FLOAT32,
-    np.dtype(np.float16): TensorType.FLOAT16,
-    np.dtype(np.int8): TensorType.INT8,
-    np.dtype(np.uint8): TensorType.UINT8,
-}
-_ACCEPTS: tuple[np.dtype, ...] = tuple(_INPUT_TYPES)
-_FLOAT32 = np.dtype(np.float32)
-#: The model's internal type as get_inputs()/get_outputs() show it (SPEC.md 11).
-_TYPE_STRINGS = {
-    TensorType.FLOAT32: "tensor(float)",
-    TensorType.FLOAT16: "tensor(float16)",
-    TensorType.INT8: "tensor(int8)",
-    TensorType.UINT8: "tensor(uint8)",
-    TensorType.INT16: "tensor(int16)",
-    TensorType.UINT16: "tensor(uint16)",
-    TensorType.INT32: "tensor(int32)",
-    TensorType.UINT32: "tensor(uint32)",
-    TensorType.INT64: "tensor(int64)",
-    TensorType.BOOL: "tensor(bool)",
-}
-_NCHW_LAYOUTS = ("nchw", "nchw_software")
-#: numpy views of the runtime's types (INT4 and BFLOAT16 have none: their bytes as uint8/uint16).
-_DTYPES: dict[int, np.dtype] = {
-    TensorType.FLOAT32: np.dtype(np.float32),
-    TensorType.FLOAT16: np.dtype(np.float16),
-    TensorType.INT8: np.dtype(np.int8),
-    TensorType.UINT8: np.dtype(np.uint8),
-    TensorType.INT16: np.dtype(np.int16),
-    TensorType.UINT16: np.dtype(np.uint16),
-    TensorType.INT32: np.dtype(np.int32),
-    TensorType.UINT32: np.dtype(np.uint32),
-    TensorType.INT64: np.dtype(np.int64),
-    TensorType.BOOL: np.dtype(np.bool_),
-    TensorType.INT4: np.dtype(np.uint8),
-    TensorType.BFLOAT16: np.dtype(np.uint16),
-}
 _NO_DUP = (
     "zero copy needs rknn_dup_context: this session gives every worker context its own rknn_init "
     "(disable_dup_context, custom ops or use_weight_from), and a tensor mem can only be bound on "
@@ -121,73 +84,6 @@ class _ZeroCopyTensor:
     spec: TensorSpec
     attr: Any
     layout: NativeLayout
-
-
-class _Context:
-    """One rknn_context and what depends on it: its dups and weight sharers, and the tensor mems
-    made on it (``hold``/``drop``).
-
-    ``lock`` makes "one thread per context" a guarantee of this module, not only of the engine.
-    ``close`` destroys the context once nothing depends on it, then retries its parent. ``family``
-    is the context of the ``rknn_init`` it comes from (itself unless it is a dup): a tensor mem
-    may be bound on every context of its family.
-    """
-
-    _tree_lock = threading.Lock()
-
-    def __init__(
-        self, lib: Library, handle: int, parent: Optional[_Context], *, dup: bool = False
-    ) -> None:
-        self.lib = lib
-        self.handle = handle
-        self.parent = parent
-        self.family: _Context = parent.family if dup and parent is not None else self
-        self.lock = threading.Lock()
-        self.children = 0
-        self.closed = False
-        self.destroyed = False
-        if parent is not None:
-            parent.hold()
-
-    def hold(self) -> None:
-        """One more thing that must be gone before this context is destroyed."""
-        with _Context._tree_lock:
-            self.children += 1
-
-    def drop(self) -> None:
-        """Undo one ``hold``: destroys the context if it was closed and this was the last."""
-        with _Context._tree_lock:
-            self.children -= 1
-            self._destroy_unused()
-
-    def close(self) -> None:
-        with _Context._tree_lock:
-            if self.closed:
-                return
-            self.closed = True
-            self._destroy_unused()
-
-    def _destroy_unused(self) -> None:
-        """Destroy this context and then its ancestors while each is closed and unused."""
-        node: Optional[_Context] = self
-        while node is not None and node.closed and not node.children and not node.destroyed:
-            with node.lock:
-                code = node.lib.rknn_destroy(node.handle)
-            node.destroyed = True
-            if code:
-                warnings.warn(f"rknn_destroy failed with code {code}", RuntimeWarning, stacklevel=3)
-            if node.parent is not None:
-                node.parent.children -= 1
-            node = node.parent
-
-
-def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", errors="replace")
-
-
-def _parse_version(text: str) -> Optional[tuple[int, ...]]:
-    match = re.match(r"\s*(\d+)\.(\d+)\.(\d+)", text)
-    return tuple(int(part) for part in match.groups()) if match else None
 
 
 class RknnBackend(Backend):
@@ -215,7 +111,7 @@ class RknnBackend(Backend):
         self._origin_taken = False
         self._closed = False
         self.buffers = BufferTracker()
-        self._memory_context: Optional[_Context] = None
+        self._memory_context: Optional[Context] = None
         wants_ops = bool(options.custom_op_paths) or options.custom_op_default_path
         if share_with is not None and wants_ops:
             raise ValueError("use_weight_from cannot be combined with custom-op loading")
@@ -265,32 +161,32 @@ class RknnBackend(Backend):
     def _describe(self) -> None:
         counts = self._query(Query.IN_OUT_NUM, RknnInputOutputNum())
         layout = self._options.layout
-        attrs = [self._attr(Query.INPUT_ATTR, i) for i in range(counts.n_input)]
-        self.inputs = [_input_spec(a, i, layout) for i, a in enumerate(attrs)]
-        self.input_formats = [_input_format(a, layout) for a in attrs]
+        input_attrs = [self._attr(Query.INPUT_ATTR, i) for i in range(counts.n_input)]
+        self.inputs = [attrs.input_spec(a, i, layout) for i, a in enumerate(input_attrs)]
+        self.input_formats = [attrs.input_format(a, layout) for a in input_attrs]
         output_attrs = [self._attr(Query.OUTPUT_ATTR, i) for i in range(counts.n_output)]
-        self.outputs = [_output_spec(a, i) for i, a in enumerate(output_attrs)]
-        self.output_dims = [_dims(a) for a in output_attrs]
+        self.outputs = [attrs.output_spec(a, i) for i, a in enumerate(output_attrs)]
+        self.output_dims = [attrs.shape(a) for a in output_attrs]
         self._native_inputs = [
-            _native_spec(self._attr(Query.NATIVE_INPUT_ATTR, i), f"input_{i}")
+            attrs.native_spec(self._attr(Query.NATIVE_INPUT_ATTR, i), f"input_{i}")
             for i in range(counts.n_input)
         ]
         self._native_outputs = [
-            _native_spec(self._attr(Query.NATIVE_OUTPUT_ATTR, i), f"output_{i}")
+            attrs.native_spec(self._attr(Query.NATIVE_OUTPUT_ATTR, i), f"output_{i}")
             for i in range(counts.n_output)
         ]
         self._zero_copy = {
-            "input": [self._zero_copy_tensor(True, i, a) for i, a in enumerate(attrs)],
+            "input": [self._zero_copy_tensor(True, i, a) for i, a in enumerate(input_attrs)],
             "output": [self._zero_copy_tensor(False, i, a) for i, a in enumerate(output_attrs)],
         }
-        custom = _text(self._query(Query.CUSTOM_STRING, RknnCustomString()).string)
+        custom = attrs.text(self._query(Query.CUSTOM_STRING, RknnCustomString()).string)
         self.metadata = ModelMetadata(
             custom_metadata_map={"rknn_custom_string": custom} if custom else {}
         )
         versions = self._query(Query.SDK_VERSION, RknnSdkVersion())
-        self.api_version = _text(versions.api_version)
-        self.driver_version = _text(versions.drv_version)
-        parsed = _parse_version(self.api_version)
+        self.api_version = attrs.text(versions.api_version)
+        self.driver_version = attrs.text(versions.drv_version)
+        parsed = attrs.parse_version(self.api_version)
         if parsed is not None and parsed < MIN_API_VERSION:
             warnings.warn(
                 f"RKNN API version {self.api_version} is likely outdated; please update "
@@ -321,8 +217,8 @@ class RknnBackend(Backend):
             command = Query.NATIVE_INPUT_ATTR if is_input else Query.NATIVE_OUTPUT_ATTR
         native = self._attr(command, index)
         native.pass_through = int(is_input and native.fmt == TensorFormat.NC1HWC2)
-        dtype = _DTYPES.get(native.type, np.dtype(np.uint8))
-        dims = _dims(attr)
+        dtype = attrs.buffer_dtype(native)
+        dims = attrs.shape(attr)
         shape: tuple[int, ...] = dims
         layout = NativeLayout.dense(dims, dtype)
         if four_d:
@@ -333,15 +229,15 @@ class RknnBackend(Backend):
             shape = (n, c, h, w) if nchw else (n, h, w, c)
             layout = NativeLayout(
                 native.fmt,
-                _dims(native),
+                attrs.shape(native),
                 dtype,
                 w_stride=int(native.w_stride) or (w if native.fmt == TensorFormat.NHWC else 0),
                 channels=c,
                 nchw=nchw,
                 pass_through=bool(native.pass_through),
             )
-        name = _name(attr, f"{'input' if is_input else 'output'}_{index}")
-        spec = TensorSpec(name, shape, dtype, type=_type_string(native), accepts=(dtype,))
+        name = attrs.tensor_name(attr, f"{'input' if is_input else 'output'}_{index}")
+        spec = TensorSpec(name, shape, dtype, type=attrs.type_string(native), accepts=(dtype,))
         return _ZeroCopyTensor(spec, native, layout)
 
     @property
@@ -363,7 +259,7 @@ class RknnBackend(Backend):
             return NativeLayout.dense(request.shape, request.dtype)
         return self._zero_copy[request.io_kind][request.index].layout
 
-    def _memory(self) -> _Context:
+    def _memory(self) -> Context:
         """The context every tensor mem is made on: a dup of the first context (so mems never
         wait for runs), made on first use."""
         with self._lock:
@@ -482,7 +378,7 @@ class RknnBackend(Backend):
                 f"needs {want.describe()}, the OrtValue is {what}"
             )
 
-    def binding_context(self, runner_context: _Context, mask: Optional[int]) -> _Context:
+    def binding_context(self, runner_context: Context, mask: Optional[int]) -> Context:
         """The context a runner binds buffers on: a dup of the first context on the runner's
         cores, so copying runs (``rknn_inputs_set``) and binding runs never share a context."""
         if self._zero_copy_only:
@@ -498,7 +394,7 @@ class RknnBackend(Backend):
 
     # ------------------------------------------------------------------ contexts
 
-    def _init_context(self) -> _Context:
+    def _init_context(self) -> Context:
         """A fresh rknn_init of the model bytes (sharing the owner's weights if asked)."""
         handle = CONTEXT_TYPE()
         owner = self._owner._origin if self._owner is not None else None
@@ -515,7 +411,7 @@ class RknnBackend(Backend):
             None if extend is None else ctypes.byref(extend),
         )
         check("rknn_init", code)
-        context = _Context(self._lib, handle.value, owner)
+        context = Context(self._lib, handle.value, owner)
         try:
             for op in self._ops:
                 check(
@@ -527,13 +423,13 @@ class RknnBackend(Backend):
             raise
         return context
 
-    def _dup_context(self) -> _Context:
+    def _dup_context(self) -> Context:
         origin = self._origin
         source, handle = CONTEXT_TYPE(origin.handle), CONTEXT_TYPE()
         with origin.lock:
             code = self._lib.rknn_dup_context(ctypes.byref(source), ctypes.byref(handle))
         check("rknn_dup_context", code)
-        return _Context(self._lib, handle.value, origin, dup=True)
+        return Context(self._lib, handle.value, origin, dup=True)
 
     def default_cores(self) -> list[int]:
         return list(self.soc.cores)
@@ -561,7 +457,7 @@ class RknnBackend(Backend):
             raise
         return RknnRunner(self, context, owns_context=not reuse_origin, mask=mask)
 
-    def _bind_cores(self, context: _Context, mask: Optional[int]) -> None:
+    def _bind_cores(self, context: Context, mask: Optional[int]) -> None:
         if mask is not None:
             with context.lock:
                 code = self._lib.rknn_set_core_mask(context.handle, mask)
@@ -585,14 +481,14 @@ class RknnRunner(Runner):
     """Runs tasks on one context: inputs_set -> run -> outputs_get (float32) -> release."""
 
     def __init__(
-        self, backend: RknnBackend, context: _Context, owns_context: bool, mask: Optional[int]
+        self, backend: RknnBackend, context: Context, owns_context: bool, mask: Optional[int]
     ) -> None:
         self._backend = backend
         self._lib = backend._lib
         self._context = context
         self._owns_context = owns_context
         self._mask = mask
-        self._binding: Optional[_Context] = None
+        self._binding: Optional[Context] = None
         self._io_attrs: list[Any] = []
         self._input_formats = backend.input_formats
         self._output_shapes = backend.output_dims
@@ -611,7 +507,7 @@ class RknnRunner(Runner):
             array = np.ascontiguousarray(array.transpose(0, 2, 3, 1) if transpose else array)
             item.buf = array.ctypes.data
             item.size = array.nbytes
-            item.type = _INPUT_TYPES[array.dtype]
+            item.type = attrs.INPUT_TYPES[array.dtype]
             item.fmt = fmt
             feeds.append(array)  # alive until rknn_inputs_set has copied it
         wanted = list(dict.fromkeys(output_indices))
@@ -661,48 +557,6 @@ class RknnRunner(Runner):
             self._binding.close()
         if self._owns_context:
             self._context.close()
-
-
-def _name(attr: Any, fallback: str) -> str:
-    return _text(attr.name) or fallback
-
-
-def _dims(attr: Any) -> tuple[int, ...]:
-    return tuple(int(d) for d in attr.dims[: attr.n_dims])
-
-
-def _type_string(attr: Any) -> str:
-    return _TYPE_STRINGS.get(attr.type, "tensor(unknown)")
-
-
-def _input_spec(attr: Any, index: int, layout: str) -> TensorSpec:
-    """The user's view of an input: 4-D inputs are reported NHWC and shown NCHW unless the
-    layout is nhwc/any (SPEC.md 6.3; the dims are taken as NHWC whatever ``fmt`` says)."""
-    dims = _dims(attr)
-    if len(dims) == 4 and layout in _NCHW_LAYOUTS:
-        dims = (dims[0], dims[3], dims[1], dims[2])
-    return TensorSpec(
-        _name(attr, f"input_{index}"), dims, _FLOAT32, type=_type_string(attr), accepts=_ACCEPTS
-    )
-
-
-def _input_format(attr: Any, layout: str) -> tuple[int, bool]:
-    """(rknn_input.fmt, transpose NCHW->NHWC in numpy first) for one input."""
-    if attr.n_dims != 4:
-        return TensorFormat.UNDEFINED, False
-    if layout == "nchw":
-        return TensorFormat.NCHW, False  # librknnrt transposes
-    return TensorFormat.NHWC, layout == "nchw_software"
-
-
-def _output_spec(attr: Any, index: int) -> TensorSpec:
-    return TensorSpec(
-        _name(attr, f"output_{index}"), _dims(attr), _FLOAT32, type=_type_string(attr)
-    )
-
-
-def _native_spec(attr: Any, fallback: str) -> TensorSpec:
-    return TensorSpec(_name(attr, fallback), _dims(attr), _FLOAT32, type=_type_string(attr))
 
 
 def load(

@@ -16,16 +16,14 @@ import os
 import struct
 from dataclasses import dataclass
 from math import prod
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from ..base import BufferRequest, BufferTracker, DeviceBuffer
 from .abi import MemSyncMode, RknnTensorMem, TensorFormat
+from .context import Context
 from .library import check
-
-if TYPE_CHECKING:
-    from .backend import _Context
 
 __all__ = ["NativeLayout", "RknnBuffer", "DMA_HEAP", "dma_heap_alloc", "map_bytes"]
 
@@ -156,7 +154,7 @@ class RknnBuffer(DeviceBuffer):
         self,
         request: BufferRequest,
         tracker: BufferTracker,
-        context: _Context,
+        context: Context,
         mem: int,
         layout: NativeLayout,
         *,
