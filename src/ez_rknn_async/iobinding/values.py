@@ -87,6 +87,7 @@ def parse_element_type(element_type: Any) -> np.dtype:
 
 
 def parse_shape(shape: Any) -> tuple[int, ...]:
+    """A user's shape as dims: a buffer has a fixed size, so no symbolic or negative dims."""
     try:
         dims = tuple(int(d) for d in shape)
     except (TypeError, ValueError):
@@ -105,6 +106,7 @@ def check_layout(layout: Any) -> None:
 
 
 def check_device(device_type: Any, device_id: Any) -> str:
+    """The lower-cased device type; a session is one device, so ``device_id`` must be 0."""
     kind = device_type.lower() if isinstance(device_type, str) else device_type
     if kind not in _DEVICE_TYPES:
         raise ValueError(f"device_type must be 'cpu' or 'rknpu2', got {device_type!r}")
