@@ -68,3 +68,20 @@ def test_driver_version_file(tmp_path, text, version):
     path = tmp_path / "version"
     path.write_text(text)
     assert doctor.read_driver_version([str(path)]) == version
+
+
+@pytest.mark.parametrize(
+    "version, outdated",
+    [
+        ("2.3.2 (429f97ae6b@2025-04-09T09:09:27)", True),
+        ("2.4", True),
+        ("1.6.0", True),
+        ("2.4.1 (abc@2026-01-01)", False),
+        ("2.10.0", False),
+        ("unknown", False),
+    ],
+)
+def test_one_version_rule_for_the_warning_and_the_doctor(version, outdated):
+    from ez_rknn_async.backends.rknn.attrs import api_version_outdated
+
+    assert api_version_outdated(version) is outdated

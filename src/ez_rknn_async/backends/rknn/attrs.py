@@ -8,7 +8,7 @@ model's internal type strings) read in one place.
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +18,9 @@ from .abi import TensorFormat, TensorType
 __all__ = [
     "INPUT_TYPES",
     "text",
-    "parse_version",
+    "MIN_API_VERSION",
+    "MIN_API_TEXT",
+    "api_version_outdated",
     "tensor_name",
     "shape",
     "type_string",
@@ -73,9 +75,17 @@ def text(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
-def parse_version(version: str) -> Optional[tuple[int, ...]]:
-    match = re.match(r"\s*(\d+)\.(\d+)\.(\d+)", version)
-    return tuple(int(part) for part in match.groups()) if match else None
+#: Older runtimes work but are known to be buggy (SPEC.md 2).
+MIN_API_VERSION = (2, 4, 1)
+MIN_API_TEXT = ".".join(map(str, MIN_API_VERSION))
+
+
+def api_version_outdated(version: str) -> bool:
+    """Whether the first three integers of a runtime version string are below
+    ``MIN_API_VERSION`` (the original's rule; a string without digits is not judged). One rule
+    for the session's warning and ``ez-rknn doctor``."""
+    numbers = tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+    return bool(numbers) and numbers < MIN_API_VERSION
 
 
 def tensor_name(attr: Any, fallback: str) -> str:

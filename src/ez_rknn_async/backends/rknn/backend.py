@@ -64,10 +64,8 @@ from .library import Library, RKNNError, check, load_library
 from .memory import NativeLayout, RknnBuffer, dma_heap_alloc, map_bytes
 from .soc import Soc, detect_soc
 
-__all__ = ["RknnBackend", "RknnRunner", "load", "MIN_API_VERSION"]
+__all__ = ["RknnBackend", "RknnRunner", "load"]
 
-#: Older runtimes work but are known to be buggy (SPEC.md 2).
-MIN_API_VERSION = (2, 4, 1)
 
 _NO_DUP = (
     "zero copy needs rknn_dup_context: this session gives every worker context its own rknn_init "
@@ -186,12 +184,11 @@ class RknnBackend(Backend):
         versions = self._query(Query.SDK_VERSION, RknnSdkVersion())
         self.api_version = attrs.text(versions.api_version)
         self.driver_version = attrs.text(versions.drv_version)
-        parsed = attrs.parse_version(self.api_version)
-        if parsed is not None and parsed < MIN_API_VERSION:
+        if attrs.api_version_outdated(self.api_version):
             warnings.warn(
                 f"RKNN API version {self.api_version} is likely outdated; please update "
                 f"librknnrt ({self.library_path}). Recommended minimum version is "
-                f"{'.'.join(map(str, MIN_API_VERSION))}.",
+                f"{attrs.MIN_API_TEXT}.",
                 UserWarning,
                 stacklevel=4,
             )

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from . import library, soc
-from .backend import MIN_API_VERSION
+from .attrs import MIN_API_TEXT, api_version_outdated
 
 __all__ = ["collect", "DRIVER_VERSION_PATHS", "read_api_version", "read_driver_version"]
 
@@ -29,7 +29,6 @@ DRIVER_VERSION_PATHS = (
     "/sys/module/rknpu/version",
 )
 _BANNER = re.compile(rb"librknnrt version: ([^\0\n]+)")
-_MIN_API = ".".join(map(str, MIN_API_VERSION))
 
 
 def read_api_version(path: str) -> Optional[str]:
@@ -76,11 +75,11 @@ def _runtime(environ: Mapping[str, str], problems: list[dict[str, str]]) -> dict
             problems, "reading the runtime version", lambda: read_api_version(info["library"])
         )
     version = info["api_version"]
-    if version and tuple(map(int, re.findall(r"\d+", version)[:3])) < MIN_API_VERSION:
+    if version and api_version_outdated(version):
         problems.append(
             {
-                "what": f"librknnrt {version} is older than {_MIN_API}",
-                "fix": f"update librknnrt.so to {_MIN_API} or newer (rknn-toolkit2 releases)",
+                "what": f"librknnrt {version} is older than {MIN_API_TEXT}",
+                "fix": f"update librknnrt.so to {MIN_API_TEXT} or newer (rknn-toolkit2 releases)",
             }
         )
     info["driver_version"] = _guard(problems, "reading the NPU driver version", read_driver_version)
