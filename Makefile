@@ -26,8 +26,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
+# The figures of benchmarks/README.md (several minutes; not part of `make test`).
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/bench_engine.py
+	$(BIN)/python benchmarks/bench_rknn_emulator.py
+	$(BIN)/python benchmarks/bench_zero_copy.py
+	$(BIN)/python benchmarks/soak.py --seconds 60
 
 # The same suite against NumPy 1.x, in its own virtualenv.
 test-numpy1:
