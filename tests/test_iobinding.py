@@ -22,6 +22,7 @@ from ez_rknn_async import (
 )
 from ez_rknn_async.backends import onnxruntime as ort_backend
 
+from checks import assert_same
 from onnx_models import add_mul_model, save, yolo_path
 
 H, W = 48, 64
@@ -89,13 +90,6 @@ def random_feed(sess: InferenceSession, rng: np.random.Generator) -> dict[str, n
         else:
             feed[arg.name] = rng.integers(-128, 128, arg.shape, dtype=np.int8)
     return feed
-
-
-def assert_same(got, want):
-    assert len(got) == len(want)
-    for g, w in zip(got, want):
-        assert g.dtype == w.dtype and g.shape == w.shape
-        np.testing.assert_array_equal(g, w)
 
 
 def bound_to(sess: InferenceSession, feed: dict[str, np.ndarray], shapes=None) -> SessionIOBinding:

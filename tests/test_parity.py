@@ -11,16 +11,11 @@ import pytest
 
 from ez_rknn_async import InferenceSession, make_provider_options
 
+from checks import assert_same
+
 
 def reference(path):
     return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-
-
-def assert_same(got, want):
-    assert len(got) == len(want)
-    for g, w in zip(got, want):
-        assert g.dtype == w.dtype and g.shape == w.shape
-        np.testing.assert_array_equal(g, w)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from ez_rknn_async.backends.rknn import abi, custom_ops, library
 from ez_rknn_async.backends.rknn.backend import load
 from ez_rknn_async.options import ProviderOptions
 
+from checks import assert_same
 from rknn_emu import EmuModel, EmuTensor, Npu, reference, to_nchw
 
 pytest_plugins = ("rknn_fixtures",)
@@ -55,13 +56,6 @@ def feeds_for(model, rng, dtype=np.float32):
     return feeds
 
 
-def assert_matches(results, expected):
-    assert len(results) == len(expected)
-    for got, want in zip(results, expected):
-        assert got.dtype == np.float32 and got.shape == want.shape
-        np.testing.assert_array_equal(got, want)
-
-
 def session(model, **options):
     return InferenceSession(model.data(), provider_options=make_provider_options(**options))
 
@@ -74,13 +68,13 @@ def session(model, **options):
 def test_outputs_match_the_reference_for_every_input_dtype(npu, model, dtype):
     feeds = feeds_for(model, np.random.default_rng(1), dtype)
     with session(model) as sess:
-        assert_matches(sess.run(None, feeds), reference(model, feeds))
+        assert_same(sess.run(None, feeds), reference(model, feeds))
 
 
 def test_quantised_inputs_saturate_like_the_runtime(npu):
     feeds = [np.full((1, 3, 6, 5), 1e3, np.float32), np.zeros((2, 7), np.float32)]
     with session(INT8_MODEL) as sess:
-        assert_matches(sess.run(None, feeds), reference(INT8_MODEL, feeds))
+        assert_same(sess.run(None, feeds), reference(INT8_MODEL, feeds))
 
 
 @pytest.mark.parametrize(
@@ -101,7 +95,7 @@ def test_layouts(npu, layout, shape):
     with session(INT8_MODEL, layout=layout) as sess:
         assert sess.get_inputs()[0].shape == list(shape)
         assert sess.get_inputs()[1].shape == [2, 7]
-        assert_matches(sess.run(None, [image, meta]), reference(INT8_MODEL, [nchw, meta]))
+        assert_same(sess.run(None, [image, meta]), reference(INT8_MODEL, [nchw, meta]))
 
 
 def test_non_contiguous_inputs(npu):
@@ -109,7 +103,7 @@ def test_non_contiguous_inputs(npu):
     image = rng.uniform(-2, 2, (1, 5, 6, 3)).astype(np.float32).transpose(0, 3, 2, 1)
     meta = rng.uniform(-2, 2, (7, 2)).astype(np.float32).T
     with session(INT8_MODEL) as sess:
-        assert_matches(sess.run(None, [image, meta]), reference(INT8_MODEL, [image, meta]))
+        assert_same(sess.run(None, [image, meta]), reference(INT8_MODEL, [image, meta]))
 
 
 def test_output_selection_repeats_give_distinct_arrays(npu):
@@ -117,7 +111,7 @@ def test_output_selection_repeats_give_distinct_arrays(npu):
     boxes, scores = reference(INT8_MODEL, feeds)
     with session(INT8_MODEL) as sess:
         first, second, third = sess.run(["scores", "boxes", "scores"], feeds)
-    assert_matches([first, second, third], [scores, boxes, scores])
+    assert_same([first, second, third], [scores, boxes, scores])
     assert first is not third
 
 
@@ -173,7 +167,7 @@ def test_model_file_path_and_bytes_load_the_same(npu, tmp_path):
     path = INT8_MODEL.write(tmp_path / "model.rknn")
     feeds = feeds_for(INT8_MODEL, np.random.default_rng(5))
     with InferenceSession(str(path)) as from_path, InferenceSession(path.read_bytes()) as raw:
-        assert_matches(from_path.run(None, feeds), raw.run(None, feeds))
+        assert_same(from_path.run(None, feeds), raw.run(None, feeds))
 
 
 # ---------------------------------------------------------------------------------- contexts, cores
@@ -187,7 +181,7 @@ def test_default_uses_every_core_of_an_rk3588(npu):
         feeds = feeds_for(FLOAT_MODEL, np.random.default_rng(6))
         futures = [sess.submit(None, feeds) for _ in range(60)]
         for future in futures:
-            assert_matches(future.result(), reference(FLOAT_MODEL, feeds))
+            assert_same(future.result(), reference(FLOAT_MODEL, feeds))
     assert npu.calls("rknn_destroy") == 3
 
 
@@ -209,7 +203,7 @@ def test_tp_mode_binds_every_context_to_the_mask(npu, tp_mode, mask):
     with session(FLOAT_MODEL, tp_mode=tp_mode, threads_per_core=2) as sess:
         assert npu.contexts_with_mask(mask) == 2
         feeds = feeds_for(FLOAT_MODEL, np.random.default_rng(7))
-        assert_matches(sess.run(None, feeds), reference(FLOAT_MODEL, feeds))
+        assert_same(sess.run(None, feeds), reference(FLOAT_MODEL, feeds))
 
 
 def test_single_core_soc_never_sets_a_core_mask(npu):
@@ -223,7 +217,7 @@ def test_single_core_soc_never_sets_a_core_mask(npu):
     ):
         with session(FLOAT_MODEL, **options) as sess:
             feeds = feeds_for(FLOAT_MODEL, np.random.default_rng(8))
-            assert_matches(sess.run(None, feeds), reference(FLOAT_MODEL, feeds))
+            assert_same(sess.run(None, feeds), reference(FLOAT_MODEL, feeds))
             assert len(sess.worker_slots) == 1
     assert npu.calls("rknn_set_core_mask") == 0
 
@@ -283,10 +277,10 @@ def test_weight_sharing_uses_the_owners_weights(npu):
     assert npu.calls("rknn_init") == 1 + 3
     x = np.random.default_rng(10).uniform(-1, 1, (5, 4)).astype(np.float32)
     expected = reference(SHARER, [x], gain=OWNER.gain)
-    assert_matches(sharer.run(None, [x]), expected)
+    assert_same(sharer.run(None, [x]), expected)
     owner.close()  # the owner's first context stays until the sharer is gone
     assert npu.live_contexts == 4
-    assert_matches(sharer.run(None, [x]), expected)
+    assert_same(sharer.run(None, [x]), expected)
     sharer.close()
 
 
@@ -330,7 +324,7 @@ def test_custom_ops_are_registered_on_every_fresh_context(npu):
         assert npu.calls("rknn_register_custom_ops") == 3
         x = np.arange(4, dtype=np.float32).reshape(1, 4)
         for future in [sess.submit(None, [x]) for _ in range(12)]:
-            assert_matches(future.result(), reference(CUSTOM, [x]))
+            assert_same(future.result(), reference(CUSTOM, [x]))
 
 
 @pytest.mark.parametrize(
@@ -362,7 +356,7 @@ def test_custom_ops_from_the_default_folder(npu, tmp_path, monkeypatch):
     assert any("skipping custom op plugin: dlsym fail" in str(w.message) for w in warned)
     with sess:
         assert npu.calls("rknn_register_custom_ops") == 3
-        assert_matches(
+        assert_same(
             sess.run(None, [np.ones((1, 4), np.float32)]), reference(CUSTOM, [np.ones((1, 4))])
         )
 
@@ -389,7 +383,7 @@ def test_every_runtime_error_reaches_the_user_with_its_name(npu, api, code):
         with pytest.raises(RKNNError, match=rf"^{api} failed: {name} \({code}\): ") as caught:
             sess.run(None, feeds)
         assert (caught.value.code, caught.value.name) == (code, name)
-        assert_matches(sess.run(None, feeds), reference(FLOAT_MODEL, feeds))  # still usable
+        assert_same(sess.run(None, feeds), reference(FLOAT_MODEL, feeds))  # still usable
 
 
 @pytest.mark.parametrize("code", ERROR_CODES)
