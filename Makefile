@@ -1,10 +1,15 @@
-# Quick start: `make demo` and `make test`. Both create .venv and install what they need.
+# Quick start: `make demo` and `make test`. Both create their virtualenvs and install what they need.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# Boards run NumPy 1.x or 2.x: `make test` runs the suite on both.
+VENV1  := .venv-numpy1
+STAMP1 := $(VENV1)/.installed-stamp
+# nudenet ships the YOLOv8n 320n.onnx the demo and tests run; its own deps are not needed.
+NUDENET := nudenet
 
-.PHONY: demo test lint bench test-numpy1 clean
+.PHONY: demo test test-numpy2 test-numpy1 lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	@# The tests build a C emulator of the NPU runtime: they need a C compiler.
@@ -12,15 +17,26 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test,dev]"
-	# nudenet ships the YOLOv8n 320n.onnx the demo and tests run; its own deps (opencv) are not needed.
-	$(BIN)/python -m pip install --quiet --no-deps nudenet
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps $(NUDENET)
+	touch $@
+
+$(STAMP1): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV1)
+	$(VENV1)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV1)/bin/python -m pip install --quiet -e ".[test]" "numpy<2"
+	$(VENV1)/bin/python -m pip install --quiet --no-deps $(NUDENET)
+	touch $@
 
 demo: $(STAMP)
 	$(BIN)/ez-rknn demo
 
-test: $(STAMP)
+test: test-numpy1 test-numpy2
+
+test-numpy2: $(STAMP)
 	$(BIN)/python -m pytest
+
+test-numpy1: $(STAMP1)
+	$(VENV1)/bin/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -33,12 +49,5 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_zero_copy.py
 	$(BIN)/python benchmarks/soak.py --seconds 60
 
-# The same suite against NumPy 1.x, in its own virtualenv.
-test-numpy1:
-	$(PYTHON) -m venv .venv-np1
-	.venv-np1/bin/python -m pip install --quiet -e ".[test]" "numpy<2"
-	.venv-np1/bin/python -m pip install --quiet --no-deps nudenet
-	.venv-np1/bin/python -m pytest
-
 clean:
-	rm -rf $(VENV) .venv-np1 tests/npu_emulator/build
+	rm -rf $(VENV) $(VENV1) tests/npu_emulator/build
