@@ -8,12 +8,13 @@ VENV1  := .venv-numpy1
 STAMP1 := $(VENV1)/.installed-stamp
 # nudenet ships the YOLOv8n 320n.onnx the demo and tests run; its own deps are not needed.
 NUDENET := nudenet
+# The tests build a C emulator of the NPU runtime: they need a C compiler.
+NEED_GCC := @command -v gcc >/dev/null || (apt-get update -qq && apt-get install -y -qq gcc)
 
 .PHONY: demo test test-numpy2 test-numpy1 lint bench clean
 
 $(STAMP): pyproject.toml Makefile
-	@# The tests build a C emulator of the NPU runtime: they need a C compiler.
-	@command -v gcc >/dev/null || (apt-get update -qq && apt-get install -y -qq gcc)
+	$(NEED_GCC)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test,dev]"
@@ -21,6 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 $(STAMP1): pyproject.toml Makefile
+	$(NEED_GCC)
 	$(PYTHON) -m venv $(VENV1)
 	$(VENV1)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV1)/bin/python -m pip install --quiet -e ".[test]" "numpy<2"
