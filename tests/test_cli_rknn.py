@@ -29,9 +29,13 @@ def test_info_shows_the_rknn_backend_native_tensors_and_custom_string(npu, tmp_p
     assert doc["inputs"][0]["shape"] == [1, 3, 8, 8]  # NCHW for the user
     assert doc["native_inputs"][0]["shape"] == [1, 8, 8, 3]  # NHWC for the runtime
     assert doc["metadata"]["custom_metadata_map"]["rknn_custom_string"] == "made-for-cli-tests"
+    assert doc["runtime"]["library"] == str(npu.paths.library)
+    assert doc["runtime"]["soc"] == "rk3588" and doc["runtime"]["npu_cores"] == [0, 1, 2]
     assert main(["info", str(path)]) == ExitCode.OK
     out = capsys.readouterr().out
     assert "native inputs (runtime view)" in out and "made-for-cli-tests" in out
+    assert f"runtime   {npu.paths.library} (api " in out
+    assert "soc       rk3588, NPU cores 0, 1, 2" in out
 
 
 def test_bench_rknn_on_a_schedule_skips_onnx_comparators(npu, tmp_path, capsys):

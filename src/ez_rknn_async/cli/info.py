@@ -73,7 +73,19 @@ def describe(model: str, backend: Optional[str] = None) -> dict[str, Any]:
             "native_outputs": _tensors(native_out),
             "metadata": asdict(meta) if hasattr(meta, "__dataclass_fields__") else vars(meta),
         }
+        if session.backend_name == "rknn":
+            info["runtime"] = _rknn_runtime()
     return info
+
+
+def _rknn_runtime() -> dict[str, Any]:
+    """The runtime library, its and the driver's versions, and the SoC with its NPU cores: what
+    a bug report about an RKNN model needs next to the tensors (``ez-rknn doctor`` has more)."""
+    from ..backends.rknn.doctor import collect
+
+    machine = collect()
+    runtime = {key: machine["runtime"][key] for key in ("library", "api_version", "driver_version")}
+    return {**runtime, "soc": machine["soc"]["name"], "npu_cores": machine["soc"]["npu_cores"]}
 
 
 def _clip(text: str, width: int = 80) -> str:
@@ -101,6 +113,16 @@ def render(info: dict[str, Any]) -> str:
         f"model     {info['model']['path']} ({info['model']['bytes'] / 1e6:.2f} MB)",
         f"backend   {backend['name']}: {backend['reason']}",
         f"providers {', '.join(backend['providers'])}; {backend['workers']} worker slots",
+    ]
+    runtime = info.get("runtime")
+    if runtime is not None:
+        cores = ", ".join(map(str, runtime["npu_cores"])) or "none found"
+        lines += [
+            f"runtime   {runtime['library']} (api {runtime['api_version'] or 'unknown'}, "
+            f"driver {runtime['driver_version'] or 'unknown'})",
+            f"soc       {runtime['soc'] or 'unknown'}, NPU cores {cores}",
+        ]
+    lines += [
         "",
         _tensor_table("inputs", info["inputs"]),
         "",
