@@ -295,7 +295,7 @@ def test_doctor_problems_give_exit_4_and_each_fix(capsys, monkeypatch):
     code, out, _ = run_cli(capsys, "doctor")
     assert code == ExitCode.PROBLEMS
     assert "- librknnrt.so not found" in out and "fix: set EZ_RKNN_RUNTIME_LIB" in out
-    assert "npu_cores" in out and "0, 1, 2" in out and "packages" in out
+    assert "npu_cores" in out and "3 (ids 0, 1, 2)" in out and "packages" in out
     monkeypatch.setitem(sys.modules, "ez_rknn_async.backends.rknn.doctor", fake_doctor([]))
     code, out, _ = run_cli(capsys, "doctor", "--json")
     assert code == ExitCode.OK

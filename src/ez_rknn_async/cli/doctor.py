@@ -48,9 +48,11 @@ def exit_code(report: dict[str, Any]) -> ExitCode:
     return ExitCode.PROBLEMS if report.get("problems") else ExitCode.OK
 
 
-def _value(value: Any) -> str:
+def _value(value: Any, key: str = "") -> str:
     if value is None:
         return "-"
+    if key == "npu_cores":  # a list of core ids: "0" alone would read as "no cores"
+        return f"{len(value)} (ids {', '.join(map(str, value))})" if value else "none"
     if isinstance(value, (list, tuple)):
         return ", ".join(str(item) for item in value) or "-"
     return str(value)
@@ -66,7 +68,9 @@ def render(report: dict[str, Any]) -> str:
         width = max((len(str(key)) for key in values), default=0)
         for key, value in values.items():
             note = f"  ({OPTIONAL_PACKAGES[key]})" if section == "packages" else ""
-            shown = "not installed" if section == "packages" and value is None else _value(value)
+            shown = (
+                "not installed" if section == "packages" and value is None else _value(value, key)
+            )
             if isinstance(value, (list, tuple)) and len(shown) > 60:  # paths: one per line
                 lines.append(f"  {key}")
                 lines += [f"    {item}" for item in value]
