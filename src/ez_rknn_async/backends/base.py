@@ -195,7 +195,9 @@ class BufferTracker:
     hold, and the counters let tests check that every buffer was freed exactly once."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Reentrant: a value collected by the garbage collector while this thread holds the lock
+        # (any allocation may start a collection) frees its buffer, which re-enters ``discard``.
+        self._lock = threading.RLock()
         self._live: set[DeviceBuffer] = set()
         self.allocated = 0
         self.freed = 0
@@ -215,10 +217,18 @@ class BufferTracker:
             self.freed += 1
 
     def release_all(self) -> None:
+        """Release every live buffer; one that fails to free does not keep the others alive (the
+        first error is raised once all were tried)."""
         with self._lock:
             buffers = list(self._live)
+        error: Optional[BaseException] = None
         for buffer in buffers:
-            buffer.release()
+            try:
+                buffer.release()
+            except Exception as exc:  # noqa: BLE001 - re-raised below
+                error = error or exc
+        if error is not None:
+            raise error
 
 
 class BindingJob(Protocol):

@@ -282,9 +282,9 @@ class RknnBackend(Backend):
                     buffer = self._import(fd, request, layout, layout.size, 0, None)
                 finally:
                     os.close(fd)
-                buffer.write(np.zeros(request.shape, request.dtype))
-                buffer.sync_to_device()
-                return buffer
+                return _zero_filled(
+                    buffer, lambda: buffer.write(np.zeros(request.shape, request.dtype))
+                )
         context = self._memory()
         lib = self._lib
         with context.lock:
@@ -299,9 +299,7 @@ class RknnBackend(Backend):
         address = RknnTensorMem.from_address(mem)
         raw = map_bytes(address.virt_addr + address.offset, layout.size)
         buffer = RknnBuffer(request, self.buffers, context, mem, layout, raw=raw)
-        raw.fill(0)  # the runtime does not promise zeroed memory
-        buffer.sync_to_device()
-        return buffer
+        return _zero_filled(buffer, lambda: raw.fill(0))  # the runtime may not zero memory
 
     def import_dmabuf(
         self, fd: int, request: BufferRequest, *, size: int, offset: int, virt_addr: Optional[int]
@@ -468,10 +466,23 @@ class RknnBackend(Backend):
                 return
             self._closed = True
             memory = self._memory_context
-        self.buffers.release_all()
-        if memory is not None and memory is not self._origin:
-            memory.close()  # destroyed once the last mem (one still pinned) is gone
-        self._origin.close()
+        try:
+            self.buffers.release_all()
+        finally:
+            if memory is not None and memory is not self._origin:
+                memory.close()  # destroyed once the last mem (one still pinned) is gone
+            self._origin.close()
+
+
+def _zero_filled(buffer: RknnBuffer, fill: Any) -> RknnBuffer:
+    """``buffer`` after ``fill()`` and a sync; freed if either fails (no one else owns it yet)."""
+    try:
+        fill()
+        buffer.sync_to_device()
+    except BaseException:
+        buffer.release()
+        raise
+    return buffer
 
 
 class RknnRunner(Runner):

@@ -26,7 +26,9 @@ class Context:
     may be bound on every context of its family.
     """
 
-    _tree_lock = threading.Lock()
+    # Reentrant locks: a tensor mem whose value the garbage collector frees while this thread
+    # holds one (any allocation may start a collection) destroys the mem and drops its context.
+    _tree_lock = threading.RLock()
 
     def __init__(
         self, lib: Library, handle: int, parent: Optional[Context], *, dup: bool = False
@@ -35,7 +37,7 @@ class Context:
         self.handle = handle
         self.parent = parent
         self.family: Context = parent.family if dup and parent is not None else self
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.children = 0
         self.closed = False
         self.destroyed = False

@@ -179,14 +179,14 @@ class RknnBuffer(DeviceBuffer):
         try:
             with context.lock:
                 code = context.lib.rknn_destroy_mem(context.handle, self.mem)
-            check("rknn_destroy_mem", code)
         finally:
             self._raw = None  # the last view of the mapping, so it can close
             if self._mapping is not None:
                 self._mapping.close()
             if self._fd >= 0:
                 os.close(self._fd)
-            context.drop()
+        check("rknn_destroy_mem", code)
+        context.drop()  # not after a failed destroy: the runtime still has the mem on it
 
     def _bytes(self) -> np.ndarray:
         assert self._raw is not None, "a pinned buffer is never freed"
