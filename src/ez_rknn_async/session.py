@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, wait
 from typing import Any, Callable, Optional
@@ -142,8 +143,7 @@ class InferenceSession:
         try:
             future = job.submit(engine, blocking=False)
         except SubmitTimeoutError:
-            loop = asyncio.get_running_loop()
-            future = await loop.run_in_executor(None, job.submit, engine)
+            future = await _submit_in_executor(job, engine)
         return await asyncio.wrap_future(future)
 
     def run_pipeline(
@@ -239,7 +239,11 @@ class InferenceSession:
         if engine is None or engine.state is not State.OPEN:
             return
         self._zero_copy.close()  # values and bindings refuse calls; the backend frees buffers
-        engine.close()  # first: it wakes a run_pipeline caller blocked on a full queue
+        # First: it wakes a run_pipeline caller blocked on a full queue. Only the call that
+        # closed the engine goes on, so a concurrent close() never frees the backend under a
+        # running task.
+        if not engine.close():
+            return
         self._pipeline.discard()
         self._backend.close()
         self._weights_from = None
@@ -300,6 +304,30 @@ class InferenceSession:
             wait(futures)  # running samples still read the caller's arrays
             raise
         return [_join([outputs[k] for outputs in per_sample]) for k in range(len(indices))]
+
+
+async def _submit_in_executor(job: _Job, engine: Engine) -> Future:
+    """``job.submit`` in the loop's executor (it may wait for queue space). If the awaiting task
+    is cancelled meanwhile, the submit still completes in its thread: its future is cancelled
+    then, so the inference does not run for nobody."""
+    submitted: list[Future] = []
+    abandoned = threading.Event()
+
+    def blocking_submit() -> Future:
+        future = job.submit(engine)
+        submitted.append(future)
+        if abandoned.is_set():  # set before we appended: the canceller may not have seen it
+            future.cancel()
+        return future
+
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.run_in_executor(None, blocking_submit)
+    except asyncio.CancelledError:
+        abandoned.set()
+        for future in submitted:  # appended before the flag was set
+            future.cancel()
+        raise
 
 
 def _join(parts: list[np.ndarray]) -> np.ndarray:

@@ -103,6 +103,8 @@ class Engine:
         self._queue: deque[Task] = deque()
         self._workers = [_Worker(spec, runner, self._lock) for spec, runner in slots]
         self._state = State.OPEN
+        self._closer: Optional[threading.Thread] = None  # the thread that runs close()
+        self._closed_event = threading.Event()
         self._route_counter = 0
         self._waiting = 0
         self._peak = 0
@@ -138,32 +140,39 @@ class Engine:
         self, inputs: Any, output_indices: Sequence[int], *, method: str = "run"
     ) -> list[Any]:
         """Run a task and return its results; on the calling thread when a slot is idle."""
-        with self._lock:
-            self._check_open()
-            core = self._next_route()
-            worker = self._idle_worker(core)
-            if worker is not None:
-                worker.state = _Slot.BORROWED
-                self._inline += 1
-        if worker is None:
-            future: Future = Future()
-            task = Task(inputs, output_indices, future=future, method=method)
-            self._admit(task, core, "run")
-            try:
-                return future.result()
-            except BaseException:
-                future.cancel()  # interrupted (KeyboardInterrupt): the task must not run later
-                raise
-        start = time.monotonic()
+        worker: Optional[_Worker] = None
+        start: Optional[float] = None
+        # One try from the borrow on: an interrupt (KeyboardInterrupt) anywhere after it must
+        # give the slot back, or it stays BORROWED forever and close() waits for its thread.
         try:
+            with self._lock:
+                self._check_open()
+                core = self._next_route()
+                idle = self._idle_worker(core)
+                if idle is not None:
+                    idle.state = _Slot.BORROWED
+                    worker = idle
+                    self._inline += 1
+            if worker is None:
+                future: Future = Future()
+                task = Task(inputs, output_indices, future=future, method=method)
+                self._admit(task, core, "run")
+                try:
+                    return future.result()
+                except BaseException:
+                    future.cancel()  # interrupted (KeyboardInterrupt): it must not run later
+                    raise
+            start = time.monotonic()
             return getattr(worker.runner, method)(inputs, output_indices)
         finally:
-            elapsed = time.monotonic() - start
-            with self._lock:
-                worker.state = _Slot.IDLE
-                self._pace_sample(elapsed)
-                if self._queue or self._state is not State.OPEN:
-                    self._wake(worker)
+            if worker is not None:
+                elapsed = None if start is None else time.monotonic() - start
+                with self._lock:
+                    worker.state = _Slot.IDLE
+                    if elapsed is not None:
+                        self._pace_sample(elapsed)
+                    if self._queue or self._state is not State.OPEN:
+                        self._wake(worker)
 
     def submit(
         self,
@@ -219,35 +228,53 @@ class Engine:
                 waiting_submitters=self._waiting,
             )
 
-    def close(self) -> None:
+    def close(self) -> bool:
         """Stop accepting tasks, fail the queued ones, let running ones finish, join threads,
-        deliver every callback, close the runners. Idempotent; safe from a callback."""
-        with self._lock:
-            if self._state is not State.OPEN:
-                return
-            self._state = State.CLOSING
-            flushed = list(self._queue)
-            self._queue.clear()
-            for worker in self._workers:
-                worker.wake.notify()
-            self._space.notify_all()
-        closed = SessionClosedError("session closed before the task started")
-        for task in flushed:
-            task.fail(closed)
+        deliver every callback, close the runners. Idempotent; safe from a callback.
+
+        Returns True for the call that closed the engine. A call from another thread while a
+        close is under way returns once the engine is closed (its caller may then free what the
+        running tasks use); from an engine thread or the closing thread itself, at once.
+        """
         current = threading.current_thread()
-        for worker in self._workers:
-            if worker.thread is not None and worker.thread is not current:
-                worker.thread.join(_JOIN_TIMEOUT_S)
-        self._callbacks.close()
-        if not self._callbacks.on_thread():
-            self._callbacks.thread.join(_JOIN_TIMEOUT_S)
-        for worker in self._workers:
-            worker.runner.close()
         with self._lock:
-            self._state = State.CLOSED
+            closing = self._state is State.OPEN
+            if closing:
+                self._state = State.CLOSING
+                self._closer = current
+                flushed = list(self._queue)
+                self._queue.clear()
+                for worker in self._workers:
+                    worker.wake.notify()
+                self._space.notify_all()
+        if not closing:
+            if current is not self._closer and not self._on_engine_thread(current):
+                self._closed_event.wait()
+            return False
+        try:
+            closed = SessionClosedError("session closed before the task started")
+            for task in flushed:
+                task.fail(closed)
+            for worker in self._workers:
+                if worker.thread is not None and worker.thread is not current:
+                    worker.thread.join(_JOIN_TIMEOUT_S)
+            self._callbacks.close()
+            if not self._callbacks.on_thread():
+                self._callbacks.thread.join(_JOIN_TIMEOUT_S)
+            for worker in self._workers:
+                worker.runner.close()
+            with self._lock:
+                self._state = State.CLOSED
+        finally:
+            self._closed_event.set()
         _LIVE_ENGINES.discard(self)
+        return True
 
     # -- internals (called with the lock held unless said otherwise) ------------------------
+
+    def _on_engine_thread(self, thread: threading.Thread) -> bool:
+        """Whether ``thread`` is one that ``close()`` joins (a worker or the callback thread)."""
+        return thread is self._callbacks.thread or any(w.thread is thread for w in self._workers)
 
     def _check_open(self) -> None:
         if self._state is not State.OPEN:
@@ -387,7 +414,10 @@ def _worker_loop(engine: Engine, worker: _Worker) -> None:
 
 
 def _message(exc: BaseException) -> str:
-    text = str(exc)
+    try:
+        text = str(exc)
+    except BaseException:  # noqa: BLE001 - a broken __str__ must not lose the outcome
+        text = ""
     return text if text else type(exc).__name__
 
 

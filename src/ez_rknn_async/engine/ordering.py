@@ -18,7 +18,7 @@ import threading
 from collections import deque
 from typing import Any, Callable, Optional
 
-__all__ = ["CallbackStage"]
+__all__ = ["CallbackStage", "report_unraisable"]
 
 Delivery = tuple[Callable[..., Any], Any, Any, Any]
 
@@ -79,7 +79,7 @@ class CallbackStage:
                     self._wakeup.wait()
                 callback, results, user_data, err = self._ready.popleft()
             _call_user(callback, results, user_data, err)
-            del results
+            del callback, results, user_data, err  # not kept alive until the next delivery
             with lock:
                 self.backlog -= 1
                 self._on_delivered()
@@ -89,8 +89,12 @@ def _call_user(callback: Callable[..., Any], results: Any, user_data: Any, err: 
     try:
         callback(results, user_data, err)
     except BaseException as exc:  # noqa: BLE001 - reported, the session goes on
-        hook_args = _UnraisableArgs(exc, f"Exception ignored in run_async callback {callback!r}")
-        sys.unraisablehook(hook_args)  # type: ignore[arg-type]  # duck-typed, as documented
+        report_unraisable(exc, f"Exception ignored in run_async callback {callback!r}")
+
+
+def report_unraisable(exc: BaseException, message: str) -> None:
+    """Report an exception no caller can receive through ``sys.unraisablehook``."""
+    sys.unraisablehook(_UnraisableArgs(exc, message))  # type: ignore[arg-type]  # duck-typed
 
 
 class _UnraisableArgs:

@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ..backends.base import Runner
+from .ordering import report_unraisable
 
 __all__ = ["Task", "Outcome"]
 
@@ -60,13 +61,17 @@ class Task:
 
     def finish(self, results: Optional[list[np.ndarray]], exc: Optional[BaseException]) -> None:
         self.inputs = ()  # drop the input arrays as soon as they are no longer needed
-        if self.future is not None:
-            if exc is None:
-                self.future.set_result(results)
-            else:
-                self.future.set_exception(exc)
-        elif self.deliver is not None:
-            self.deliver(self, results, exc)
+        try:
+            if self.future is not None:
+                if exc is None:
+                    self.future.set_result(results)
+                else:
+                    self.future.set_exception(exc)
+            elif self.deliver is not None:
+                self.deliver(self, results, exc)
+        except BaseException as error:  # noqa: BLE001 - user code (a future's done-callback)
+            # must not kill the worker thread; the outcome itself is already published
+            report_unraisable(error, f"Exception ignored while publishing the outcome of {self!r}")
 
     def fail(self, exc: BaseException) -> None:
         """Fail a task that never ran (queue flushed by ``close()``)."""
