@@ -245,8 +245,10 @@ class InferenceSession:
         if not engine.close():
             return
         self._pipeline.discard()
-        self._backend.close()
-        self._weights_from = None
+        try:
+            self._backend.close()
+        finally:
+            self._weights_from = None  # even if the backend failed to release something
 
     def __enter__(self) -> InferenceSession:
         return self
