@@ -18,22 +18,33 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent / "npu_emulator"))
 import build as emulator_build  # noqa: E402
 
-__all__ = ["EmuTensor", "EmuModel", "Npu", "emulator_build", "reference", "to_nchw"]
+__all__ = ["EmuTensor", "EmuModel", "Npu", "emulator_build", "reference", "to_nchw", "to_nhwc"]
 
 
 @dataclass(frozen=True)
 class EmuTensor:
-    """A tensor of an emulator model; ``dims`` as the runtime reports them (inputs NHWC)."""
+    """A tensor of an emulator model; ``dims`` as the runtime reports them (inputs NHWC).
+
+    ``shapes`` (inputs only) are further allowed shapes of a dynamic input, in the same NHWC
+    order; ``dims`` is then the first allowed shape (the one INPUT_ATTR reports).
+    """
 
     name: str
     type: str  # float32 | float16 | int8 | uint8
     dims: tuple[int, ...]
     zp: int = 0
     scale: float = 1.0
+    shapes: tuple[tuple[int, ...], ...] = ()
 
     def line(self, kind: str) -> str:
         dims = " ".join(str(d) for d in self.dims)
-        return f"{kind} {self.name} {self.type} {self.zp} {self.scale!r} {len(self.dims)} {dims}"
+        text = f"{kind} {self.name} {self.type} {self.zp} {self.scale!r} {len(self.dims)} {dims}"
+        return "\n".join([text] + ["shape " + " ".join(map(str, s)) for s in self.shapes])
+
+    @property
+    def allowed(self) -> list[tuple[int, ...]]:
+        """Every allowed shape, the first one first (one for a static input)."""
+        return [tuple(self.dims)] + [tuple(s) for s in self.shapes]
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,22 @@ class EmuModel:
         lines.append("end")
         return ("\n".join(lines) + "\n").encode()
 
+    @property
+    def dynamic(self) -> bool:
+        return any(t.shapes for t in self.inputs)
+
+    def output_dims(self, input_dims: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
+        """The outputs' shapes for the inputs' current (NHWC) shapes: on a dynamic model whose
+        first input is 4-D, a 4-D output takes its H and W (README.md, dynamic shapes)."""
+        first = tuple(input_dims[0])
+        result = []
+        for tensor in self.outputs:
+            dims = tuple(tensor.dims)
+            if self.dynamic and len(first) == 4 and len(dims) == 4:
+                dims = (dims[0], dims[1], first[1], first[2])
+            result.append(dims)
+        return result
+
     def write(self, path: Path) -> Path:
         path.write_bytes(self.data())
         return path
@@ -86,22 +113,32 @@ def _quantize(tensor: EmuTensor, real: np.ndarray) -> np.ndarray:
     return (q - tensor.zp) * scale
 
 
+def to_nhwc(nchw: Sequence[int]) -> tuple[int, ...]:
+    """The runtime's (NHWC) dims of a 4-D NCHW shape."""
+    n, c, h, w = nchw
+    return (n, h, w, c)
+
+
 def reference(model: EmuModel, feeds: Sequence[np.ndarray], gain: Optional[float] = None) -> list:
-    """What the emulated network returns (float32) for ``feeds`` in NCHW / model order."""
+    """What the emulated network returns (float32) for ``feeds`` in NCHW / model order; on a
+    dynamic model the feeds' shapes are the current ones and decide the outputs' shapes."""
     gain = model.gain if gain is None else gain
+    current = [
+        to_nhwc(np.shape(f)) if len(t.dims) == 4 and np.ndim(f) == 4 else tuple(t.dims)
+        for t, f in zip(model.inputs, feeds)
+    ]
+    out_dims = model.output_dims(current) if model.dynamic else [t.dims for t in model.outputs]
     xs = [
         _quantize(t, np.asarray(f).astype(np.float64).reshape(-1))
         for t, f in zip(model.inputs, feeds)
     ]
     results = []
-    for j, tensor in enumerate(model.outputs):
-        k = np.arange(prod(tensor.dims))
+    for j, (tensor, dims) in enumerate(zip(model.outputs, out_dims)):
+        k = np.arange(prod(dims))
         total = np.zeros(k.size)
         for i, x in enumerate(xs):
             total = total + (i + 1) * x[(k + j) % x.size]
-        results.append(
-            _quantize(tensor, gain * total + 0.5 * j).astype(np.float32).reshape(tensor.dims)
-        )
+        results.append(_quantize(tensor, gain * total + 0.5 * j).astype(np.float32).reshape(dims))
     return results
 
 

@@ -11,6 +11,10 @@
  * (NCHW) element order:  out_j[k] = gain * sum_i (i + 1) * x_i[(k + j) mod n_i] + 0.5 * j
  * where x_i is input i after quantisation to its internal type, and out_j is then quantised to the
  * output's internal type (README.md documents the model format and this function).
+ *
+ * Dynamic-shape models (`shape` lines) keep a current shape per context: rknn_set_input_shapes
+ * picks one of each input's allowed shapes, the outputs follow by a fixed rule (a 4-D output's H
+ * and W are the first input's), and every copying call sizes its buffers by the current shapes.
  */
 #define _GNU_SOURCE
 #include "rknn_emu_api.h"
@@ -32,6 +36,7 @@
 #define EMU_MAX_IO 8
 #define EMU_MAX_CORES 3
 #define EMU_MAX_OPS 8
+#define EMU_MAX_SHAPES 16
 
 /* librknnrt embeds this line; `doctor` finds the version of a library without a model this way. */
 __attribute__((used)) const char rknn_emu_version_banner[] = "librknnrt version: 2.4.2 (ez-rknn emulator)";
@@ -60,10 +65,11 @@ static const char* const k_apis[] = {
     "rknn_init", "rknn_dup_context", "rknn_destroy", "rknn_query", "rknn_inputs_set",
     "rknn_set_core_mask", "rknn_run", "rknn_outputs_get", "rknn_outputs_release",
     "rknn_register_custom_ops", "rknn_create_mem", "rknn_create_mem2", "rknn_create_mem_from_fd",
-    "rknn_destroy_mem", "rknn_set_io_mem", "rknn_mem_sync"};
+    "rknn_destroy_mem", "rknn_set_io_mem", "rknn_mem_sync", "rknn_set_input_shapes"};
 enum { API_INIT, API_DUP, API_DESTROY, API_QUERY, API_INPUTS_SET, API_CORE_MASK, API_RUN,
        API_OUTPUTS_GET, API_OUTPUTS_RELEASE, API_REGISTER_OPS, API_CREATE_MEM, API_CREATE_MEM2,
-       API_CREATE_MEM_FROM_FD, API_DESTROY_MEM, API_SET_IO_MEM, API_MEM_SYNC, API_COUNT };
+       API_CREATE_MEM_FROM_FD, API_DESTROY_MEM, API_SET_IO_MEM, API_MEM_SYNC, API_SET_INPUT_SHAPES,
+       API_COUNT };
 static atomic_int g_calls[API_COUNT];
 static int g_fail_code[API_COUNT];
 static int g_fail_count[API_COUNT];
@@ -137,8 +143,35 @@ typedef struct {
     double gain;
     int weight_id;
     int n_in, n_out;
-    emu_tensor in[EMU_MAX_IO], out[EMU_MAX_IO];
+    emu_tensor in[EMU_MAX_IO], out[EMU_MAX_IO]; /* in: the first allowed shape of each input */
+    int dynamic; /* any `shape` line: rknn_set_input_shapes applies */
+    uint32_t n_shapes[EMU_MAX_IO]; /* allowed shapes per input (the input line's is the first) */
+    uint32_t shapes[EMU_MAX_IO][EMU_MAX_SHAPES][RKNN_MAX_DIMS];
 } emu_model;
+
+/* Sets t's dims (and n_elems) to `dims` (t->n_dims of them). */
+static void set_dims(emu_tensor* t, const uint32_t* dims) {
+    t->n_elems = 1;
+    for (uint32_t d = 0; d < t->n_dims; d++) {
+        t->dims[d] = dims[d];
+        t->n_elems *= dims[d];
+    }
+}
+
+/* The outputs' shapes for the inputs' current ones: on a dynamic model whose first input is 4-D
+ * (NHWC), every 4-D output (NCHW) takes that input's H and W; everything else stays as declared. */
+static void derive_outputs(const emu_model* m, const emu_tensor* in, emu_tensor* out) {
+    for (int j = 0; j < m->n_out; j++) {
+        out[j] = m->out[j];
+        if (m->dynamic && in[0].n_dims == 4 && out[j].n_dims == 4) {
+            uint32_t dims[RKNN_MAX_DIMS];
+            memcpy(dims, out[j].dims, sizeof dims);
+            dims[2] = in[0].dims[1];
+            dims[3] = in[0].dims[2];
+            set_dims(&out[j], dims);
+        }
+    }
+}
 
 static int type_from_name(const char* name) {
     if (!strcmp(name, "float32")) return RKNN_TENSOR_FLOAT32;
@@ -201,6 +234,21 @@ static int parse_model(const char* bytes, uint32_t size, emu_model* m) {
             m->has_weights = 1;
         } else if (!strncmp(line, "input ", 6)) {
             ok = m->n_in < EMU_MAX_IO && parse_tensor(line + 6, &m->in[m->n_in++]) == 0;
+            if (ok) {
+                m->n_shapes[m->n_in - 1] = 1;
+                memcpy(m->shapes[m->n_in - 1][0], m->in[m->n_in - 1].dims, sizeof m->shapes[0][0]);
+            }
+        } else if (!strncmp(line, "shape ", 6)) { /* one more allowed shape of the last input */
+            int i = m->n_in - 1, used = 0;
+            ok = i >= 0 && m->n_shapes[i] < EMU_MAX_SHAPES;
+            uint32_t* dims = ok ? m->shapes[i][m->n_shapes[i]] : NULL;
+            const char* rest = line + 6;
+            for (uint32_t d = 0; ok && d < m->in[i].n_dims; d++, rest += used)
+                ok = sscanf(rest, "%u%n", &dims[d], &used) == 1 && dims[d] > 0;
+            if (ok) {
+                m->n_shapes[i]++;
+                m->dynamic = 1;
+            }
         } else if (!strncmp(line, "output ", 7)) {
             ok = m->n_out < EMU_MAX_IO && parse_tensor(line + 7, &m->out[m->n_out++]) == 0;
         } else if (!strcmp(line, "end")) {
@@ -210,6 +258,11 @@ static int parse_model(const char* bytes, uint32_t size, emu_model* m) {
         }
     }
     free(text);
+    if (ok && m->dynamic && m->n_in > 0) { /* declared outputs follow the first shapes */
+        emu_tensor out[EMU_MAX_IO];
+        derive_outputs(m, m->in, out);
+        memcpy(m->out, out, sizeof out);
+    }
     return ok && ended && m->n_in > 0 && m->n_out > 0 ? 0 : -1;
 }
 
@@ -240,6 +293,7 @@ typedef struct emu_ctx {
     int mode; /* MODE_COPY after rknn_inputs_set, MODE_ZERO_COPY after rknn_set_io_mem */
     struct emu_mem* io_mem[2][EMU_MAX_IO]; /* [0] inputs, [1] outputs, as rknn_set_io_mem set them */
     rknn_tensor_attr io_attr[2][EMU_MAX_IO];
+    emu_tensor cur_in[EMU_MAX_IO], cur_out[EMU_MAX_IO]; /* current shapes (rknn_set_input_shapes) */
 } emu_ctx;
 
 enum { MODE_NONE, MODE_COPY, MODE_ZERO_COPY };
@@ -295,6 +349,8 @@ static emu_ctx* new_context(emu_shared* shared, emu_ctx* parent, double gain) {
     c->parent = parent;
     c->gain = gain;
     c->core_mask = -1;
+    memcpy(c->cur_in, shared->model.in, sizeof c->cur_in);
+    memcpy(c->cur_out, shared->model.out, sizeof c->cur_out);
     pthread_mutex_lock(&g_lock);
     shared->refs++;
     if (parent) parent->children++;
@@ -446,7 +502,7 @@ static int is_native(int cmd) {
 }
 
 static int is_input_query(int cmd) {
-    return cmd == RKNN_QUERY_INPUT_ATTR || cmd == RKNN_QUERY_NATIVE_INPUT_ATTR || cmd == RKNN_QUERY_NATIVE_NHWC_INPUT_ATTR;
+    return cmd == RKNN_QUERY_INPUT_ATTR || cmd == RKNN_QUERY_CURRENT_INPUT_ATTR || cmd == RKNN_QUERY_NATIVE_INPUT_ATTR || cmd == RKNN_QUERY_NATIVE_NHWC_INPUT_ATTR;
 }
 
 /* The attr `cmd` reports for tensor t. Native layouts (4-D tensors only): inputs with up to 4
@@ -504,7 +560,10 @@ static uint32_t query_size(int cmd) {
         case RKNN_QUERY_NATIVE_INPUT_ATTR:
         case RKNN_QUERY_NATIVE_OUTPUT_ATTR:
         case RKNN_QUERY_NATIVE_NHWC_INPUT_ATTR:
-        case RKNN_QUERY_NATIVE_NHWC_OUTPUT_ATTR: return sizeof(rknn_tensor_attr);
+        case RKNN_QUERY_NATIVE_NHWC_OUTPUT_ATTR:
+        case RKNN_QUERY_CURRENT_INPUT_ATTR:
+        case RKNN_QUERY_CURRENT_OUTPUT_ATTR: return sizeof(rknn_tensor_attr);
+        case RKNN_QUERY_INPUT_DYNAMIC_RANGE: return sizeof(rknn_input_range);
         case RKNN_QUERY_SDK_VERSION: return sizeof(rknn_sdk_version);
         case RKNN_QUERY_CUSTOM_STRING: return sizeof(rknn_custom_string);
         default: return 0;
@@ -534,6 +593,23 @@ int rknn_query(rknn_context context, rknn_query_cmd cmd, void* info, uint32_t si
         snprintf(v->drv_version, sizeof v->drv_version, "%s", g_drv_version);
     } else if (cmd == RKNN_QUERY_CUSTOM_STRING) {
         snprintf(((rknn_custom_string*)info)->string, 1024, "%s", m->custom_string);
+    } else if (cmd == RKNN_QUERY_INPUT_DYNAMIC_RANGE) {
+        rknn_input_range* r = info;
+        uint32_t index = r->index;
+        if (index >= (uint32_t)m->n_in) {
+            violation("rknn_query(cmd=%d): index %u out of range (%d inputs)", cmd, index, m->n_in);
+            rc = RKNN_ERR_PARAM_INVALID;
+        } else { /* a static model answers its one shape */
+            const emu_tensor* t = &m->in[index];
+            memset(r, 0, sizeof *r);
+            r->index = index;
+            r->shape_number = m->n_shapes[index];
+            r->fmt = t->n_dims == 4 ? RKNN_TENSOR_NHWC : RKNN_TENSOR_UNDEFINED;
+            snprintf(r->name, sizeof r->name, "%s", t->name);
+            r->n_dims = t->n_dims;
+            for (uint32_t s = 0; s < m->n_shapes[index]; s++)
+                memcpy(r->dyn_range[s], m->shapes[index][s], sizeof r->dyn_range[s]);
+        }
     } else {
         rknn_tensor_attr* a = info;
         int is_input = is_input_query(cmd);
@@ -542,7 +618,10 @@ int rknn_query(rknn_context context, rknn_query_cmd cmd, void* info, uint32_t si
             violation("rknn_query(cmd=%d): index %u out of range (%d tensors)", cmd, a->index, count);
             rc = RKNN_ERR_PARAM_INVALID;
         } else {
-            fill_attr(a, is_input ? &m->in[a->index] : &m->out[a->index], cmd);
+            int current = cmd == RKNN_QUERY_CURRENT_INPUT_ATTR || cmd == RKNN_QUERY_CURRENT_OUTPUT_ATTR;
+            const emu_tensor* ins = current ? c->cur_in : m->in;
+            const emu_tensor* outs = current ? c->cur_out : m->out;
+            fill_attr(a, is_input ? &ins[a->index] : &outs[a->index], cmd);
         }
     }
     release(c);
@@ -590,7 +669,7 @@ int rknn_inputs_set(rknn_context context, uint32_t n_inputs, rknn_input inputs[]
     }
     for (uint32_t k = 0; rc == RKNN_SUCC && k < n_inputs; k++) {
         const rknn_input* in = &inputs[k];
-        const emu_tensor* t = in->index < (uint32_t)m->n_in ? &m->in[in->index] : NULL;
+        const emu_tensor* t = in->index < (uint32_t)m->n_in ? &c->cur_in[in->index] : NULL;
         int esize = type_size(in->type);
         if (!t || (seen & (1 << in->index))) {
             violation("rknn_inputs_set: bad or repeated input index %u", in->index);
@@ -705,7 +784,7 @@ static char* mem_data(const emu_mem* mem) { return (char*)mem->pub.virt_addr + m
 /* x_i[k]: from rknn_inputs_set's copy, or read where the NPU would, in the io mem (no copy). */
 static double input_at(const emu_ctx* c, int i, size_t k) {
     if (c->mode != MODE_ZERO_COPY) return c->in_vals[i][k];
-    const emu_tensor* t = &c->shared->model.in[i];
+    const emu_tensor* t = &c->cur_in[i];
     const rknn_tensor_attr* a = &c->io_attr[0][i];
     double v = read_value(mem_data(c->io_mem[0][i]), a->type, native_offset(t, 1, a, k));
     if (!a->pass_through) return quantize(t, v);
@@ -717,7 +796,7 @@ static void store_output(emu_ctx* c, int j, size_t k, double v) {
         c->out_vals[j][k] = v;
         return;
     }
-    const emu_tensor* t = &c->shared->model.out[j];
+    const emu_tensor* t = &c->cur_out[j];
     const rknn_tensor_attr* a = &c->io_attr[1][j];
     write_value(mem_data(c->io_mem[1][j]), t->type, native_offset(t, 0, a, k),
                 is_quantized(t->type) ? nearbyint(v / t->scale) + t->zp : v);
@@ -726,13 +805,13 @@ static void store_output(emu_ctx* c, int j, size_t k, double v) {
 static void compute(emu_ctx* c) {
     const emu_model* m = &c->shared->model;
     for (int j = 0; j < m->n_out; j++) {
-        const emu_tensor* t = &m->out[j];
+        const emu_tensor* t = &c->cur_out[j];
         if (c->mode != MODE_ZERO_COPY && !c->out_vals[j]) c->out_vals[j] = emu_calloc(t->n_elems, sizeof(double));
         if (c->mode == MODE_ZERO_COPY && c->io_attr[1][j].fmt == RKNN_TENSOR_NC1HWC2)
             memset(mem_data(c->io_mem[1][j]), 0xA5, c->io_attr[1][j].size); /* padding channels: garbage */
         for (uint32_t k = 0; k < t->n_elems; k++) {
             double sum = 0;
-            for (int i = 0; i < m->n_in; i++) sum += (i + 1) * input_at(c, i, (k + j) % m->in[i].n_elems);
+            for (int i = 0; i < m->n_in; i++) sum += (i + 1) * input_at(c, i, (k + j) % c->cur_in[i].n_elems);
             store_output(c, j, k, quantize(t, c->gain * sum + 0.5 * j));
         }
     }
@@ -1070,7 +1149,7 @@ int rknn_outputs_get(rknn_context context, uint32_t n_outputs, rknn_output outpu
     }
     for (uint32_t k = 0; rc == RKNN_SUCC && k < n_outputs; k++) {
         rknn_output* o = &outputs[k];
-        const emu_tensor* t = o->index < (uint32_t)m->n_out ? &m->out[o->index] : NULL;
+        const emu_tensor* t = o->index < (uint32_t)m->n_out ? &c->cur_out[o->index] : NULL;
         if (!t || (seen & (1 << o->index))) {
             violation("rknn_outputs_get: bad or repeated output index %u", o->index);
             rc = RKNN_ERR_PARAM_INVALID;
@@ -1128,6 +1207,64 @@ int rknn_outputs_release(rknn_context context, uint32_t n_outputs, rknn_output o
     return rc;
 }
 #endif
+
+/* Whether attr `a` (n_dims, dims, fmt) is one of input i's allowed shapes. */
+static int shape_allowed(const emu_model* m, int i, const rknn_tensor_attr* a) {
+    const emu_tensor* t = &m->in[i];
+    int fmt = t->n_dims == 4 ? RKNN_TENSOR_NHWC : RKNN_TENSOR_UNDEFINED;
+    if (a->n_dims != t->n_dims || (int)a->fmt != fmt) return 0;
+    for (uint32_t s = 0; s < m->n_shapes[i]; s++)
+        if (!memcmp(a->dims, m->shapes[i][s], t->n_dims * sizeof(uint32_t))) return 1;
+    return 0;
+}
+
+int rknn_set_input_shapes(rknn_context context, uint32_t n_inputs, rknn_tensor_attr attrs[]) {
+    int injected = enter_api(API_SET_INPUT_SHAPES);
+    if (injected) return injected;
+    emu_ctx* c = acquire(context, "rknn_set_input_shapes");
+    if (!c) return RKNN_ERR_CTX_INVALID;
+    const emu_model* m = &c->shared->model;
+    int rc = RKNN_SUCC, seen = 0;
+    if (!m->dynamic) {
+        violation("rknn_set_input_shapes: the model has no dynamic input shapes");
+        rc = RKNN_ERR_PARAM_INVALID;
+    } else if (c->mode == MODE_ZERO_COPY) {
+        rc = runtime_error(RKNN_ERR_FAIL, "rknn_set_input_shapes: not emulated on zero-copy contexts");
+    } else if (c->outstanding) {
+        violation("rknn_set_input_shapes: outputs of the previous run were not released");
+        rc = RKNN_ERR_FAIL;
+    } else if (n_inputs != (uint32_t)m->n_in || !attrs) {
+        violation("rknn_set_input_shapes: %u attrs given, the model has %d inputs", n_inputs, m->n_in);
+        rc = RKNN_ERR_PARAM_INVALID;
+    }
+    for (uint32_t k = 0; rc == RKNN_SUCC && k < n_inputs; k++) {
+        const rknn_tensor_attr* a = &attrs[k];
+        if (a->index >= (uint32_t)m->n_in || (seen & (1 << a->index)) ||
+            strncmp(a->name, m->in[a->index].name, RKNN_MAX_NAME_LEN)) {
+            violation("rknn_set_input_shapes: bad or repeated input index %u (name '%.64s')", a->index, a->name);
+            rc = RKNN_ERR_PARAM_INVALID;
+        } else if (!shape_allowed(m, (int)a->index, a)) {
+            violation("rknn_set_input_shapes: input %u: n_dims %u, fmt %d and dims [%u %u %u %u ...] are not one "
+                      "of its INPUT_DYNAMIC_RANGE", a->index, a->n_dims, a->fmt, a->dims[0], a->dims[1], a->dims[2],
+                      a->dims[3]);
+            rc = RKNN_ERR_PARAM_INVALID;
+        }
+        seen |= 1 << a->index;
+    }
+    if (rc == RKNN_SUCC) {
+        for (uint32_t k = 0; k < n_inputs; k++) set_dims(&c->cur_in[attrs[k].index], attrs[k].dims);
+        derive_outputs(m, c->cur_in, c->cur_out);
+        for (int i = 0; i < EMU_MAX_IO; i++) { /* sized for the old shapes; set inputs again */
+            emu_free(c->in_vals[i]);
+            emu_free(c->out_vals[i]);
+            c->in_vals[i] = c->out_vals[i] = NULL;
+        }
+        c->inputs_set = 0;
+        c->have_run = 0;
+    }
+    release(c);
+    return rc;
+}
 
 int rknn_register_custom_ops(rknn_context context, rknn_custom_op* op, uint32_t custom_op_num) {
     int injected = enter_api(API_REGISTER_OPS);

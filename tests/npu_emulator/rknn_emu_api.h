@@ -235,6 +235,7 @@ rknn_tensor_mem* rknn_create_mem_from_fd(rknn_context ctx, int32_t fd, void* vir
 int rknn_destroy_mem(rknn_context ctx, rknn_tensor_mem* mem);
 int rknn_set_io_mem(rknn_context ctx, rknn_tensor_mem* mem, rknn_tensor_attr* attr);
 int rknn_mem_sync(rknn_context ctx, rknn_tensor_mem* mem, int mode);
+int rknn_set_input_shapes(rknn_context ctx, uint32_t n_inputs, rknn_tensor_attr attr[]);
 
 /* ---- emulator control API (not part of librknnrt) ---- */
 
