@@ -95,7 +95,8 @@ class InferenceSession:
         )
         if run_options is not None and _dispatch_batch(run_options):
             return self._run_batch(indices, input_feed)
-        return engine.run_inline(normalize_feed(input_feed, self._inputs), indices)
+        arrays = self._backend.check_feed(normalize_feed(input_feed, self._inputs))
+        return engine.run_inline(arrays, indices)
 
     def run_async(
         self,
@@ -157,7 +158,7 @@ class InferenceSession:
             raise TypeError(f"depth must be an integer, got {type(depth).__name__}")
         if depth <= 0:
             raise ValueError(f"pipeline depth must be > 0, got {depth}")
-        arrays = copy_for_async(normalize_feed(input_feed, self._inputs))
+        arrays = copy_for_async(self._backend.check_feed(normalize_feed(input_feed, self._inputs)))
         indices = self._all_outputs
         return self._pipeline.push(lambda: engine.submit(arrays, indices), int(depth), reset)
 
@@ -291,7 +292,8 @@ class InferenceSession:
         indices = (
             resolve_outputs(output_names, self._outputs) if output_names else self._all_outputs
         )
-        return _Job(api, copy_for_async(normalize_feed(input_feed, self._inputs)), indices)
+        arrays = self._backend.check_feed(normalize_feed(input_feed, self._inputs))
+        return _Job(api, copy_for_async(arrays), indices)
 
     def _run_batch(self, indices: tuple[int, ...], input_feed: Any) -> list[np.ndarray]:
         """Dispatch batch: one task per sample over all workers, outputs joined in order."""

@@ -320,6 +320,13 @@ class Backend(ABC):
         """Raise ValueError if ``buffer`` (shape and dtype already checked) cannot serve model
         tensor ``index`` (e.g. a generic dense buffer for a strided native input)."""
 
+    def check_feed(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """Raise ValueError if a feed that passed the generic checks (``normalize_feed``: None
+        dims match anything) still cannot run, e.g. a shape a dynamic-shape RKNN model does not
+        allow; called on the caller's thread so the error comes before queuing. Returns
+        ``arrays`` so the call wraps ``normalize_feed`` in place."""
+        return arrays
+
     @abstractmethod
     def default_cores(self) -> list[int]:
         """Cores that get a worker each when neither ``schedule`` nor ``tp_mode`` is given."""

@@ -25,6 +25,7 @@ __all__ = [
     "RknnCustomString",
     "RknnCustomOp",
     "RknnTensorMem",
+    "RknnInputRange",
     "Query",
     "TensorType",
     "TensorFormat",
@@ -203,6 +204,7 @@ RknnSdkVersion = STRUCTS["rknn_sdk_version"]
 RknnCustomString = STRUCTS["rknn_custom_string"]
 RknnCustomOp = STRUCTS["rknn_custom_op"]
 RknnTensorMem = STRUCTS["rknn_tensor_mem"]
+RknnInputRange = STRUCTS["rknn_input_range"]
 
 
 class Query(IntEnum):
@@ -217,6 +219,9 @@ class Query(IntEnum):
     NATIVE_OUTPUT_ATTR = 9
     NATIVE_NHWC_INPUT_ATTR = 10
     NATIVE_NHWC_OUTPUT_ATTR = 11
+    INPUT_DYNAMIC_RANGE = 13
+    CURRENT_INPUT_ATTR = 14
+    CURRENT_OUTPUT_ATTR = 15
 
 
 class TensorType(IntEnum):

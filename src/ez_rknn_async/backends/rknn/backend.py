@@ -16,11 +16,17 @@ set on any context of the ``rknn_init`` that made it, and keeping copying runs
 copied input into a user's buffer. Every run sets every tensor, so no context keeps a freed mem.
 Sessions without dup contexts (``disable_dup_context``, custom ops, ``use_weight_from``) refuse
 zero copy; a zero-copy-only runtime (RV1106) binds on the workers' own contexts.
+
+Dynamic-shape models (``dynamic.py``): an input whose INPUT_DYNAMIC_RANGE lists more than one
+shape makes the model dynamic. Its varying dims show as None, ``check_feed`` refuses other shapes
+before queuing, and each runner calls ``rknn_set_input_shapes`` when its feed's shape differs from
+the last one it set, then sizes the outputs from CURRENT_OUTPUT_ATTR. Zero copy is refused there.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import mmap
 import os
 import threading
@@ -52,6 +58,7 @@ from .abi import (
     RknnInitExtend,
     RknnInput,
     RknnInputOutputNum,
+    RknnInputRange,
     RknnOutput,
     RknnSdkVersion,
     RknnTensorAttr,
@@ -60,6 +67,7 @@ from .abi import (
 )
 from .context import Context
 from .custom_ops import CustomOp, load_custom_ops
+from .dynamic import Dims, DynamicShapes, ranged_dims
 from .library import Library, RKNNError, check, load_library
 from .memory import NativeLayout, RknnBuffer, dma_heap_alloc, map_bytes
 from .soc import Soc, detect_soc
@@ -110,6 +118,7 @@ class RknnBackend(Backend):
         self._closed = False
         self.buffers = BufferTracker()
         self._memory_context: Optional[Context] = None
+        self.dynamic: Optional[DynamicShapes] = None
         wants_ops = bool(options.custom_op_paths) or options.custom_op_default_path
         if share_with is not None and wants_ops:
             raise ValueError("use_weight_from cannot be combined with custom-op loading")
@@ -177,6 +186,7 @@ class RknnBackend(Backend):
             "input": [self._zero_copy_tensor(True, i, a) for i, a in enumerate(input_attrs)],
             "output": [self._zero_copy_tensor(False, i, a) for i, a in enumerate(output_attrs)],
         }
+        self._describe_dynamic(input_attrs, layout)
         custom = attrs.text(self._query(Query.CUSTOM_STRING, RknnCustomString()).string)
         self.metadata = ModelMetadata(
             custom_metadata_map={"rknn_custom_string": custom} if custom else {}
@@ -191,6 +201,66 @@ class RknnBackend(Backend):
                 f"{attrs.MIN_API_TEXT}.",
                 UserWarning,
                 stacklevel=4,
+            )
+
+    def _input_range(self, index: int, attr: Any) -> tuple[list[Dims], int]:
+        """Input ``index``'s allowed runtime dims and their fmt; the queried shape alone when the
+        runtime has no INPUT_DYNAMIC_RANGE answer (older runtimes, static models)."""
+        info = RknnInputRange()
+        info.index = index
+        with self._origin.lock:
+            code = self._lib.rknn_query(
+                self._origin.handle,
+                Query.INPUT_DYNAMIC_RANGE,
+                ctypes.byref(info),
+                ctypes.sizeof(info),
+            )
+        n_dims = int(info.n_dims)
+        if code != 0 or info.shape_number == 0 or n_dims != attr.n_dims:
+            return [attrs.shape(attr)], int(attr.fmt)
+        width = len(attr.dims)
+        shapes = [
+            tuple(int(d) for d in info.dyn_range[s * width : s * width + n_dims])
+            for s in range(info.shape_number)
+        ]
+        return list(dict.fromkeys(shapes)), int(info.fmt)
+
+    def _describe_dynamic(self, input_attrs: Sequence[Any], layout: str) -> None:
+        """Finds dynamic inputs; for a dynamic model, shows varying dims as None and learns the
+        outputs' shapes by setting each allowed shape on the first context (SPEC.md 7)."""
+        found = [self._input_range(i, a) for i, a in enumerate(input_attrs)]
+        if all(len(shapes) <= 1 for shapes, _ in found):
+            return
+        nchw_view = layout in ("nchw", "nchw_software")  # as attrs.input_spec shows 4-D inputs
+        shapes = DynamicShapes(
+            [r for r, _ in found], input_attrs, [fmt for _, fmt in found], nchw_view
+        )
+        outputs: list[list[Dims]] = [[] for _ in self.outputs]
+        origin = self._origin
+        for key in shapes.probe_keys():
+            for index, dims in enumerate(current_output_dims(self._lib, origin, shapes, key)):
+                outputs[index].append(dims)
+        self.dynamic = shapes
+        self.inputs = [
+            dataclasses.replace(spec, shape=shapes.user_shape(i))
+            for i, spec in enumerate(self.inputs)
+        ]
+        self.outputs = [
+            dataclasses.replace(spec, shape=ranged_dims(dims))
+            for spec, dims in zip(self.outputs, outputs)
+        ]
+
+    def check_feed(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """A dynamic model runs only at its allowed shapes: refuse others before queuing."""
+        if self.dynamic is not None:
+            self.dynamic.check(arrays, [spec.name for spec in self.inputs])
+        return arrays
+
+    def _refuse_dynamic_zero_copy(self) -> None:
+        if self.dynamic is not None:
+            raise ValueError(
+                "zero copy is not supported for dynamic-shape RKNN models (native buffers are "
+                "sized for one shape); use run/submit/run_async with numpy inputs"
             )
 
     @property
@@ -252,6 +322,7 @@ class RknnBackend(Backend):
         return [type(t.attr).from_buffer_copy(t.attr) for t in tensors]
 
     def _layout(self, request: BufferRequest) -> NativeLayout:
+        self._refuse_dynamic_zero_copy()
         if request.io_kind is None or request.index is None:
             return NativeLayout.dense(request.shape, request.dtype)
         return self._zero_copy[request.io_kind][request.index].layout
@@ -363,6 +434,7 @@ class RknnBackend(Backend):
     def check_binding(self, buffer: DeviceBuffer, io_kind: str, index: int) -> None:
         """The buffer's bytes must be laid out as the tensor's native attr says (a generic
         dense buffer fits tensors whose native layout is dense)."""
+        self._refuse_dynamic_zero_copy()
         tensor = self._zero_copy[io_kind][index]
         have = buffer.layout if isinstance(buffer, RknnBuffer) else None
         want = tensor.layout
@@ -474,6 +546,34 @@ class RknnBackend(Backend):
             self._origin.close()
 
 
+def current_output_dims(
+    lib: Library, context: Context, shapes: DynamicShapes, key: Sequence[Dims]
+) -> list[Dims]:
+    """``rknn_set_input_shapes(key)`` on ``context``, then every output's CURRENT_OUTPUT_ATTR
+    dims (the shapes the next run returns)."""
+    attrs_in = shapes.shape_attrs(key)
+    result = []
+    with context.lock:
+        code = lib.rknn_set_input_shapes(context.handle, len(key), attrs_in)
+        check("rknn_set_input_shapes", code)
+        count = RknnInputOutputNum()
+        check(
+            "rknn_query",
+            lib.rknn_query(
+                context.handle, Query.IN_OUT_NUM, ctypes.byref(count), ctypes.sizeof(count)
+            ),
+        )
+        for index in range(count.n_output):
+            attr = RknnTensorAttr()
+            attr.index = index
+            code = lib.rknn_query(
+                context.handle, Query.CURRENT_OUTPUT_ATTR, ctypes.byref(attr), ctypes.sizeof(attr)
+            )
+            check("rknn_query", code)
+            result.append(attrs.shape(attr))
+    return result
+
+
 def _zero_filled(buffer: RknnBuffer, fill: Any) -> RknnBuffer:
     """``buffer`` after ``fill()`` and a sync; freed if either fails (no one else owns it yet)."""
     try:
@@ -500,6 +600,9 @@ class RknnRunner(Runner):
         self._io_attrs: list[Any] = []
         self._input_formats = backend.input_formats
         self._output_shapes = backend.output_dims
+        self._dynamic = backend.dynamic
+        #: The input shapes last set on this runner's context (None: unknown, set on next run).
+        self._current: Optional[tuple[Dims, ...]] = None
         self._inputs = (RknnInput * len(backend.inputs))()
         for index, item in enumerate(self._inputs):
             item.index = index
@@ -510,6 +613,8 @@ class RknnRunner(Runner):
 
     def run(self, inputs: Sequence[np.ndarray], output_indices: Sequence[int]) -> list[np.ndarray]:
         lib, handle = self._lib, self._context.handle
+        if self._dynamic is not None:
+            self._set_shapes(inputs)
         feeds = []
         for item, array, (fmt, transpose) in zip(self._inputs, inputs, self._input_formats):
             array = np.ascontiguousarray(array.transpose(0, 2, 3, 1) if transpose else array)
@@ -539,6 +644,18 @@ class RknnRunner(Runner):
             ordered.append(results[index] if index not in first else results[index].copy())
             first.add(index)
         return ordered
+
+    def _set_shapes(self, inputs: Sequence[np.ndarray]) -> None:
+        """Tell the context the feed's shapes when they differ from the last ones set (the
+        runtime re-plans on every rknn_set_input_shapes), and size the outputs for them."""
+        assert self._dynamic is not None
+        key = self._dynamic.key(inputs)
+        if key == self._current:
+            return
+        self._dynamic.check(inputs, [spec.name for spec in self._backend.inputs])
+        self._current = None  # unknown until the call and the queries succeed
+        self._output_shapes = current_output_dims(self._lib, self._context, self._dynamic, key)
+        self._current = key
 
     def run_buffers(self, inputs: Sequence[DeviceBuffer], outputs: Sequence[DeviceBuffer]) -> None:
         """rknn_set_io_mem of every buffer, then rknn_run, on this runner's binding context
