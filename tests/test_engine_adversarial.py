@@ -94,8 +94,9 @@ def test_a_second_close_returns_only_once_the_engine_is_closed():
 
 
 def test_arun_cancelled_while_waiting_for_queue_space_never_runs(add_mul_path, monkeypatch):
-    """Cancelling an ``arun`` whose submit waits in the executor for a full queue must still
-    cancel the inference, as documented; it used to be queued later and run for nobody."""
+    """Cancelling an ``arun`` that waits for a full queue must still cancel the inference, as
+    documented; it used to be queued later and run for nobody. (It now waits on the event loop,
+    not in the executor, so it is never admitted at all and leaves no waiter registered.)"""
     gate = hold_runners(monkeypatch)
     opts = make_provider_options(schedule=[0], max_queue_size=1, submit_timeout_ms=5000)
     a = np.ones((1, 4), np.float32)
@@ -110,10 +111,11 @@ def test_arun_cancelled_while_waiting_for_queue_space_never_runs(add_mul_path, m
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
-        gate.set()  # space frees: the executor's submit goes through, then must be cancelled
+        assert sess.stats().waiting_submitters == 0
+        gate.set()  # space frees: nothing may take it for the cancelled arun
         await asyncio.wrap_future(first)
         await asyncio.wrap_future(second)
-        assert await asyncio.to_thread(wait_for, lambda: sess.stats().submitted == 3)
+        assert sess.stats().submitted == 2
         assert await asyncio.to_thread(wait_for, lambda: sess.stats().queued == 0)
 
     with InferenceSession(add_mul_path, provider_options=opts) as sess:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, wait
 from typing import Any, Callable, Optional
@@ -17,10 +16,11 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .backends import Backend, ModelSource, load_backend
-from .engine.core import Engine, EngineConfig, EngineStats, State
+from .engine.aio import submit_async
+from .engine.core import Engine, EngineConfig, EngineStats, SpaceWaiter, State
 from .engine.layout import plan_slots, task_routes
 from .engine.pipeline import Pipeline
-from .errors import SessionClosedError, SubmitTimeoutError
+from .errors import SessionClosedError
 from .feeds import copy_for_async, normalize_feed, resolve_outputs, run_option, split_batch
 from .iobinding import SessionIOBinding, SessionMemory, launch
 from .options import ProviderOptions, parse_bool, parse_provider_options
@@ -136,15 +136,15 @@ class InferenceSession:
     async def arun(
         self, output_names: Optional[Sequence[str]], input_feed: Any, run_options: Any = None
     ) -> list[np.ndarray]:
-        """``await`` one inference from asyncio. Never blocks the event loop: when the queue is
-        full, the wait for space happens in the loop's executor. Cancelling the awaiting task
-        cancels the inference if it has not started. Takes an IOBinding as ``submit`` does."""
+        """``await`` one inference from asyncio. Never blocks the event loop, and holds no thread
+        while the queue is full: it waits for space on the loop itself (``engine.aio``), up to
+        ``submit_timeout_ms``. Cancelling the awaiting task cancels the inference if it has not
+        started. Takes an IOBinding as ``submit`` does."""
         engine = self._check_open()
         job = self._prepare_async("arun", output_names, input_feed, run_options)
-        try:
-            future = job.submit(engine, blocking=False)
-        except SubmitTimeoutError:
-            future = await _submit_in_executor(job, engine)
+        future = await submit_async(
+            engine, lambda waiter: job.submit(engine, blocking=False, waiter=waiter), "arun"
+        )
         return await asyncio.wrap_future(future)
 
     def run_pipeline(
@@ -310,30 +310,6 @@ class InferenceSession:
         return [_join([outputs[k] for outputs in per_sample]) for k in range(len(indices))]
 
 
-async def _submit_in_executor(job: _Job, engine: Engine) -> Future:
-    """``job.submit`` in the loop's executor (it may wait for queue space). If the awaiting task
-    is cancelled meanwhile, the submit still completes in its thread: its future is cancelled
-    then, so the inference does not run for nobody."""
-    submitted: list[Future] = []
-    abandoned = threading.Event()
-
-    def blocking_submit() -> Future:
-        future = job.submit(engine)
-        submitted.append(future)
-        if abandoned.is_set():  # set before we appended: the canceller may not have seen it
-            future.cancel()
-        return future
-
-    loop = asyncio.get_running_loop()
-    try:
-        return await loop.run_in_executor(None, blocking_submit)
-    except asyncio.CancelledError:
-        abandoned.set()
-        for future in submitted:  # appended before the flag was set
-            future.cancel()
-        raise
-
-
 def _join(parts: list[np.ndarray]) -> np.ndarray:
     if parts[0].ndim == 0:
         return np.stack(parts)
@@ -360,14 +336,18 @@ class _Job:
     indices: tuple[int, ...]
     memory: Optional[SessionMemory] = None  # set when ``inputs`` is an IOBinding
 
-    def submit(self, engine: Engine, blocking: bool = True) -> Future:
+    def submit(
+        self, engine: Engine, blocking: bool = True, waiter: Optional[SpaceWaiter] = None
+    ) -> Future:
         if self.memory is None:
-            return engine.submit(self.inputs, self.indices, blocking=blocking)
+            return engine.submit(self.inputs, self.indices, blocking=blocking, waiter=waiter)
         return launch(
             self.memory,
             self.inputs,
             self.api,
-            lambda flight: engine.submit(flight, (), blocking=blocking, method=_RUN_BINDING),
+            lambda flight: engine.submit(
+                flight, (), blocking=blocking, method=_RUN_BINDING, waiter=waiter
+            ),
         )
 
     def submit_callback(self, engine: Engine, callback: Callable[..., Any], user_data: Any) -> None:

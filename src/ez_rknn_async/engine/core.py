@@ -11,6 +11,12 @@ All threads and all waits of a session live here; backends are plain synchronous
   inline). A submit wakes exactly one idle slot that may take the task, so there is no herd.
 * Fast path: a synchronous ``run()`` that finds an idle slot runs the task on the calling thread
   with that slot's runner: no thread hand-off (which costs 100+ microseconds on a small board).
+* Async admission: an asyncio submitter never holds a thread while it waits for space. It
+  registers a ``SpaceWaiter`` whose ``wake`` the engine calls (outside its lock) when admission
+  may succeed again; ``aio.submit_async`` retries then. A freed queue place is *claimed* for the
+  oldest async waiter (others see it as taken) until that waiter retries, and claims alternate
+  with blocking waiters, so neither kind starves the other: threads parked on a condition would
+  otherwise win every race against an event loop hop.
 * Shutdown is a state machine: OPEN -> CLOSING (no new tasks; queued ones fail with
   ``SessionClosedError``; running ones finish) -> CLOSED (threads joined, runners closed).
 """
@@ -33,7 +39,7 @@ from ..errors import SessionClosedError, SubmitTimeoutError
 from .ordering import CallbackStage
 from .tasks import Task
 
-__all__ = ["Engine", "EngineConfig", "EngineStats", "State", "CALLBACK_BACKLOG"]
+__all__ = ["Engine", "EngineConfig", "EngineStats", "SpaceWaiter", "State", "CALLBACK_BACKLOG"]
 
 #: Completed run_async results that may wait for their callback before submitters block (as in
 #: the original, whose limit is the same constant).
@@ -82,6 +88,25 @@ class EngineStats:
     waiting_submitters: int
 
 
+class SpaceWaiter:
+    """One async submitter waiting for admission (see ``aio.submit_async``).
+
+    ``wake()`` is called from an engine thread, without the engine lock, when admission may
+    succeed: it must be quick and thread-safe (``loop.call_soon_threadsafe``), and idempotent. The
+    other fields belong to the engine (read and written under its lock), except ``pace_delay``,
+    which a failed attempt sets for its caller: seconds until the pacing interval elapses (the
+    engine has no timer for it, the caller's event loop has), or None.
+    """
+
+    __slots__ = ("wake", "registered", "claim", "pace_delay")
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self.wake = wake
+        self.registered = False  # in the engine's FIFO of waiters
+        self.claim = False  # a queue place is held for it until it retries or leaves
+        self.pace_delay: Optional[float] = None
+
+
 class _Worker:
     __slots__ = ("spec", "runner", "state", "wake", "thread")
 
@@ -107,13 +132,19 @@ class Engine:
         self._closed_event = threading.Event()
         self._route_counter = 0
         self._waiting = 0
+        # Async waiters: FIFO of registered ones, the set holding a claim, and how many claims
+        # (an int, so the admission check stays one addition).
+        self._async_waiters: deque[SpaceWaiter] = deque()
+        self._claimed: set[SpaceWaiter] = set()
+        self._claims = 0
+        self._async_last = False  # the last admission after a wait went to an async waiter
         self._peak = 0
         self._submitted = 0
         self._inline = 0
         self._pace_ema = 0.0
         self._pace_next = 0.0
         self._callbacks = CallbackStage(
-            self._lock, self._space.notify_all, config.sequential_callbacks
+            self._lock, self._delivered, config.sequential_callbacks, self._wake_waiters
         )
         for worker in self._workers:
             core = "auto" if worker.spec.core is None else worker.spec.core
@@ -181,15 +212,17 @@ class Engine:
         *,
         blocking: bool = True,
         method: str = "run",
+        waiter: Optional[SpaceWaiter] = None,
     ) -> Future:
         """Queue a task; its future gets the results. ``blocking=False`` raises
-        ``SubmitTimeoutError`` at once instead of waiting for space."""
+        ``SubmitTimeoutError`` at once instead of waiting for space; so does a ``waiter``, after
+        registering it to be woken when space may be free (see ``aio.submit_async``)."""
         future: Future = Future()
         task = Task(inputs, output_indices, future=future, method=method)
         with self._lock:
             self._check_open()
             core = self._next_route()
-        self._admit(task, core, "submit", blocking=blocking)
+        self._admit(task, core, "submit", blocking=blocking and waiter is None, waiter=waiter)
         return future
 
     def submit_callback(
@@ -225,8 +258,36 @@ class Engine:
                 callback_backlog=self._callbacks.backlog,
                 submitted=self._submitted,
                 inline_runs=self._inline,
-                waiting_submitters=self._waiting,
+                waiting_submitters=self._waiting + len(self._async_waiters) + self._claims,
             )
+
+    def timeout_error(self, api: str) -> SubmitTimeoutError:
+        """The error of a submit that found no space before its deadline (one message for the
+        blocking and the async paths)."""
+        return SubmitTimeoutError(
+            f"{api} submit timed out after {self._config.submit_timeout_ms} ms: "
+            "async queue/callback pipeline is saturated "
+            f"(max_queue_size={self._config.max_queue_size})"
+        )
+
+    @property
+    def submit_timeout_ms(self) -> int:
+        return self._config.submit_timeout_ms
+
+    def forget(self, waiter: SpaceWaiter) -> None:
+        """Drop ``waiter`` (admitted, timed out, cancelled, closed): unregister it and pass its
+        claim on, so a waiter that leaves never holds a queue place or a FIFO entry."""
+        with self._lock:
+            if waiter.registered:
+                waiter.registered = False
+                self._async_waiters.remove(waiter)
+            if not waiter.claim:
+                return
+            self._release_claim(waiter)
+            if self._waiting:
+                self._space.notify_all()
+            woken = self._grant()
+        self._wake_waiters(woken)
 
     def close(self) -> bool:
         """Stop accepting tasks, fail the queued ones, let running ones finish, join threads,
@@ -247,6 +308,10 @@ class Engine:
                 for worker in self._workers:
                     worker.wake.notify()
                 self._space.notify_all()
+                # Every async waiter retries and gets SessionClosedError; they forget() later.
+                woken = list(self._async_waiters) + list(self._claimed)
+        if closing:
+            self._wake_waiters(woken)
         if not closing:
             if current is not self._closer and not self._on_engine_thread(current):
                 self._closed_event.wait()
@@ -276,6 +341,45 @@ class Engine:
         """Whether ``thread`` is one that ``close()`` joins (a worker or the callback thread)."""
         return thread is self._callbacks.thread or any(w.thread is thread for w in self._workers)
 
+    def _delivered(self) -> list[SpaceWaiter]:
+        """A callback was delivered (lock held): the callback backlog shrank. Returns the async
+        waiters to wake once the lock is released."""
+        if self._waiting:
+            self._space.notify_all()
+        return self._grant() if self._async_waiters else []
+
+    def _grant(self) -> list[SpaceWaiter]:
+        """Claim free queue places for the oldest async waiters (lock held); returns them, to be
+        woken without the lock. While blocking submitters wait too, one claim at a time and only
+        when the last admitted waiter was a blocking one: the two kinds take turns."""
+        granted: list[SpaceWaiter] = []
+        waiters = self._async_waiters
+        limit = self._config.max_queue_size
+        while waiters and len(self._queue) + self._claims < limit:
+            if self._waiting and (self._async_last or granted):
+                break
+            waiter = waiters.popleft()
+            waiter.claim = True
+            waiter.registered = False
+            self._claimed.add(waiter)
+            self._claims += 1
+            granted.append(waiter)
+        return granted
+
+    def _release_claim(self, waiter: SpaceWaiter) -> None:
+        waiter.claim = False
+        self._claimed.discard(waiter)
+        self._claims -= 1
+
+    def _wake_waiters(self, waiters: Sequence[SpaceWaiter]) -> None:
+        """Call each waiter's ``wake`` (lock NOT held). One that cannot be woken (its event loop
+        is closed) is forgotten, so its claim passes on instead of holding a place forever."""
+        for waiter in waiters:
+            try:
+                waiter.wake()
+            except BaseException:  # noqa: BLE001 - never kill the engine thread that wakes
+                self.forget(waiter)
+
     def _check_open(self) -> None:
         if self._state is not State.OPEN:
             raise SessionClosedError("the session is closed")
@@ -298,8 +402,9 @@ class Engine:
         worker.state = _Slot.WAKING
         worker.wake.notify()
 
-    def _has_space(self, callback: bool, now: float) -> bool:
-        if len(self._queue) >= self._config.max_queue_size:
+    def _has_space(self, callback: bool, now: float, claim: bool = False) -> bool:
+        # Places claimed for async waiters count as taken, except for the claimant itself.
+        if len(self._queue) + self._claims - claim >= self._config.max_queue_size:
             return False
         # A callback submitting from the callback thread must not wait for itself to deliver.
         if (
@@ -318,25 +423,33 @@ class Engine:
         *,
         blocking: bool = True,
         callback: bool = False,
+        waiter: Optional[SpaceWaiter] = None,
     ) -> None:
-        """Queue ``task`` (not holding the lock on entry), waiting for space up to the deadline."""
+        """Queue ``task`` (not holding the lock on entry), waiting for space up to the deadline;
+        with a ``waiter``, register it and raise instead of waiting."""
         task.core = core
         deadline = None
+        woken: list[SpaceWaiter] = []
+        timed_out = False
         with self._lock:
             while True:
                 self._check_open()
                 now = time.monotonic()
-                if self._has_space(callback, now):
+                claim = waiter is not None and waiter.claim
+                if self._has_space(callback, now, claim):
                     break
+                if waiter is not None:
+                    self._park(waiter, claim, now)
+                    raise self.timeout_error(api)
+                first = deadline is None
                 if deadline is None:
                     deadline = now + self._config.submit_timeout_ms / 1000.0
                 remaining = deadline - now
                 if not blocking or remaining <= 0:
-                    raise SubmitTimeoutError(
-                        f"{api} submit timed out after {self._config.submit_timeout_ms} ms: "
-                        "async queue/callback pipeline is saturated "
-                        f"(max_queue_size={self._config.max_queue_size})"
-                    )
+                    if not first and self._async_waiters:
+                        woken = self._grant()  # a blocking waiter leaves: its turn passes on
+                    timed_out = True
+                    break
                 if self._config.enable_pacing and now < self._pace_next:
                     remaining = min(remaining, self._pace_next - now)
                 self._waiting += 1
@@ -344,17 +457,48 @@ class Engine:
                     self._space.wait(remaining)
                 finally:
                     self._waiting -= 1
-            if callback:
-                task.seq = self._callbacks.take_seq()
-            if self._config.enable_pacing and self._pace_ema > 0:
-                self._pace_next = now + self._pace_ema / self._config.pacing_cores
-            self._queue.append(task)
-            self._submitted += 1
-            if len(self._queue) > self._peak:
-                self._peak = len(self._queue)
-            worker = self._idle_worker(core)
-            if worker is not None:
-                self._wake(worker)
+            if not timed_out:
+                # Admission. Only submitters that waited (rare) do the fairness bookkeeping.
+                if waiter is not None:
+                    if claim:
+                        self._release_claim(waiter)
+                        self._async_last = True
+                    elif waiter.registered:
+                        waiter.registered = False
+                        self._async_waiters.remove(waiter)
+                elif deadline is not None:
+                    self._async_last = False
+                if callback:
+                    task.seq = self._callbacks.take_seq()
+                if self._config.enable_pacing and self._pace_ema > 0:
+                    self._pace_next = now + self._pace_ema / self._config.pacing_cores
+                self._queue.append(task)
+                self._submitted += 1
+                if len(self._queue) > self._peak:
+                    self._peak = len(self._queue)
+                worker = self._idle_worker(core)
+                if worker is not None:
+                    self._wake(worker)
+                if deadline is None or not self._async_waiters:
+                    return
+                woken = self._grant()  # a blocking waiter got in: the next place may be theirs
+        self._wake_waiters(woken)
+        if timed_out:
+            raise self.timeout_error(api)
+
+    def _park(self, waiter: SpaceWaiter, claim: bool, now: float) -> None:
+        """A waiter's attempt failed: keep its claim or queue it (FIFO), and tell it how long
+        pacing alone keeps it out, for its own timer."""
+        waiter.pace_delay = None
+        if (
+            self._config.enable_pacing
+            and now < self._pace_next
+            and len(self._queue) + self._claims - claim < self._config.max_queue_size
+        ):
+            waiter.pace_delay = self._pace_next - now  # else a freed place wakes it, no polling
+        if not claim and not waiter.registered:
+            waiter.registered = True
+            self._async_waiters.append(waiter)
 
     def _take(self, worker: _Worker) -> Optional[Task]:
         """The oldest queued task this worker may run."""
@@ -402,7 +546,11 @@ def _worker_loop(engine: Engine, worker: _Worker) -> None:
             worker.state = _Slot.RUNNING
             if engine._waiting:
                 engine._space.notify_all()
+            woken = engine._grant() if engine._async_waiters else None
             lock.release()
+            if woken:
+                engine._wake_waiters(woken)
+                del woken
             start = time.monotonic()
             try:
                 task.run(runner)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
 __all__ = ["CallbackStage", "report_unraisable"]
@@ -24,10 +25,19 @@ Delivery = tuple[Callable[..., Any], Any, Any, Any]
 
 
 class CallbackStage:
-    def __init__(self, lock: threading.Lock, on_delivered: Callable[[], None], sequential: bool):
+    def __init__(
+        self,
+        lock: threading.Lock,
+        on_delivered: Callable[[], Sequence[Any]],
+        sequential: bool,
+        wake: Callable[[Sequence[Any]], None],
+    ):
         self._lock = lock
         self._wakeup = threading.Condition(lock)
-        self._on_delivered = on_delivered  # called with the lock held after each delivery
+        # Called with the lock held after each delivery; what it returns goes to ``wake``
+        # once the lock is released (the engine's async space waiters).
+        self._on_delivered = on_delivered
+        self._wake = wake
         self._sequential = sequential
         self._held: dict[int, Delivery] = {}  # out-of-order outcomes, sequential mode
         self._ready: deque[Delivery] = deque()
@@ -82,7 +92,10 @@ class CallbackStage:
             del callback, results, user_data, err  # not kept alive until the next delivery
             with lock:
                 self.backlog -= 1
-                self._on_delivered()
+                woken = self._on_delivered()
+            if woken:
+                self._wake(woken)
+                del woken
 
 
 def _call_user(callback: Callable[..., Any], results: Any, user_data: Any, err: str) -> None:
