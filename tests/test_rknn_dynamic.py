@@ -177,16 +177,22 @@ def test_each_context_tracks_its_own_shape(npu):
         assert npu.calls("rknn_set_input_shapes") - before <= 3  # once per context at most
 
 
-@pytest.mark.parametrize("mode", ["run", "submit", "run_async", "run_pipeline"])
+@pytest.mark.parametrize("mode", ["run", "submit", "run_async", "run_pipeline", "dispatch_batch"])
 def test_shape_outside_the_ranges_is_refused_before_queuing(npu, mode):
     feed = {"image": np.zeros((1, 3, 5, 5), np.float32), "bias": np.zeros((1, 5), np.float32)}
     with session(**THREE_CORES) as sess:
         before = npu.calls("rknn_inputs_set"), npu.calls("rknn_set_input_shapes")
+        queued = sess.stats().submitted, sess.stats().inline_runs
         call = {
             "run": lambda: sess.run(None, feed),
             "submit": lambda: sess.submit(None, feed),
             "run_async": lambda: sess.run_async(None, feed, lambda *a: None),
             "run_pipeline": lambda: sess.run_pipeline(feed),
+            "dispatch_batch": lambda: sess.run(
+                None,
+                {name: np.concatenate([value] * 2) for name, value in feed.items()},
+                {"ztu_modelrt_dispatch_batch": True},
+            ),
         }[mode]
         with pytest.raises(ValueError) as info:
             call()
@@ -196,6 +202,7 @@ def test_shape_outside_the_ranges_is_refused_before_queuing(npu, mode):
             assert str(list(shape)) in message
         assert "NCHW" in message
         assert (npu.calls("rknn_inputs_set"), npu.calls("rknn_set_input_shapes")) == before
+        assert (sess.stats().submitted, sess.stats().inline_runs) == queued  # nothing queued
         good = frames(1)[0]
         check(sess.run(None, good), good)  # the session goes on
 

@@ -299,7 +299,10 @@ class InferenceSession:
         """Dispatch batch: one task per sample over all workers, outputs joined in order."""
         engine = self._require_engine()
         arrays = normalize_feed(input_feed, self._batch_inputs)
-        futures = [engine.submit(sample, indices) for sample in split_batch(arrays, self._inputs)]
+        samples = [
+            self._backend.check_feed(sample) for sample in split_batch(arrays, self._inputs)
+        ]  # every sample is checked before the first is queued
+        futures = [engine.submit(sample, indices) for sample in samples]
         try:
             per_sample = [future.result() for future in futures]
         except BaseException:
