@@ -90,12 +90,10 @@ class InferenceSession:
         """Run one inference and return the requested outputs (all when ``output_names`` is
         None or empty). Runs on the calling thread when a worker slot is idle."""
         engine = self._check_open()
-        indices = (
-            resolve_outputs(output_names, self._outputs) if output_names else self._all_outputs
-        )
+        indices = self._output_indices(output_names)
         if run_options is not None and _dispatch_batch(run_options):
             return self._run_batch(indices, input_feed)
-        arrays = self._backend.check_feed(normalize_feed(input_feed, self._inputs))
+        arrays = self._arrays(input_feed)
         return engine.run_inline(arrays, indices)
 
     def run_async(
@@ -158,7 +156,7 @@ class InferenceSession:
             raise TypeError(f"depth must be an integer, got {type(depth).__name__}")
         if depth <= 0:
             raise ValueError(f"pipeline depth must be > 0, got {depth}")
-        arrays = copy_for_async(self._backend.check_feed(normalize_feed(input_feed, self._inputs)))
+        arrays = copy_for_async(self._arrays(input_feed))
         indices = self._all_outputs
         return self._pipeline.push(lambda: engine.submit(arrays, indices), int(depth), reset)
 
@@ -278,6 +276,15 @@ class InferenceSession:
             raise SessionClosedError("the session is closed")
         return engine
 
+    def _output_indices(self, output_names: Any) -> tuple[int, ...]:
+        """Indices of the requested outputs; falsy names mean all (precomputed: the hot path)."""
+        return resolve_outputs(output_names, self._outputs) if output_names else self._all_outputs
+
+    def _arrays(self, input_feed: Any) -> list[np.ndarray]:
+        """The feed as checked arrays in input order: the generic checks, then the backend's
+        own (a dynamic RKNN model's allowed shapes), all before anything is queued."""
+        return self._backend.check_feed(normalize_feed(input_feed, self._inputs))
+
     def _prepare_async(
         self, api: str, output_names: Any, input_feed: Any, run_options: Any
     ) -> _Job:
@@ -289,10 +296,8 @@ class InferenceSession:
                     "bound outputs"
                 )
             return _Job(api, input_feed, (), self._zero_copy)
-        indices = (
-            resolve_outputs(output_names, self._outputs) if output_names else self._all_outputs
-        )
-        arrays = self._backend.check_feed(normalize_feed(input_feed, self._inputs))
+        indices = self._output_indices(output_names)
+        arrays = self._arrays(input_feed)
         return _Job(api, copy_for_async(arrays), indices)
 
     def _run_batch(self, indices: tuple[int, ...], input_feed: Any) -> list[np.ndarray]:
