@@ -171,7 +171,7 @@ def test_worker_slots_follow_the_options(add_mul_path):
         "schedule": make_provider_options(schedule=[0, 1, 2], threads_per_core=2),
         "tp_mode": make_provider_options(tp_mode="all"),
     }
-    from ez_rknn_async.backends.onnxruntime import usable_cpus
+    from ez_rknn_async.backends.base import usable_cpus
 
     for name, opts in layouts.items():
         with InferenceSession(add_mul_path, provider_options=opts) as sess:

@@ -32,6 +32,7 @@ emulator by ``tests/test_rknn_zero_copy*.py``.
 
 from __future__ import annotations
 
+import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ import numpy as np
 from ..tensors import ModelMetadata, TensorSpec
 
 __all__ = [
+    "usable_cpus",
     "SlotSpec",
     "Runner",
     "Backend",
@@ -61,6 +63,14 @@ MEM_DEFAULT = 0  # cacheable
 MEM_CACHEABLE = 1
 MEM_NON_CACHEABLE = 2
 MEM_TRY_SRAM = 4
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (affinity-aware, unlike ``os.cpu_count``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)

@@ -24,19 +24,19 @@ import onnxruntime as ort
 from ..options import ProviderOptions
 from ..tensors import ONNX_TYPE_TO_DTYPE, ModelMetadata, TensorSpec
 from . import ModelSource
-from .base import Backend, BufferRequest, BufferTracker, DeviceBuffer, Runner, SlotSpec
+from .base import (
+    Backend,
+    BufferRequest,
+    BufferTracker,
+    DeviceBuffer,
+    Runner,
+    SlotSpec,
+    usable_cpus,
+)
 
-__all__ = ["OnnxRuntimeBackend", "HostBuffer", "load", "usable_cpus"]
+__all__ = ["OnnxRuntimeBackend", "HostBuffer", "load"]
 
 _CPU = "CPUExecutionProvider"
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (affinity-aware, unlike ``os.cpu_count``)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def load(

@@ -17,8 +17,7 @@ import openvino as ov
 from ..options import ProviderOptions
 from ..tensors import ModelMetadata, TensorSpec, type_string
 from . import ModelSource
-from .base import Backend, Runner, SlotSpec
-from .onnxruntime import usable_cpus
+from .base import Backend, Runner, SlotSpec, usable_cpus
 
 __all__ = ["OpenVinoBackend", "load"]
 
