@@ -67,10 +67,6 @@ class TensorSpec:
         accepts = tuple(np.dtype(d) for d in self.accepts) or (self.dtype,)
         object.__setattr__(self, "accepts", accepts)
 
-    @property
-    def rank(self) -> int:
-        return len(self.shape)
-
 
 class NodeArg:
     """Public, read-only view of a tensor, as onnxruntime's ``NodeArg``: name, shape, type."""
