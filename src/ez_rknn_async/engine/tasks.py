@@ -11,10 +11,7 @@ import numpy as np
 from ..backends.base import Runner
 from .ordering import report_unraisable
 
-__all__ = ["Task", "Outcome"]
-
-#: (results, exception): exactly one of the two is None.
-Outcome = tuple[Optional[list[np.ndarray]], Optional[BaseException]]
+__all__ = ["Task"]
 
 
 class Task:
