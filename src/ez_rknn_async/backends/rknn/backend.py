@@ -709,7 +709,7 @@ def _address(array: np.ndarray) -> int:
     """The address of a C-contiguous array's data: through the buffer protocol (a third of the
     cost of ``array.ctypes.data``), or ``ctypes.data`` for read-only or empty arrays."""
     try:
-        return ctypes.addressof(ctypes.c_char.from_buffer(array))
+        return ctypes.addressof(ctypes.c_char.from_buffer(array))  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return int(array.ctypes.data)
 
