@@ -60,7 +60,7 @@ class EmuModel:
     custom_op: str = ""
 
     def data(self) -> bytes:
-        lines = ["EZEMU-RKNN 1"]
+        lines = ["RKNN EZEMU 1"]
         if self.platform:
             lines.append(f"platform {self.platform}")
         if self.custom_string:
@@ -156,6 +156,9 @@ class Npu:
         self.lib = ctypes.CDLL(str(library or paths.library))
         self.lib.rknn_emu_last_violation.restype = ctypes.c_char_p
         self.expected_violations = 0
+        #: Our binding destroys dups before their origin; the original library does not (a
+        #: tolerated order, npu_emulator/README.md), so its tests set this.
+        self.tolerate_early_destroys = False
 
     def use(self, soc: str = "rk3588", compute_us: int = 0) -> None:
         """Emulate ``soc`` (counters reset) and make the backend detect it through EZ_RKNN_SOC."""
@@ -185,6 +188,11 @@ class Npu:
     @property
     def last_violation(self) -> str:
         return self.lib.rknn_emu_last_violation().decode()
+
+    @property
+    def early_destroys(self) -> int:
+        """Contexts destroyed while dups of them were alive."""
+        return self.lib.rknn_emu_early_destroys()
 
     @property
     def live_allocations(self) -> int:

@@ -50,6 +50,7 @@ static atomic_int g_live_allocs;
 static atomic_int g_live_contexts;
 static atomic_int g_parallel;
 static atomic_int g_max_parallel;
+static atomic_int g_early_destroys; /* contexts destroyed while dups of them lived */
 static atomic_int g_core_runs[EMU_MAX_CORES];
 
 static char g_soc[32] = "rk3588";
@@ -210,16 +211,21 @@ static int parse_tensor(const char* rest, emu_tensor* t) {
     return 0;
 }
 
+#define MODEL_MAGIC "RKNN EZEMU 1\n"
+#define MODEL_MAGIC_LEN (sizeof MODEL_MAGIC - 1)
+
 /* Parses the text format of README.md; 0 on success. */
 static int parse_model(const char* bytes, uint32_t size, emu_model* m) {
     char* text = malloc(size + 1);
     if (!text) return -1;
     memcpy(text, bytes, size);
     text[size] = 0;
-    int ok = strncmp(text, "EZEMU-RKNN 1\n", 13) == 0 && memchr(bytes, 0, size) == NULL;
+    /* Real model files start with the magic "RKNN" (and bindings check it); ours follow it with
+     * the emulator's text format. */
+    int ok = strncmp(text, MODEL_MAGIC, MODEL_MAGIC_LEN) == 0 && memchr(bytes, 0, size) == NULL;
     int ended = 0;
     char* save = NULL;
-    for (char* line = ok ? strtok_r(text + 13, "\n", &save) : NULL; ok && line && !ended;
+    for (char* line = ok ? strtok_r(text + MODEL_MAGIC_LEN, "\n", &save) : NULL; ok && line && !ended;
          line = strtok_r(NULL, "\n", &save)) {
         if (!strncmp(line, "platform ", 9)) {
             ok = sscanf(line + 9, "%31s", m->platform) == 1;
@@ -277,7 +283,7 @@ typedef struct emu_ctx {
     rknn_context handle;
     struct emu_ctx* next;
     emu_shared* shared;
-    struct emu_ctx* parent; /* dup origin or weight owner: must outlive this context */
+    struct emu_ctx* parent; /* dup origin (NULL once destroyed) or weight owner (must outlive it) */
     int children;
     double gain;
     int core_mask; /* -1 until rknn_set_core_mask */
@@ -465,12 +471,21 @@ int rknn_destroy(rknn_context context) {
                   (unsigned long long)context, mems);
         return RKNN_ERR_CTX_INVALID;
     }
-    if (c->children) {
+    /* A weight sharer runs on its owner's weights: the owner must outlive it. A dup shares the
+     * model itself (reference counted): destroying its origin first works on boards (README). */
+    int sharers = 0;
+    for (emu_ctx* o = g_contexts; o; o = o->next) sharers += o->parent == c && o->shared != c->shared;
+    if (sharers) {
         pthread_mutex_unlock(&g_lock);
         release(c);
-        violation("rknn_destroy: context 0x%llx still has %d dup/sharer contexts", (unsigned long long)context,
-                  c->children);
+        violation("rknn_destroy: context 0x%llx still has %d weight-sharer contexts", (unsigned long long)context,
+                  sharers);
         return RKNN_ERR_CTX_INVALID;
+    }
+    if (c->children) {
+        atomic_fetch_add(&g_early_destroys, 1);
+        for (emu_ctx* o = g_contexts; o; o = o->next)
+            if (o->parent == c) o->parent = NULL;
     }
     emu_ctx** link = &g_contexts;
     while (*link != c) link = &(*link)->next;
@@ -599,15 +614,15 @@ int rknn_query(rknn_context context, rknn_query_cmd cmd, void* info, uint32_t si
         if (index >= (uint32_t)m->n_in) {
             violation("rknn_query(cmd=%d): index %u out of range (%d inputs)", cmd, index, m->n_in);
             rc = RKNN_ERR_PARAM_INVALID;
-        } else { /* a static model answers its one shape */
+        } else { /* a static model answers no shapes (shape_number 0), as boards do */
             const emu_tensor* t = &m->in[index];
             memset(r, 0, sizeof *r);
             r->index = index;
-            r->shape_number = m->n_shapes[index];
+            r->shape_number = m->dynamic ? m->n_shapes[index] : 0;
             r->fmt = t->n_dims == 4 ? RKNN_TENSOR_NHWC : RKNN_TENSOR_UNDEFINED;
             snprintf(r->name, sizeof r->name, "%s", t->name);
             r->n_dims = t->n_dims;
-            for (uint32_t s = 0; s < m->n_shapes[index]; s++)
+            for (uint32_t s = 0; s < r->shape_number; s++)
                 memcpy(r->dyn_range[s], m->shapes[index][s], sizeof r->dyn_range[s]);
         }
     } else {
@@ -1311,6 +1326,7 @@ int rknn_emu_configure(const char* soc, int compute_us) {
     pthread_mutex_unlock(&g_lock);
     atomic_store(&g_violations, 0);
     atomic_store(&g_max_parallel, 0);
+    atomic_store(&g_early_destroys, 0);
     for (int i = 0; i < API_COUNT; i++) atomic_store(&g_calls[i], 0);
     for (int i = 0; i < EMU_MAX_CORES; i++) atomic_store(&g_core_runs[i], 0);
     return RKNN_SUCC;
@@ -1365,3 +1381,5 @@ int rknn_emu_contexts_with_mask(int mask) {
     pthread_mutex_unlock(&g_lock);
     return count;
 }
+
+int rknn_emu_early_destroys(void) { return atomic_load(&g_early_destroys); }

@@ -259,6 +259,8 @@ int rknn_emu_live_mems(void);
 int rknn_emu_calls(const char* api);
 int rknn_emu_core_runs(int core);
 int rknn_emu_max_parallel(void);
+/* Contexts destroyed while dups of them were alive (tolerated, as on boards; README). */
+int rknn_emu_early_destroys(void);
 /* Live contexts whose bound core mask is `mask` (-1: contexts never bound). */
 int rknn_emu_contexts_with_mask(int mask);
 
