@@ -31,20 +31,14 @@ from typing import Optional
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from bench_engine import rss_kib  # noqa: E402
+
 from rknn_emu import EmuModel, EmuTensor, Npu, emulator_build  # noqa: E402
 
 MODEL = EmuModel(
     inputs=[EmuTensor("x", "float32", (1, 16))], outputs=[EmuTensor("y", "float32", (1, 16))]
 )
 Mode = Callable[[int], None]
-
-
-def rss_kib() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def modes(session) -> dict[str, Mode]:

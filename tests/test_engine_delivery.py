@@ -45,7 +45,7 @@ def test_a_burst_with_a_run_on_the_calling_thread_still_meets():
     the other two slots' threads must both be woken."""
     engine, _ = make_engine(3, meeting(3), max_queue_size=3)
     try:
-        for round_ in range(ROUNDS):
+        for _ in range(ROUNDS):
             futures = [engine.submit([k], (0,)) for k in range(2)]
             assert int(engine.run_inline([2], (0,))[0]) == 2
             assert [int(f.result(10)[0]) for f in futures] == [0, 1]
