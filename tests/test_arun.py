@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from ez_rknn_async import InferenceSession, SessionClosedError, make_provider_options
+from ez_rknn_async.engine.admission import SpaceWaiter
 from ez_rknn_async.engine.aio import submit_async
-from ez_rknn_async.engine.core import SpaceWaiter
 from ez_rknn_async.errors import SubmitTimeoutError
 
 from fakes import Gate, echo, hold_runners, make_engine, wait_for

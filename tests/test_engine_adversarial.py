@@ -396,7 +396,7 @@ def test_queue_never_exceeds_its_bound_and_timeouts_are_timely():
 
     def monitor():
         while not stop.is_set():
-            seen_max.append(len(engine._queue))
+            seen_max.append(len(engine._admission.queue))
             time.sleep(0.0001)  # sample without starving the producers of the GIL
 
     watcher = threading.Thread(target=monitor)

@@ -16,8 +16,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .backends import Backend, ModelSource, load_backend
+from .engine.admission import SpaceWaiter
 from .engine.aio import submit_async
-from .engine.core import Engine, EngineConfig, EngineStats, SpaceWaiter, State
+from .engine.core import Engine, EngineConfig, EngineStats, State
 from .engine.layout import plan_slots, task_routes
 from .engine.pipeline import Pipeline
 from .errors import SessionClosedError

@@ -16,7 +16,8 @@ from concurrent.futures import Future
 from typing import Callable, Optional
 
 from ..errors import SubmitTimeoutError
-from .core import Engine, SpaceWaiter
+from .admission import SpaceWaiter
+from .core import Engine
 
 __all__ = ["submit_async"]
 

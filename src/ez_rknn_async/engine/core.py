@@ -1,22 +1,16 @@
-"""The engine: bounded admission, one thread per worker slot, orderly shutdown.
+"""The engine: worker slots, one thread each, and the session lifecycle.
 
-All threads and all waits of a session live here; backends are plain synchronous runners.
+All threads and all waits of a session live in ``engine/``; backends are plain synchronous
+runners. Admission (the bounded queue, pacing, async waiters) is ``admission.py``; callback
+ordering ``ordering.py``; this module owns the workers and shutdown.
 
-* Admission: a task is queued only while fewer than ``max_queue_size`` tasks wait to start and
-  fewer than ``CALLBACK_BACKLOG`` callback results wait for delivery (and, with pacing, once the
-  pacing interval has passed). Otherwise the submitter waits, up to ``submit_timeout_ms`` from one
-  deadline, then gets ``SubmitTimeoutError``. Nothing is dropped silently.
 * Dispatch: each slot is IDLE (its thread parked on its own condition), WAKING (notified for a
   task), RUNNING (its thread runs a task) or BORROWED (a ``run()`` caller runs a task on the slot
   inline). A submit wakes exactly one idle slot that may take the task, so there is no herd.
-* Fast path: a synchronous ``run()`` that finds an idle slot runs the task on the calling thread
-  with that slot's runner: no thread hand-off (which costs 100+ microseconds on a small board).
-* Async admission: an asyncio submitter never holds a thread while it waits for space. It
-  registers a ``SpaceWaiter`` whose ``wake`` the engine calls (outside its lock) when admission
-  may succeed again; ``aio.submit_async`` retries then. A freed queue place is *claimed* for the
-  oldest async waiter (others see it as taken) until that waiter retries, and claims alternate
-  with blocking waiters, so neither kind starves the other: threads parked on a condition would
-  otherwise win every race against an event loop hop.
+* Fast path: a synchronous ``run()`` that finds an idle slot runs its task on the calling thread
+  with that slot's runner, through the same ``Task.run`` as the workers: no thread hand-off (which
+  costs 100+ microseconds on a small board). The slot is given back even if a KeyboardInterrupt
+  lands anywhere in the call.
 * Shutdown is a state machine: OPEN -> CLOSING (no new tasks; queued ones fail with
   ``SessionClosedError``; running ones finish) -> CLOSED (threads joined, runners closed).
 """
@@ -28,7 +22,6 @@ import enum
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -36,17 +29,13 @@ from typing import Any, Callable, Optional
 
 from ..backends.base import Runner, SlotSpec
 from ..errors import SessionClosedError, SubmitTimeoutError
-from .ordering import CallbackStage
+from .admission import CALLBACK_BACKLOG, Admission, SpaceWaiter
 from .tasks import Task
 
-__all__ = ["Engine", "EngineConfig", "EngineStats", "SpaceWaiter", "State", "CALLBACK_BACKLOG"]
+__all__ = ["Engine", "EngineConfig", "EngineStats", "State", "CALLBACK_BACKLOG"]
 
-#: Completed run_async results that may wait for their callback before submitters block (as in
-#: the original, whose limit is the same constant).
-CALLBACK_BACKLOG = 8
 #: How long close() waits for a running task before giving up on its thread (it is a daemon).
 _JOIN_TIMEOUT_S = 60.0
-_PACING_EMA = 0.05
 
 
 class State(enum.Enum):
@@ -88,27 +77,8 @@ class EngineStats:
     waiting_submitters: int
 
 
-class SpaceWaiter:
-    """One async submitter waiting for admission (see ``aio.submit_async``).
-
-    ``wake()`` is called from an engine thread, without the engine lock, when admission may
-    succeed: it must be quick and thread-safe (``loop.call_soon_threadsafe``), and idempotent. The
-    other fields belong to the engine (read and written under its lock), except ``pace_delay``,
-    which a failed attempt sets for its caller: seconds until the pacing interval elapses (the
-    engine has no timer for it, the caller's event loop has), or None.
-    """
-
-    __slots__ = ("wake", "registered", "claim", "pace_delay")
-
-    def __init__(self, wake: Callable[[], None]) -> None:
-        self.wake = wake
-        self.registered = False  # in the engine's FIFO of waiters
-        self.claim = False  # a queue place is held for it until it retries or leaves
-        self.pace_delay: Optional[float] = None
-
-
 class _Worker:
-    __slots__ = ("spec", "runner", "state", "wake", "thread")
+    __slots__ = ("spec", "runner", "state", "wake", "thread", "since")
 
     def __init__(self, spec: SlotSpec, runner: Runner, lock: threading.Lock) -> None:
         self.spec = spec
@@ -116,6 +86,7 @@ class _Worker:
         self.state = _Slot.IDLE
         self.wake = threading.Condition(lock)
         self.thread: Optional[threading.Thread] = None
+        self.since = 0.0  # monotonic() when the slot's current task started
 
 
 class Engine:
@@ -124,28 +95,13 @@ class Engine:
             raise ValueError("an engine needs at least one worker slot")
         self._config = config
         self._lock = threading.Lock()
-        self._space = threading.Condition(self._lock)
-        self._queue: deque[Task] = deque()
         self._workers = [_Worker(spec, runner, self._lock) for spec, runner in slots]
+        self._admission = Admission(self._lock, config, self._check_open, self._dispatch)
+        self._callbacks = self._admission.callbacks
         self._state = State.OPEN
         self._closer: Optional[threading.Thread] = None  # the thread that runs close()
         self._closed_event = threading.Event()
-        self._route_counter = 0
-        self._waiting = 0
-        # Async waiters: FIFO of registered ones, the set holding a claim, and how many claims
-        # (an int, so the admission check stays one addition).
-        self._async_waiters: deque[SpaceWaiter] = deque()
-        self._claimed: set[SpaceWaiter] = set()
-        self._claims = 0
-        self._async_last = False  # the last admission after a wait went to an async waiter
-        self._peak = 0
-        self._submitted = 0
         self._inline = 0
-        self._pace_ema = 0.0
-        self._pace_next = 0.0
-        self._callbacks = CallbackStage(
-            self._lock, self._delivered, config.sequential_callbacks, self._wake_waiters
-        )
         for worker in self._workers:
             core = "auto" if worker.spec.core is None else worker.spec.core
             worker.thread = threading.Thread(
@@ -167,43 +123,29 @@ class Engine:
     def slot_specs(self) -> list[SlotSpec]:
         return [worker.spec for worker in self._workers]
 
+    @property
+    def submit_timeout_ms(self) -> int:
+        return self._config.submit_timeout_ms
+
     def run_inline(
         self, inputs: Any, output_indices: Sequence[int], *, method: str = "run"
     ) -> list[Any]:
         """Run a task and return its results; on the calling thread when a slot is idle."""
-        worker: Optional[_Worker] = None
-        start: Optional[float] = None
-        # One try from the borrow on: an interrupt (KeyboardInterrupt) anywhere after it must
-        # give the slot back, or it stays BORROWED forever and close() waits for its thread.
+        task = Task(inputs, output_indices, method=method)
         try:
-            with self._lock:
-                self._check_open()
-                core = self._next_route()
-                idle = self._idle_worker(core)
-                if idle is not None:
-                    idle.state = _Slot.BORROWED
-                    worker = idle
-                    self._inline += 1
+            worker = self._borrow(task)
             if worker is None:
-                future: Future = Future()
-                task = Task(inputs, output_indices, future=future, method=method)
-                self._admit(task, core, "run")
-                try:
-                    return future.result()
-                except BaseException:
-                    future.cancel()  # interrupted (KeyboardInterrupt): it must not run later
-                    raise
-            start = time.monotonic()
-            return getattr(worker.runner, method)(inputs, output_indices)
+                return self._run_queued(task)
+            try:
+                task.run(worker.runner)
+            finally:
+                self._give_back(task)
+            return task.outcome()
         finally:
-            if worker is not None:
-                elapsed = None if start is None else time.monotonic() - start
-                with self._lock:
-                    worker.state = _Slot.IDLE
-                    if elapsed is not None:
-                        self._pace_sample(elapsed)
-                    if self._queue or self._state is not State.OPEN:
-                        self._wake(worker)
+            # A KeyboardInterrupt between the borrow and the give-back above (or inside it)
+            # must not leave the slot BORROWED forever: give it back here then.
+            if task.slot is not None:
+                self._give_back(task)
 
     def submit(
         self,
@@ -219,10 +161,8 @@ class Engine:
         registering it to be woken when space may be free (see ``aio.submit_async``)."""
         future: Future = Future()
         task = Task(inputs, output_indices, future=future, method=method)
-        with self._lock:
-            self._check_open()
-            core = self._next_route()
-        self._admit(task, core, "submit", blocking=blocking and waiter is None, waiter=waiter)
+        self._route(task)
+        self._admission.admit(task, "submit", blocking=blocking and waiter is None, waiter=waiter)
         return future
 
     def submit_callback(
@@ -243,51 +183,31 @@ class Engine:
             complete(task.seq, (callback, results, user_data, err))
 
         task = Task(inputs, output_indices, deliver=deliver, method=method)
-        with self._lock:
-            self._check_open()
-            core = self._next_route()
-        self._admit(task, core, "run_async", callback=True)
+        self._route(task)
+        self._admission.admit(task, "run_async", callback=True)
 
     def stats(self) -> EngineStats:
         with self._lock:
+            admission = self._admission
             return EngineStats(
                 state=self._state.value,
-                queued=len(self._queue),
-                peak_queued=self._peak,
+                queued=len(admission.queue),
+                peak_queued=admission.peak,
                 running=sum(w.state in (_Slot.RUNNING, _Slot.BORROWED) for w in self._workers),
                 callback_backlog=self._callbacks.backlog,
-                submitted=self._submitted,
+                submitted=admission.submitted,
                 inline_runs=self._inline,
-                waiting_submitters=self._waiting + len(self._async_waiters) + self._claims,
+                waiting_submitters=admission.waiters,
             )
 
     def timeout_error(self, api: str) -> SubmitTimeoutError:
-        """The error of a submit that found no space before its deadline (one message for the
-        blocking and the async paths)."""
-        return SubmitTimeoutError(
-            f"{api} submit timed out after {self._config.submit_timeout_ms} ms: "
-            "async queue/callback pipeline is saturated "
-            f"(max_queue_size={self._config.max_queue_size})"
-        )
-
-    @property
-    def submit_timeout_ms(self) -> int:
-        return self._config.submit_timeout_ms
+        """The error of an async submit that found no space before its deadline."""
+        with self._lock:
+            return self._admission.timeout_error(api)
 
     def forget(self, waiter: SpaceWaiter) -> None:
-        """Drop ``waiter`` (admitted, timed out, cancelled, closed): unregister it and pass its
-        claim on, so a waiter that leaves never holds a queue place or a FIFO entry."""
-        with self._lock:
-            if waiter.registered:
-                waiter.registered = False
-                self._async_waiters.remove(waiter)
-            if not waiter.claim:
-                return
-            self._release_claim(waiter)
-            if self._waiting:
-                self._space.notify_all()
-            woken = self._grant()
-        self._wake_waiters(woken)
+        """Drop an async space waiter that leaves (see ``Admission.forget``)."""
+        self._admission.forget(waiter)
 
     def close(self) -> bool:
         """Stop accepting tasks, fail the queued ones, let running ones finish, join threads,
@@ -298,20 +218,21 @@ class Engine:
         running tasks use); from an engine thread or the closing thread itself, at once.
         """
         current = threading.current_thread()
+        admission = self._admission
         with self._lock:
             closing = self._state is State.OPEN
             if closing:
                 self._state = State.CLOSING
                 self._closer = current
-                flushed = list(self._queue)
-                self._queue.clear()
+                flushed = list(admission.queue)
+                admission.queue.clear()
                 for worker in self._workers:
                     worker.wake.notify()
-                self._space.notify_all()
+                admission.space.notify_all()
                 # Every async waiter retries and gets SessionClosedError; they forget() later.
-                woken = list(self._async_waiters) + list(self._claimed)
+                woken = list(admission.async_waiters) + list(admission.claimed)
         if closing:
-            self._wake_waiters(woken)
+            admission.wake_waiters(woken)
         if not closing:
             if current is not self._closer and not self._on_engine_thread(current):
                 self._closed_event.wait()
@@ -337,190 +258,67 @@ class Engine:
 
     # -- internals (called with the lock held unless said otherwise) ------------------------
 
-    def _on_engine_thread(self, thread: threading.Thread) -> bool:
-        """Whether ``thread`` is one that ``close()`` joins (a worker or the callback thread)."""
-        return thread is self._callbacks.thread or any(w.thread is thread for w in self._workers)
-
-    def _delivered(self) -> list[SpaceWaiter]:
-        """A callback was delivered (lock held): the callback backlog shrank. Returns the async
-        waiters to wake once the lock is released."""
-        if self._waiting:
-            self._space.notify_all()
-        return self._grant() if self._async_waiters else []
-
-    def _grant(self) -> list[SpaceWaiter]:
-        """Claim free queue places for the oldest async waiters (lock held); returns them, to be
-        woken without the lock. While blocking submitters wait too, one claim at a time and only
-        when the last admitted waiter was a blocking one: the two kinds take turns."""
-        granted: list[SpaceWaiter] = []
-        waiters = self._async_waiters
-        limit = self._config.max_queue_size
-        while waiters and len(self._queue) + self._claims < limit:
-            if self._waiting and (self._async_last or granted):
-                break
-            waiter = waiters.popleft()
-            waiter.claim = True
-            waiter.registered = False
-            self._claimed.add(waiter)
-            self._claims += 1
-            granted.append(waiter)
-        return granted
-
-    def _release_claim(self, waiter: SpaceWaiter) -> None:
-        waiter.claim = False
-        self._claimed.discard(waiter)
-        self._claims -= 1
-
-    def _wake_waiters(self, waiters: Sequence[SpaceWaiter]) -> None:
-        """Call each waiter's ``wake`` (lock NOT held). One that cannot be woken (its event loop
-        is closed) is forgotten, so its claim passes on instead of holding a place forever."""
-        for waiter in waiters:
-            try:
-                waiter.wake()
-            except BaseException:  # noqa: BLE001 - never kill the engine thread that wakes
-                self.forget(waiter)
-
     def _check_open(self) -> None:
         if self._state is not State.OPEN:
             raise SessionClosedError("the session is closed")
 
-    def _next_route(self) -> Optional[int]:
-        routes = self._config.routes
-        if routes is None:
-            return None
-        core = routes[self._route_counter % len(routes)]
-        self._route_counter += 1
-        return core
+    def _route(self, task: Task) -> None:
+        """Bind ``task`` to the next core of a weighted schedule (lock NOT held)."""
+        with self._lock:
+            self._check_open()
+            task.core = self._admission.next_route()
 
-    def _idle_worker(self, core: Optional[int]) -> Optional[_Worker]:
+    def _borrow(self, task: Task) -> Optional[_Worker]:
+        """Lend an idle slot that may run ``task`` to the calling thread (lock NOT held), or
+        None (the task is then routed for the queue)."""
+        with self._lock:
+            self._check_open()
+            task.core = core = self._admission.next_route()
+            for worker in self._workers:
+                if worker.state is _Slot.IDLE and (core is None or worker.spec.core == core):
+                    # One line: the slot is lent and the task knows it, or neither.
+                    worker.state, task.slot, worker.since = _Slot.BORROWED, worker, time.monotonic()
+                    self._inline += 1
+                    return worker
+        return None
+
+    def _give_back(self, task: Task) -> None:
+        """Return the slot ``task`` borrowed (lock NOT held). Idempotent, so a second attempt
+        after an interrupted one is harmless."""
+        with self._lock:
+            worker = task.slot
+            if worker is None:
+                return
+            worker.state, task.slot = _Slot.IDLE, None
+            self._admission.pace_sample(time.monotonic() - worker.since)
+            if self._admission.queue or self._state is not State.OPEN:
+                self._wake(worker)
+
+    def _run_queued(self, task: Task) -> list[Any]:
+        """No idle slot: queue the task for a worker and wait for it (lock NOT held)."""
+        future: Future = Future()
+        task.future = future
+        self._admission.admit(task, "run")
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # interrupted (KeyboardInterrupt): it must not run later
+            raise
+
+    def _dispatch(self, core: Optional[int]) -> None:
+        """A task for ``core`` was queued: wake one idle worker that may take it."""
         for worker in self._workers:
             if worker.state is _Slot.IDLE and (core is None or worker.spec.core == core):
-                return worker
-        return None
+                self._wake(worker)
+                return
 
     def _wake(self, worker: _Worker) -> None:
         worker.state = _Slot.WAKING
         worker.wake.notify()
 
-    def _has_space(self, callback: bool, now: float, claim: bool = False) -> bool:
-        # Places claimed for async waiters count as taken, except for the claimant itself.
-        if len(self._queue) + self._claims - claim >= self._config.max_queue_size:
-            return False
-        # A callback submitting from the callback thread must not wait for itself to deliver.
-        if (
-            callback
-            and self._callbacks.backlog >= CALLBACK_BACKLOG
-            and not self._callbacks.on_thread()
-        ):
-            return False
-        return not (self._config.enable_pacing and now < self._pace_next)
-
-    def _admit(
-        self,
-        task: Task,
-        core: Optional[int],
-        api: str,
-        *,
-        blocking: bool = True,
-        callback: bool = False,
-        waiter: Optional[SpaceWaiter] = None,
-    ) -> None:
-        """Queue ``task`` (not holding the lock on entry), waiting for space up to the deadline;
-        with a ``waiter``, register it and raise instead of waiting."""
-        task.core = core
-        deadline = None
-        woken: list[SpaceWaiter] = []
-        timed_out = False
-        with self._lock:
-            while True:
-                self._check_open()
-                now = time.monotonic()
-                claim = waiter is not None and waiter.claim
-                if self._has_space(callback, now, claim):
-                    break
-                if waiter is not None:
-                    self._park(waiter, claim, now)
-                    raise self.timeout_error(api)
-                first = deadline is None
-                if deadline is None:
-                    deadline = now + self._config.submit_timeout_ms / 1000.0
-                remaining = deadline - now
-                if not blocking or remaining <= 0:
-                    if not first and self._async_waiters:
-                        woken = self._grant()  # a blocking waiter leaves: its turn passes on
-                    timed_out = True
-                    break
-                if self._config.enable_pacing and now < self._pace_next:
-                    remaining = min(remaining, self._pace_next - now)
-                self._waiting += 1
-                try:
-                    self._space.wait(remaining)
-                finally:
-                    self._waiting -= 1
-            if not timed_out:
-                # Admission. Only submitters that waited (rare) do the fairness bookkeeping.
-                if waiter is not None:
-                    if claim:
-                        self._release_claim(waiter)
-                        self._async_last = True
-                    elif waiter.registered:
-                        waiter.registered = False
-                        self._async_waiters.remove(waiter)
-                elif deadline is not None:
-                    self._async_last = False
-                if callback:
-                    task.seq = self._callbacks.take_seq()
-                if self._config.enable_pacing and self._pace_ema > 0:
-                    self._pace_next = now + self._pace_ema / self._config.pacing_cores
-                self._queue.append(task)
-                self._submitted += 1
-                if len(self._queue) > self._peak:
-                    self._peak = len(self._queue)
-                worker = self._idle_worker(core)
-                if worker is not None:
-                    self._wake(worker)
-                if deadline is None or not self._async_waiters:
-                    return
-                woken = self._grant()  # a blocking waiter got in: the next place may be theirs
-        self._wake_waiters(woken)
-        if timed_out:
-            raise self.timeout_error(api)
-
-    def _park(self, waiter: SpaceWaiter, claim: bool, now: float) -> None:
-        """A waiter's attempt failed: keep its claim or queue it (FIFO), and tell it how long
-        pacing alone keeps it out, for its own timer."""
-        waiter.pace_delay = None
-        if (
-            self._config.enable_pacing
-            and now < self._pace_next
-            and len(self._queue) + self._claims - claim < self._config.max_queue_size
-        ):
-            waiter.pace_delay = self._pace_next - now  # else a freed place wakes it, no polling
-        if not claim and not waiter.registered:
-            waiter.registered = True
-            self._async_waiters.append(waiter)
-
-    def _take(self, worker: _Worker) -> Optional[Task]:
-        """The oldest queued task this worker may run."""
-        queue = self._queue
-        if not queue:
-            return None
-        core = worker.spec.core
-        head = queue[0]
-        if head.core is None or head.core == core:
-            return queue.popleft()
-        for index, task in enumerate(queue):
-            if task.core is None or task.core == core:
-                del queue[index]
-                return task
-        return None
-
-    def _pace_sample(self, elapsed: float) -> None:
-        if self._config.enable_pacing:
-            ema = self._pace_ema
-            self._pace_ema = (
-                elapsed if ema == 0 else (1 - _PACING_EMA) * ema + _PACING_EMA * elapsed
-            )
+    def _on_engine_thread(self, thread: threading.Thread) -> bool:
+        """Whether ``thread`` is one that ``close()`` joins (a worker or the callback thread)."""
+        return thread is self._callbacks.thread or any(w.thread is thread for w in self._workers)
 
 
 def _worker_loop(engine: Engine, worker: _Worker) -> None:
@@ -530,12 +328,14 @@ def _worker_loop(engine: Engine, worker: _Worker) -> None:
     caller, so ``close()`` never releases a runner still in use.
     """
     lock = engine._lock
+    admission = engine._admission
     runner = worker.runner
+    core = worker.spec.core
     with lock:
         while True:
             task = None
             if worker.state is not _Slot.BORROWED:
-                task = engine._take(worker)
+                task = admission.take(core)
             if task is None:
                 if worker.state is not _Slot.BORROWED:
                     if engine._state is not State.OPEN:
@@ -544,12 +344,10 @@ def _worker_loop(engine: Engine, worker: _Worker) -> None:
                 worker.wake.wait()
                 continue
             worker.state = _Slot.RUNNING
-            if engine._waiting:
-                engine._space.notify_all()
-            woken = engine._grant() if engine._async_waiters else None
+            woken = admission.grant() if admission.async_waiters else None
             lock.release()
             if woken:
-                engine._wake_waiters(woken)
+                admission.wake_waiters(woken)
                 del woken
             start = time.monotonic()
             try:
@@ -558,7 +356,7 @@ def _worker_loop(engine: Engine, worker: _Worker) -> None:
                 elapsed = time.monotonic() - start
                 del task
                 lock.acquire()
-                engine._pace_sample(elapsed)
+                admission.pace_sample(elapsed)
 
 
 def _message(exc: BaseException) -> str:

@@ -19,14 +19,27 @@ class Task:
 
     ``inputs`` is what the runner method takes: a list of arrays, or an I/O binding's buffers.
 
-    Its outcome goes to exactly one place: a ``Future`` (``run``/``submit``/pipeline) or a
-    ``deliver(task, results, exc)`` hook (``run_async``: the ordering stage). ``method`` names the
+    Its outcome goes to exactly one place: a ``Future`` (``run``/``submit``/pipeline), a
+    ``deliver(task, results, exc)`` hook (``run_async``: the ordering stage), or, with neither,
+    the task itself, for ``outcome()`` (a ``run()`` on the caller's thread). ``method`` names the
     runner method that takes ``(inputs, output_indices)``: ``run``, or another entry point such as
     an I/O-binding run, which then gets the same queueing and exclusivity. ``seq`` is the
-    callback sequence number, ``core`` the core the task is bound to (None: any worker).
+    callback sequence number, ``core`` the core the task is bound to (None: any worker), ``slot``
+    the engine's worker slot the task has borrowed to run on the caller's thread (or None).
     """
 
-    __slots__ = ("inputs", "output_indices", "method", "future", "deliver", "core", "seq")
+    __slots__ = (
+        "inputs",
+        "output_indices",
+        "method",
+        "future",
+        "deliver",
+        "core",
+        "seq",
+        "slot",
+        "results",
+        "error",
+    )
 
     def __init__(
         self,
@@ -44,6 +57,9 @@ class Task:
         self.deliver = deliver
         self.core: Optional[int] = None
         self.seq = -1
+        self.slot: Any = None
+        self.results: Optional[list[np.ndarray]] = None
+        self.error: Optional[BaseException] = None
 
     def run(self, runner: Runner) -> None:
         """Claim the task (skip it if cancelled), run it, publish the outcome. Never raises."""
@@ -58,17 +74,31 @@ class Task:
 
     def finish(self, results: Optional[list[np.ndarray]], exc: Optional[BaseException]) -> None:
         self.inputs = ()  # drop the input arrays as soon as they are no longer needed
+        if self.future is None and self.deliver is None:
+            self.results, self.error = results, exc  # no user code: nothing to guard
+            return
         try:
             if self.future is not None:
                 if exc is None:
                     self.future.set_result(results)
                 else:
                     self.future.set_exception(exc)
-            elif self.deliver is not None:
-                self.deliver(self, results, exc)
+            else:
+                self.deliver(self, results, exc)  # type: ignore[misc]  # not None here
         except BaseException as error:  # noqa: BLE001 - user code (a future's done-callback)
             # must not kill the worker thread; the outcome itself is already published
             report_unraisable(error, f"Exception ignored while publishing the outcome of {self!r}")
+
+    def outcome(self) -> list[np.ndarray]:
+        """The results of a task that kept its outcome (no future, no hook), or its error."""
+        error = self.error
+        if error is None:
+            return self.results  # type: ignore[return-value]  # set by finish()
+        self.error = None  # no task -> traceback -> frame -> task cycle
+        try:
+            raise error
+        finally:
+            del error
 
     def fail(self, exc: BaseException) -> None:
         """Fail a task that never ran (queue flushed by ``close()``)."""
