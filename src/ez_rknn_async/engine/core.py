@@ -6,7 +6,12 @@ ordering ``ordering.py``; this module owns the workers and shutdown.
 
 * Dispatch: each slot is IDLE (its thread parked on its own condition), WAKING (notified for a
   task), RUNNING (its thread runs a task) or BORROWED (a ``run()`` caller runs a task on the slot
-  inline). A submit wakes exactly one idle slot that may take the task, so there is no herd.
+  inline). A submit wakes one idle slot that may take the task, so there is no herd; and while a
+  woken slot has not yet taken its task, further tasks any slot may run wake nobody: that slot,
+  once it takes one, wakes the next idle slot if tasks are still queued. A burst thus wakes the
+  workers it needs one after another, and with tasks shorter than a thread switch (the GIL
+  serialises their Python part anyway) it wakes few: each wake-up costs a switch to a thread
+  that may find nothing left to do.
 * Fast path: a synchronous ``run()`` that finds an idle slot runs its task on the calling thread
   with that slot's runner, through the same ``Task.run`` as the workers: no thread hand-off (which
   costs 100+ microseconds on a small board). The slot is given back even if a KeyboardInterrupt
@@ -102,6 +107,7 @@ class Engine:
         self._closer: Optional[threading.Thread] = None  # the thread that runs close()
         self._closed_event = threading.Event()
         self._inline = 0
+        self._waking = 0  # slots notified that have not taken a task yet
         for worker in self._workers:
             core = "auto" if worker.spec.core is None else worker.spec.core
             worker.thread = threading.Thread(
@@ -306,14 +312,20 @@ class Engine:
             raise
 
     def _dispatch(self, core: Optional[int]) -> None:
-        """A task for ``core`` was queued: wake one idle worker that may take it."""
+        """A task for ``core`` was queued: wake one idle worker that may take it, unless the task
+        may run anywhere and a woken worker is on its way (it wakes the next, see the module
+        docstring)."""
+        if core is None and self._waking:
+            return
         for worker in self._workers:
             if worker.state is _Slot.IDLE and (core is None or worker.spec.core == core):
                 self._wake(worker)
                 return
 
     def _wake(self, worker: _Worker) -> None:
-        worker.state = _Slot.WAKING
+        if worker.state is not _Slot.WAKING:
+            self._waking += 1
+            worker.state = _Slot.WAKING
         worker.wake.notify()
 
     def _on_engine_thread(self, thread: threading.Thread) -> bool:
@@ -329,11 +341,16 @@ def _worker_loop(engine: Engine, worker: _Worker) -> None:
     """
     lock = engine._lock
     admission = engine._admission
+    queue = admission.queue
     runner = worker.runner
     core = worker.spec.core
+    timed = engine._config.enable_pacing  # the run time only feeds pacing
     with lock:
         while True:
             task = None
+            if worker.state is _Slot.WAKING:
+                engine._waking -= 1
+                worker.state = _Slot.IDLE
             if worker.state is not _Slot.BORROWED:
                 task = admission.take(core)
             if task is None:
@@ -344,19 +361,21 @@ def _worker_loop(engine: Engine, worker: _Worker) -> None:
                 worker.wake.wait()
                 continue
             worker.state = _Slot.RUNNING
+            if queue:
+                engine._dispatch(queue[0].core)  # the next woken worker takes the rest
             woken = admission.grant() if admission.async_waiters else None
             lock.release()
             if woken:
                 admission.wake_waiters(woken)
                 del woken
-            start = time.monotonic()
+            start = time.monotonic() if timed else 0.0
             try:
                 task.run(runner)
             finally:
-                elapsed = time.monotonic() - start
                 del task
                 lock.acquire()
-                admission.pace_sample(elapsed)
+                if timed:
+                    admission.pace_sample(time.monotonic() - start)
 
 
 def _message(exc: BaseException) -> str:

@@ -44,6 +44,7 @@ class CallbackStage:
         self._next_seq = 0  # next sequence number to hand out
         self._expected = 0  # next sequence number to deliver
         self._closing = False
+        self._sleeping = False  # the thread waits for work: only then is a notify needed
         self.backlog = 0
         self.thread = threading.Thread(target=self._loop, name="EzRknn_Callback", daemon=True)
         self.thread.start()
@@ -68,7 +69,8 @@ class CallbackStage:
                 while self._expected in self._held:
                     self._ready.append(self._held.pop(self._expected))
                     self._expected += 1
-            self._wakeup.notify()
+            if self._sleeping:
+                self._wakeup.notify()
 
     def close(self) -> None:
         """Let the thread finish: it delivers everything already complete, then exits."""
@@ -80,22 +82,38 @@ class CallbackStage:
         return threading.current_thread() is self.thread
 
     def _loop(self) -> None:
+        """Deliver one outcome at a time, without the lock. One lock round trip per delivery:
+        the same hold accounts for the last callback and takes the next outcome."""
         lock = self._lock
-        while True:
-            with lock:
+        delivered = False
+        with lock:
+            while True:
+                if delivered:
+                    self.backlog -= 1
+                    woken = self._on_delivered()
+                    if woken:
+                        lock.release()
+                        try:
+                            self._wake(woken)
+                        finally:
+                            del woken
+                            lock.acquire()
                 while not self._ready:
                     if self._closing and not self._held and self.backlog == 0:
                         return
-                    self._wakeup.wait()
-                callback, results, user_data, err = self._ready.popleft()
-            _call_user(callback, results, user_data, err)
-            del callback, results, user_data, err  # not kept alive until the next delivery
-            with lock:
-                self.backlog -= 1
-                woken = self._on_delivered()
-            if woken:
-                self._wake(woken)
-                del woken
+                    self._sleeping = True
+                    try:
+                        self._wakeup.wait()
+                    finally:
+                        self._sleeping = False
+                delivery = self._ready.popleft()
+                lock.release()
+                try:
+                    _call_user(*delivery)
+                finally:
+                    del delivery  # not kept alive until the next delivery
+                    lock.acquire()
+                delivered = True
 
 
 def _call_user(callback: Callable[..., Any], results: Any, user_data: Any, err: str) -> None:
