@@ -21,6 +21,9 @@ Dynamic-shape models (``dynamic.py``): an input whose INPUT_DYNAMIC_RANGE lists 
 shape makes the model dynamic. Its varying dims show as None, ``check_feed`` refuses other shapes
 before queuing, and each runner calls ``rknn_set_input_shapes`` when its feed's shape differs from
 the last one it set, then sizes the outputs from CURRENT_OUTPUT_ATTR. Zero copy is refused there.
+
+A run's native calls (inputs_set -> run -> outputs_get -> outputs_release, or set_io_mem... ->
+run) go as one ``NativeSequence`` (``sequence.py``), which a Ctrl-C cannot cut in half.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ from .custom_ops import CustomOp, load_custom_ops
 from .dynamic import Dims, DynamicShapes, ranged_dims
 from .library import Library, RKNNError, check, load_library
 from .memory import NativeLayout, RknnBuffer, dma_heap_alloc, map_bytes
+from .sequence import NativeSequence
 from .soc import Soc, detect_soc
 
 __all__ = ["RknnBackend", "RknnRunner", "load"]
@@ -610,9 +614,10 @@ class RknnRunner(Runner):
         for item in self._outputs:
             item.want_float = 1  # dequantised float32, as the original
             item.is_prealloc = 1  # straight into the numpy array we return
+        #: The copying run's native calls by number of outputs asked (see sequence.py).
+        self._sequences: dict[int, NativeSequence] = {}
 
     def run(self, inputs: Sequence[np.ndarray], output_indices: Sequence[int]) -> list[np.ndarray]:
-        lib, handle = self._lib, self._context.handle
         if self._dynamic is not None:
             self._set_shapes(inputs)
         feeds = []
@@ -630,20 +635,28 @@ class RknnRunner(Runner):
             item.index = index
             item.buf = result.ctypes.data
             item.size = result.nbytes
+        sequence = self._sequences.get(len(wanted)) or self._copying_sequence(len(wanted))
         with self._context.lock:
-            check("rknn_inputs_set", lib.rknn_inputs_set(handle, len(feeds), self._inputs))
-            check("rknn_run", lib.rknn_run(handle, None))
-            check(
-                "rknn_outputs_get", lib.rknn_outputs_get(handle, len(wanted), self._outputs, None)
-            )
-            code = lib.rknn_outputs_release(handle, len(wanted), self._outputs)
-        check("rknn_outputs_release", code)
+            sequence.run()
         first = set()
         ordered = []
         for index in output_indices:
             ordered.append(results[index] if index not in first else results[index].copy())
             first.add(index)
         return ordered
+
+    def _copying_sequence(self, n_outputs: int) -> NativeSequence:
+        """inputs_set -> run -> outputs_get -> outputs_release, which a Ctrl-C cannot cut."""
+        lib, handle, outputs = self._lib, self._context.handle, self._outputs
+        sequence = self._sequences[n_outputs] = NativeSequence(
+            [
+                ("rknn_inputs_set", lib.rknn_inputs_set, (handle, len(self._inputs), self._inputs)),
+                ("rknn_run", lib.rknn_run, (handle, None)),
+                ("rknn_outputs_get", lib.rknn_outputs_get, (handle, n_outputs, outputs, None)),
+                ("rknn_outputs_release", lib.rknn_outputs_release, (handle, n_outputs, outputs)),
+            ]
+        )
+        return sequence
 
     def _set_shapes(self, inputs: Sequence[np.ndarray]) -> None:
         """Tell the context the feed's shapes when they differ from the last ones set (the
@@ -664,18 +677,26 @@ class RknnRunner(Runner):
             self._binding = self._backend.binding_context(self._context, self._mask)
             self._io_attrs = self._backend.io_attrs()
         context, lib = self._binding, self._lib
+        steps: list[tuple[str, Any, tuple[Any, ...]]] = []
+        for buffer, attr in zip((*inputs, *outputs), self._io_attrs):
+            assert isinstance(buffer, RknnBuffer), "check_binding admits RknnBuffers only"
+            if buffer.family is not context.family:
+                raise RuntimeError(
+                    "this worker's context comes from its own rknn_init, and the buffer "
+                    "lives in the first context's memory; run zero copy on one worker "
+                    "(schedule=[0]) with this runtime"
+                )
+            steps.append(
+                (
+                    "rknn_set_io_mem",
+                    lib.rknn_set_io_mem,
+                    (context.handle, buffer.mem, ctypes.byref(attr)),
+                )
+            )
+        steps.append(("rknn_run", lib.rknn_run, (context.handle, None)))
+        sequence = NativeSequence(steps)  # a Ctrl-C cannot cut it (sequence.py)
         with context.lock:
-            for buffer, attr in zip((*inputs, *outputs), self._io_attrs):
-                assert isinstance(buffer, RknnBuffer), "check_binding admits RknnBuffers only"
-                if buffer.family is not context.family:
-                    raise RuntimeError(
-                        "this worker's context comes from its own rknn_init, and the buffer "
-                        "lives in the first context's memory; run zero copy on one worker "
-                        "(schedule=[0]) with this runtime"
-                    )
-                code = lib.rknn_set_io_mem(context.handle, buffer.mem, ctypes.byref(attr))
-                check("rknn_set_io_mem", code)
-            check("rknn_run", lib.rknn_run(context.handle, None))
+            sequence.run()
 
     def close(self) -> None:
         if self._binding is not None and self._binding is not self._context:
