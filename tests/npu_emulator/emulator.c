@@ -1118,16 +1118,24 @@ int rknn_mem_sync(rknn_context context, rknn_tensor_mem* pub, int mode) {
     return rc;
 }
 
-/* Blocks a run (inside rknn_run, its cores held) until rknn_emu_release_runs. */
+/* Blocks a run (inside rknn_run, its cores held) until rknn_emu_release_runs; a test that never
+ * releases it gets a violation after EMU_HOLD_LIMIT_S instead of a hang. */
+#define EMU_HOLD_LIMIT_S 30
 static void hold_run(void) {
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += EMU_HOLD_LIMIT_S;
     pthread_mutex_lock(&g_lock);
     unsigned generation = g_block_generation;
+    int rc = 0;
     g_blocked++;
     pthread_cond_broadcast(&g_block_cond);
-    while (generation == g_block_generation) pthread_cond_wait(&g_block_cond, &g_lock);
+    while (generation == g_block_generation && rc == 0)
+        rc = pthread_cond_timedwait(&g_block_cond, &g_lock, &deadline);
     g_blocked--;
     pthread_cond_broadcast(&g_block_cond);
     pthread_mutex_unlock(&g_lock);
+    if (rc) violation("rknn_run: blocked for %d s and never released (rknn_emu_release_runs)", EMU_HOLD_LIMIT_S);
 }
 
 int rknn_run(rknn_context context, rknn_run_extend* extend) {

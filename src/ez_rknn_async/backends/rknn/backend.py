@@ -8,8 +8,9 @@ cores with ``rknn_set_core_mask`` where the SoC has more than one. Contexts form
 only once it is closed and nothing hangs under it, which gives the runtime's destroy order for
 free. What the queried attrs mean to users (specs, formats, type strings) is ``attrs.py``.
 
-Zero copy (``memory.py``): every tensor mem is made on one *memory context*, a dup of the first
-context, so allocations and syncs never wait for a run; each mem holds its context open. A
+The first context stays idle when there are dups: every runner gets a dup of it. Zero copy
+(``memory.py``): every tensor mem is made on the first context, so allocations and syncs never
+wait for a run; each mem holds its context open. A
 runner binds buffers on its own *binding context*, another dup on the runner's cores: a mem may be
 set on any context of the ``rknn_init`` that made it, and keeping copying runs
 (``rknn_inputs_set``) and binding runs on separate contexts means the runtime never writes a
@@ -121,7 +122,6 @@ class RknnBackend(Backend):
         self._origin_taken = False
         self._closed = False
         self.buffers = BufferTracker()
-        self._memory_context: Optional[Context] = None
         self.dynamic: Optional[DynamicShapes] = None
         wants_ops = bool(options.custom_op_paths) or options.custom_op_default_path
         if share_with is not None and wants_ops:
@@ -332,19 +332,14 @@ class RknnBackend(Backend):
         return self._zero_copy[request.io_kind][request.index].layout
 
     def _memory(self) -> Context:
-        """The context every tensor mem is made on: a dup of the first context (so mems never
-        wait for runs), made on first use."""
+        """The context every tensor mem is made on: the first context, which no runner uses
+        when dups are (so mems never wait for runs)."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("the RKNN backend is closed")
-            if self._memory_context is None:
-                if self._zero_copy_only:
-                    self._memory_context = self._origin
-                elif self._fresh_contexts:
-                    raise RuntimeError(_NO_DUP)
-                else:
-                    self._memory_context = self._dup_context()
-            return self._memory_context
+            if self._fresh_contexts and not self._zero_copy_only:
+                raise RuntimeError(_NO_DUP)
+            return self._origin
 
     def allocate(self, request: BufferRequest) -> DeviceBuffer:
         """A dma-heap buffer where there is a heap and the memory is cacheable, else
@@ -509,12 +504,16 @@ class RknnBackend(Backend):
         self.soc.check_cores(cores)
 
     def open_runner(self, slot: SlotSpec) -> RknnRunner:
-        """The first runner uses the context from rknn_init; later ones get their own."""
+        """Each runner gets a dup of the first context, which stays idle: tensor mems are made
+        on it, and dups for binding are taken from it, without waiting behind an inference.
+        Without dups (fresh contexts, RV1106) the first runner uses the first context."""
         mask = None if slot.core_mask is None else self.soc.core_mask(slot.core_mask)
         with self._lock:
             if self._closed:
                 raise RuntimeError("the RKNN backend is closed")
-            reuse_origin = not self._origin_taken
+            reuse_origin = not self._origin_taken and (
+                self._fresh_contexts or self._zero_copy_only
+            )
             self._origin_taken = True
         if reuse_origin:
             context = self._origin
@@ -536,18 +535,15 @@ class RknnBackend(Backend):
 
     def close(self) -> None:
         """Frees the buffers users still hold, then destroys the first context once every
-        runner's, every sharer's and the memory context are gone."""
+        runner's, every sharer's context and every tensor mem are gone."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            memory = self._memory_context
         try:
             self.buffers.release_all()
         finally:
-            if memory is not None and memory is not self._origin:
-                memory.close()  # destroyed once the last mem (one still pinned) is gone
-            self._origin.close()
+            self._origin.close()  # destroyed once the last mem (one still pinned) is gone
 
 
 def current_output_dims(
