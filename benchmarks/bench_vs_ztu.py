@@ -31,31 +31,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from ez_rknn_async.cli.bench import (  # noqa: E402
-    AsyncDriver,
-    Budget,
-    PipelineDriver,
-    RunDriver,
-    Timeline,
-    measure,
-)
-from ez_rknn_async.cli.rivals import ZTU_LIBRARY_VAR, ZTU_MODULE, ZtuPipelineDriver  # noqa: E402
+from ez_rknn_async.cli.bench import Budget, Timeline, _make_driver, measure  # noqa: E402
+from ez_rknn_async.cli.rivals import ZTU_LIBRARY_VAR, ZTU_MODULE  # noqa: E402
 
 from rknn_emu import EmuModel, EmuTensor, Npu, emulator_build  # noqa: E402
 
 MODEL = EmuModel([EmuTensor("x", "float32", (1, 16))], [EmuTensor("y", "float32", (1, 16))])
 MODES = ("run", "async", "pipeline")
 STALL_SECONDS = 1.0
-
-
-def driver(library: str, mode: str, session, feed, depth: int):
-    if mode == "run":
-        return RunDriver(session, feed)
-    if mode == "async":
-        return AsyncDriver(session, feed, depth)
-    if library == "ztu":
-        return ZtuPipelineDriver(session, feed, depth)
-    return PipelineDriver(session, feed, depth)
 
 
 def rate(timeline: Timeline) -> tuple[float, int]:
@@ -80,8 +63,9 @@ def compare(npu: Npu, ztu, path: str, compute_us: int, args) -> list[dict]:
     rows = []
     try:
         for mode in args.modes:
+            kinds = {"ours": mode, "ztu": "ztu-pipeline" if mode == "pipeline" else mode}
             drivers = {
-                name: driver(name, mode, s, feed, args.depth) for name, s in sessions.items()
+                name: _make_driver(kinds[name], s, feed, args.depth) for name, s in sessions.items()
             }
             for each in drivers.values():
                 measure(each, Budget(seconds=min(0.3, args.seconds)))  # warm-up
