@@ -46,15 +46,24 @@ def check(results, frame) -> None:
 
 
 def assert_every_slot_works(npu, sess) -> None:
-    """Many tasks at once over the three workers, then one sync run per slot: all correct."""
+    """Three runs stopped inside rknn_run at once (so one on each worker, whatever the engine's
+    choice), released and correct; then many tasks and sync runs, all correct."""
     before = [npu.core_runs(core) for core in range(3)]
     inputs = frames(30)
-    futures = [sess.submit(None, [frame]) for frame in inputs]
+    npu.block_runs(3)
+    futures = [sess.submit(None, [frame]) for frame in inputs[:3]]
+    try:
+        assert npu.wait_blocked(3, timeout=10) == 3
+    finally:
+        npu.release_runs()
     for future, frame in zip(futures, inputs):
+        check(future.result(timeout=20), frame)
+    assert all(npu.core_runs(core) > before[core] for core in range(3))
+    futures = [sess.submit(None, [frame]) for frame in inputs[3:]]
+    for future, frame in zip(futures, inputs[3:]):
         check(future.result(timeout=20), frame)
     for frame in inputs[:3]:
         check(sess.run(None, [frame]), frame)
-    assert all(npu.core_runs(core) > before[core] for core in range(3))
 
 
 @pytest.mark.parametrize(
