@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import gc
+import importlib.machinery
 import importlib.util
 import json
+import sys
+import types
 
 import pytest
 
 from ez_rknn_async.cli.errors import ExitCode
 from ez_rknn_async.cli.main import main
 
-from rknn_emu import EmuModel, EmuTensor
+from rknn_emu import EmuModel, EmuTensor, reference
 
 pytest_plugins = ("rknn_fixtures",)
 
@@ -86,6 +89,53 @@ def test_bench_compares_with_the_original_library_in_every_mode(npu, tmp_path, c
             "rknnlite": "rknnlite is not installed (pip install rknn-toolkit-lite2 on the board)"
         }
     assert npu.live_contexts == 0
+
+
+class FakeRknnLite:
+    """Rockchip's RKNNLite API as rknn-toolkit-lite2 documents it (boards only, so faked here):
+    load_rknn / init_runtime / inference / release, returning 0 on success. Its inference is
+    the emulated network (numpy reference) on the NCHW feed it must be told about."""
+
+    NPU_CORE_AUTO = 0
+    calls: list = []
+
+    def __init__(self, verbose=False):
+        self.model = None
+
+    def load_rknn(self, path):
+        FakeRknnLite.calls.append(("load_rknn", path))
+        self.model = MODEL
+        return 0
+
+    def init_runtime(self, core_mask=0):
+        FakeRknnLite.calls.append(("init_runtime", core_mask))
+        return 0
+
+    def inference(self, inputs, data_format=None):
+        FakeRknnLite.calls.append(("inference", data_format))
+        return reference(self.model, inputs)
+
+    def release(self):
+        FakeRknnLite.calls.append(("release",))
+
+
+def test_bench_compare_rknnlite_drives_its_documented_api(npu, tmp_path, capsys, monkeypatch):
+    api = types.ModuleType("rknnlite.api")
+    api.RKNNLite = FakeRknnLite
+    package = types.ModuleType("rknnlite")
+    package.__spec__ = importlib.machinery.ModuleSpec("rknnlite", None)
+    package.api = api
+    monkeypatch.setitem(sys.modules, "rknnlite", package)
+    monkeypatch.setitem(sys.modules, "rknnlite.api", api)
+    FakeRknnLite.calls = []
+    path = MODEL.write(tmp_path / "tiny.rknn")
+    argv = ["bench", str(path), "--frames", "5", "--warmup", "0", "--mode", "run"]
+    assert main([*argv, "--compare", "rknnlite", "--json", "-"]) == ExitCode.OK
+    doc = json.loads(capsys.readouterr().out)
+    assert [(r["name"], r["count"]) for r in doc["results"]] == [("run", 5), ("rknnlite", 5)]
+    assert FakeRknnLite.calls[:2] == [("load_rknn", str(path)), ("init_runtime", 0)]
+    assert FakeRknnLite.calls.count(("inference", ["nchw"])) == 1 + 5  # first frame + measured
+    assert FakeRknnLite.calls[-1] == ("release",)
 
 
 def test_bench_compare_ztu_needs_an_rknn_model(tmp_path, capsys, add_mul_path):
