@@ -168,6 +168,26 @@ class Npu:
     def inject(self, api: str, code: int, count: int = 1) -> None:
         self.lib.rknn_emu_inject_failure(api.encode(), code, count)
 
+    def raise_signal(self, api: str, signo: int, count: int = 1) -> None:
+        """The next ``count`` calls of ``api`` raise ``signo`` on the calling thread."""
+        self.lib.rknn_emu_raise_signal(api.encode(), signo, count)
+
+    def set_run_delay(self, seconds: float, count: int = 1) -> None:
+        """The next ``count`` rknn_run calls take ``seconds`` each."""
+        self.lib.rknn_emu_set_run_delay(int(seconds * 1e6), count)
+
+    def block_runs(self, count: int = 1) -> None:
+        """The next ``count`` rknn_run calls stop inside until ``release_runs``."""
+        self.lib.rknn_emu_block_runs(count)
+
+    def wait_blocked(self, n: int = 1, timeout: float = 10.0) -> int:
+        """Waits (GIL released) until ``n`` runs are stopped inside; how many are."""
+        return self.lib.rknn_emu_wait_blocked(n, int(timeout * 1000))
+
+    def release_runs(self) -> int:
+        """Lets every stopped run finish (and cancels further blocks); how many were stopped."""
+        return self.lib.rknn_emu_release_runs()
+
     def set_versions(self, api: str, driver: str) -> None:
         self.lib.rknn_emu_set_versions(api.encode(), driver.encode())
 

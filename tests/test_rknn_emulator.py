@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 
 import numpy as np
 import pytest
 
+from ez_rknn_async import InferenceSession
 from ez_rknn_async.backends.rknn import abi, library
 
 from rknn_emu import EmuModel, EmuTensor
@@ -175,3 +177,43 @@ def test_model_files_start_with_the_real_magic(npu):
     unmarked = MODEL.replace(b"RKNN ", b"", 1)
     assert lib.rknn_init(ctypes.byref(handle), unmarked, len(unmarked), 0, None) == -6
     assert npu.live_contexts == 0
+
+
+# ---------------------------------------------------------------- failure modes for other tests
+
+
+def test_a_delayed_run_takes_its_time(npu):
+    """``set_run_delay``: "this rknn_run takes N seconds", for the next ``count`` runs only."""
+    with InferenceSession(MODEL) as sess:
+        x = np.ones((2, 3), np.float32)
+        npu.set_run_delay(0.3, count=1)
+        start = time.monotonic()
+        np.testing.assert_array_equal(sess.run(None, [x])[0], x)
+        assert time.monotonic() - start >= 0.3
+        start = time.monotonic()
+        sess.run(None, [x])
+        assert time.monotonic() - start < 0.3  # the delay applied to one run only
+
+
+def test_a_blocked_run_waits_for_its_release(npu):
+    """``block_runs``: a run stops inside rknn_run, its core held, until the test releases it
+    (events, no sleeps); a session pinned to another core goes on meanwhile."""
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    results = []
+    pinned = {"schedule": [1]}
+    with InferenceSession(MODEL) as sess, InferenceSession(MODEL, provider_options=pinned) as other:
+        npu.block_runs(1)
+        worker = threading.Thread(
+            target=lambda: results.append(sess.run(None, [x])[0]), daemon=True
+        )
+        worker.start()
+        try:
+            assert npu.wait_blocked(1, timeout=10) == 1
+            assert not results and worker.is_alive()
+            np.testing.assert_array_equal(other.run(None, [x])[0], x)  # not blocked: count was 1
+        finally:
+            assert npu.release_runs() == 1
+            worker.join(10)
+        assert not worker.is_alive()
+        np.testing.assert_array_equal(results[0], x)
+    assert npu.wait_blocked(1, timeout=0) == 0

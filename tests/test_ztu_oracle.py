@@ -181,5 +181,15 @@ def test_schedule_spreads_over_the_three_cores_in_both(npu, ztu, model):
         gc.collect()
     with InferenceSession(path, provider_options=options) as ours:
         assert [npu.contexts_with_mask(mask) for mask in (1, 2, 4)] == [1, 1, 1]
-        collect_async(ours, inputs)
-        assert all(npu.core_runs(core) > 3 for core in range(3))
+        npu.block_runs(3)  # ours gives a task to any idle worker: hold three runs at once
+        held = [ours.submit(None, feed) for feed in inputs[:3]]
+        try:
+            assert npu.wait_blocked(3, timeout=10) == 3
+        finally:
+            npu.release_runs()
+        for future, feed in zip(held, inputs):
+            assert_same(future.result(timeout=10), want(emu_model, feed))
+        assert [npu.core_runs(core) for core in range(3)] == [4, 4, 4]
+        for feed, (outputs, err) in zip(inputs, collect_async(ours, inputs)):
+            assert err == ""
+            assert_same(outputs, want(emu_model, feed))

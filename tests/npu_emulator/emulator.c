@@ -23,6 +23,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -74,6 +75,15 @@ enum { API_INIT, API_DUP, API_DESTROY, API_QUERY, API_INPUTS_SET, API_CORE_MASK,
 static atomic_int g_calls[API_COUNT];
 static int g_fail_code[API_COUNT];
 static int g_fail_count[API_COUNT];
+static int g_signal_no[API_COUNT];
+static int g_signal_count[API_COUNT];
+
+/* Failure modes of rknn_run for tests of hung inferences (g_lock): the next g_delay_count runs
+ * take g_delay_us each; the next g_block_count runs stop inside (cores held) until released. */
+static int g_delay_us, g_delay_count;
+static int g_block_count, g_blocked;
+static unsigned g_block_generation;
+static pthread_cond_t g_block_cond = PTHREAD_COND_INITIALIZER;
 
 static void violation(const char* fmt, ...) {
     char text[512];
@@ -119,8 +129,16 @@ static int enter_api(int api) {
         g_fail_count[api]--;
         code = g_fail_code[api];
     }
+    int signo = 0;
+    if (g_signal_count[api] > 0) {
+        g_signal_count[api]--;
+        signo = g_signal_no[api];
+    }
     pthread_mutex_unlock(&g_lock);
     if (code) runtime_error(code, "%s failed (injected %d)", k_apis[api], code);
+    /* The signal is only flagged by a Python handler: the call still completes, and Python
+     * raises right after it returns, the worst point for a binding. */
+    if (signo) raise(signo);
     return code;
 }
 
@@ -1100,6 +1118,26 @@ int rknn_mem_sync(rknn_context context, rknn_tensor_mem* pub, int mode) {
     return rc;
 }
 
+/* Blocks a run (inside rknn_run, its cores held) until rknn_emu_release_runs; a test that never
+ * releases it gets a violation after EMU_HOLD_LIMIT_S instead of a hang. */
+#define EMU_HOLD_LIMIT_S 30
+static void hold_run(void) {
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += EMU_HOLD_LIMIT_S;
+    pthread_mutex_lock(&g_lock);
+    unsigned generation = g_block_generation;
+    int rc = 0;
+    g_blocked++;
+    pthread_cond_broadcast(&g_block_cond);
+    while (generation == g_block_generation && rc == 0)
+        rc = pthread_cond_timedwait(&g_block_cond, &g_lock, &deadline);
+    g_blocked--;
+    pthread_cond_broadcast(&g_block_cond);
+    pthread_mutex_unlock(&g_lock);
+    if (rc) violation("rknn_run: blocked for %d s and never released (rknn_emu_release_runs)", EMU_HOLD_LIMIT_S);
+}
+
 int rknn_run(rknn_context context, rknn_run_extend* extend) {
     int injected = enter_api(API_RUN);
     if (injected) return injected;
@@ -1126,7 +1164,20 @@ int rknn_run(rknn_context context, rknn_run_extend* extend) {
         }
         compute(c);
         /* Tensor parallel over k cores: well below linear, (k + 1) / 2k of the time. */
-        if (g_compute_us > 0) usleep((useconds_t)((long)g_compute_us * (busy + 1) / (2 * busy)));
+        long sleep_us = g_compute_us > 0 ? (long)g_compute_us * (busy + 1) / (2 * busy) : 0;
+        int block = 0;
+        pthread_mutex_lock(&g_lock);
+        if (g_delay_count > 0) {
+            g_delay_count--;
+            sleep_us = g_delay_us;
+        }
+        if (g_block_count > 0) {
+            g_block_count--;
+            block = 1;
+        }
+        pthread_mutex_unlock(&g_lock);
+        if (sleep_us > 0) usleep((useconds_t)sleep_us);
+        if (block) hold_run();
         atomic_fetch_sub(&g_parallel, busy);
         for (int k = 0; k < g_cores; k++)
             if (cores & (1 << k)) {
@@ -1322,6 +1373,9 @@ int rknn_emu_configure(const char* soc, int compute_us) {
     snprintf(g_api_version, sizeof g_api_version, "2.4.2 (emulated)");
     snprintf(g_drv_version, sizeof g_drv_version, "0.9.8");
     memset(g_fail_count, 0, sizeof g_fail_count);
+    memset(g_signal_count, 0, sizeof g_signal_count);
+    g_delay_count = 0;
+    g_block_count = 0;
     g_last_violation[0] = 0;
     pthread_mutex_unlock(&g_lock);
     atomic_store(&g_violations, 0);
@@ -1383,3 +1437,52 @@ int rknn_emu_contexts_with_mask(int mask) {
 }
 
 int rknn_emu_early_destroys(void) { return atomic_load(&g_early_destroys); }
+
+void rknn_emu_raise_signal(const char* api, int signo, int count) {
+    int i = api_index(api);
+    if (i < 0) return;
+    pthread_mutex_lock(&g_lock);
+    g_signal_no[i] = signo;
+    g_signal_count[i] = count;
+    pthread_mutex_unlock(&g_lock);
+}
+
+void rknn_emu_set_run_delay(int us, int count) {
+    pthread_mutex_lock(&g_lock);
+    g_delay_us = us;
+    g_delay_count = count;
+    pthread_mutex_unlock(&g_lock);
+}
+
+void rknn_emu_block_runs(int count) {
+    pthread_mutex_lock(&g_lock);
+    g_block_count = count;
+    pthread_mutex_unlock(&g_lock);
+}
+
+int rknn_emu_wait_blocked(int n, int timeout_ms) {
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&g_lock);
+    int rc = 0;
+    while (g_blocked < n && rc == 0) rc = pthread_cond_timedwait(&g_block_cond, &g_lock, &deadline);
+    int blocked = g_blocked;
+    pthread_mutex_unlock(&g_lock);
+    return blocked;
+}
+
+int rknn_emu_release_runs(void) {
+    pthread_mutex_lock(&g_lock);
+    int released = g_blocked;
+    g_block_count = 0;
+    g_block_generation++;
+    pthread_cond_broadcast(&g_block_cond);
+    pthread_mutex_unlock(&g_lock);
+    return released;
+}
