@@ -33,15 +33,20 @@ def test_thousands_of_callbacks_from_many_threads_exactly_once(sequential):
     )
     delivered: list[tuple[int, int]] = []
     on_callback_thread = []
+    active, overlaps = [0], []
     done = threading.Event()
     threads, per_thread = 6, 400
 
     def callback(results, user_data, err):
+        active[0] += 1
+        if active[0] != 1:
+            overlaps.append(user_data)  # two callbacks at once
         assert err == ""
         on_callback_thread.append(threading.current_thread().name)
         delivered.append((user_data, int(results[0])))
         if len(delivered) == threads * per_thread:
             done.set()
+        active[0] -= 1
 
     submit_order: list[int] = []
     order_lock = threading.Lock()
@@ -62,7 +67,10 @@ def test_thousands_of_callbacks_from_many_threads_exactly_once(sequential):
     engine.close()
     assert all(user == value for user, value in delivered)
     assert sorted(u for u, _ in delivered) == list(range(threads * per_thread))  # exactly once
-    assert set(on_callback_thread) == {"EzRknn_Callback"}
+    # One at a time, on the callback thread or on a worker that delivers while callbacks are
+    # quick (engine/ordering.py), never on a submitter's thread.
+    assert overlaps == []
+    assert set(on_callback_thread) <= {"EzRknn_Callback"} | {f"EzRknn_W{i}_C{i}" for i in range(4)}
     if sequential:
         assert [u for u, _ in delivered] == submit_order
     assert sum(len(r.threads) for r in runners) == threads * per_thread

@@ -1,6 +1,7 @@
 """Wake-ups and callback delivery under the fast paths of issue 11: a queued task never waits
-while a worker that may run it sleeps, and callbacks delivered in batches keep order,
-exactly-once and the close semantics. Races are forced with barriers and gates, not sleeps."""
+while a worker that may run it sleeps, and callbacks delivered by workers (while they are quick)
+keep order, exactly-once, one-at-a-time and the close semantics, and never deadlock a callback
+that waits for engine work. Races are forced with barriers and gates, not sleeps."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from ez_rknn_async import SessionClosedError
 from ez_rknn_async.engine.core import CALLBACK_BACKLOG
+from ez_rknn_async.engine.ordering import INLINE_BELOW_S
 
 from fakes import make_engine, wait_for
 
@@ -65,8 +67,8 @@ def test_tasks_queued_while_a_worker_is_waking_are_all_taken():
 
 
 def test_batched_callbacks_keep_order_exactly_once_through_errors_and_a_close(monkeypatch):
-    """Completions pile up while the first callback blocks, so the callback thread takes them
-    in one batch; one callback raises and a later one closes the engine: every task still gets
+    """Completions pile up while the first callback blocks, so its deliverer then calls them
+    in one go; one callback raises and a later one closes the engine: every task still gets
     exactly one callback, in submission order, and queued ones get SessionClosedError."""
     reported = []
     monkeypatch.setattr("sys.unraisablehook", reported.append)
@@ -78,7 +80,7 @@ def test_batched_callbacks_keep_order_exactly_once_through_errors_and_a_close(mo
     def callback(results, user_data, err):
         delivered.append((user_data, err))
         if user_data == 0:
-            assert wait_for(lambda: engine.stats().callback_backlog == first + 1)
+            assert wait_for(lambda: engine.stats().callback_backlog >= first + 1)
         if user_data == 2:
             raise RuntimeError("user bug")
         if user_data == 4:
@@ -101,3 +103,73 @@ def test_batched_callbacks_keep_order_exactly_once_through_errors_and_a_close(mo
     assert all(err == "" for v, err in delivered if v <= first)
     assert all(err in ("", "session closed before the task started") for _, err in delivered)
     assert [str(r.exc_value) for r in reported] == ["user bug"]
+
+
+def _threads_of_callbacks(engine, count, work=None):
+    """Submit ``count`` run_async tasks; returns the thread name of each callback, in order."""
+    names: list[str] = []
+    done = threading.Event()
+
+    def callback(results, user_data, err):
+        if work is not None:
+            work(user_data)
+        names.append(threading.current_thread().name)
+        if len(names) == count:
+            done.set()
+
+    for value in range(count):
+        engine.submit_callback([value], (0,), callback, value)
+    assert done.wait(10)
+    return names
+
+
+def test_quick_callbacks_run_on_workers_slow_ones_go_back_to_the_callback_thread():
+    engine, _ = make_engine(2, max_queue_size=4)
+    try:
+        quick = _threads_of_callbacks(engine, 200)
+        assert any(name.startswith("EzRknn_W") for name in quick)
+        slow_once = threading.Event()
+        # 20x the threshold: the average stays above it for the next callbacks
+        names = _threads_of_callbacks(
+            engine, 6, lambda v: v == 0 and slow_once.wait(20 * INLINE_BELOW_S)
+        )
+        assert names[2:] == ["EzRknn_Callback"] * 4
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [{"n": 1}, {"n": 3, "cores": [0, 1, 2], "routes": (0, 0, 1, 2)}],
+    ids=["one slot", "weighted"],
+)
+def test_callbacks_stay_on_the_callback_thread_when_no_other_worker_could_serve_them(layout):
+    """One slot, or tasks bound to cores: a callback waiting for engine work could wait for its
+    own worker, so workers never deliver."""
+    engine, _ = make_engine(max_queue_size=4, **layout)
+    try:
+        assert set(_threads_of_callbacks(engine, 100)) == {"EzRknn_Callback"}
+    finally:
+        engine.close()
+
+
+def test_a_callback_on_a_worker_waiting_for_engine_work_does_not_deadlock():
+    engine, _ = make_engine(2, submit_timeout_ms=5000, max_queue_size=1)
+    inner = []
+    done = threading.Event()
+
+    def callback(results, user_data, err):
+        if user_data == "outer":
+            inner.append(threading.current_thread().name)
+            inner.append(engine.run_inline([7], (0,)))
+            inner.append(engine.submit([8], (0,)).result(5))
+            for i in range(CALLBACK_BACKLOG + 4):  # more than the backlog allows
+                engine.submit_callback([i], (0,), callback, i)
+        elif user_data == CALLBACK_BACKLOG + 3:
+            done.set()
+
+    engine.submit_callback([1], (0,), callback, "outer")
+    assert done.wait(10)
+    engine.close()
+    assert inner[0].startswith("EzRknn_W")  # delivered on a worker: the case under test
+    assert inner[1:] == [[7], [8]]

@@ -345,6 +345,9 @@ def _worker_loop(engine: Engine, worker: _Worker) -> None:
     runner = worker.runner
     core = worker.spec.core
     timed = engine._config.enable_pacing  # the run time only feeds pacing
+    if len(engine._workers) > 1 and engine._config.routes is None:
+        # Another worker can always run what a callback waits for (ordering.py).
+        engine._callbacks.allow_inline()
     with lock:
         while True:
             task = None
