@@ -210,13 +210,18 @@ def test_callback_exceptions_are_unraisable_and_the_session_goes_on(monkeypatch)
     assert all("run_async callback" in r.err_msg for r in reported)
 
 
-def test_run_and_run_async_inside_a_callback_do_not_deadlock():
-    engine, _ = make_engine(1, submit_timeout_ms=2000, max_queue_size=1)
+@pytest.mark.parametrize("slots", [1, 2])
+def test_run_and_run_async_inside_a_callback_do_not_deadlock(slots):
+    """One slot: callbacks come on the callback thread; two: on a worker (while quick), and
+    the other worker serves what the callback waits for (engine/ordering.py)."""
+    engine, _ = make_engine(slots, submit_timeout_ms=2000, max_queue_size=1)
     inner = []
+    threads = []
     done = threading.Event()
 
     def callback(results, user_data, err):
         if user_data == "outer":
+            threads.append(threading.current_thread().name)
             inner.append(engine.run_inline([7], (0,)))  # the original deadlocks here
             inner.append(engine.submit([8], (0,)).result(5))
             for i in range(CALLBACK_BACKLOG + 4):  # more than the backlog allows
@@ -227,6 +232,7 @@ def test_run_and_run_async_inside_a_callback_do_not_deadlock():
     engine.submit_callback([1], (0,), callback, "outer")
     assert done.wait(10)
     assert inner == [[7], [8]]
+    assert threads == ["EzRknn_Callback" if slots == 1 else "EzRknn_W0_C0"]
     engine.close()
 
 

@@ -151,25 +151,3 @@ def test_callbacks_stay_on_the_callback_thread_when_no_other_worker_could_serve_
         assert set(_threads_of_callbacks(engine, 100)) == {"EzRknn_Callback"}
     finally:
         engine.close()
-
-
-def test_a_callback_on_a_worker_waiting_for_engine_work_does_not_deadlock():
-    engine, _ = make_engine(2, submit_timeout_ms=5000, max_queue_size=1)
-    inner = []
-    done = threading.Event()
-
-    def callback(results, user_data, err):
-        if user_data == "outer":
-            inner.append(threading.current_thread().name)
-            inner.append(engine.run_inline([7], (0,)))
-            inner.append(engine.submit([8], (0,)).result(5))
-            for i in range(CALLBACK_BACKLOG + 4):  # more than the backlog allows
-                engine.submit_callback([i], (0,), callback, i)
-        elif user_data == CALLBACK_BACKLOG + 3:
-            done.set()
-
-    engine.submit_callback([1], (0,), callback, "outer")
-    assert done.wait(10)
-    engine.close()
-    assert inner[0].startswith("EzRknn_W")  # delivered on a worker: the case under test
-    assert inner[1:] == [[7], [8]]

@@ -107,6 +107,7 @@ class CallbackStage:
         """Let the thread finish: it delivers everything already complete, then exits."""
         with self._lock:
             self._closing = True
+            self._inline_threads.clear()  # the rest is the callback thread's
             self._wakeup.notify()
 
     def on_thread(self) -> bool:
