@@ -100,7 +100,7 @@ class CallbackStage:
             if inline:
                 self._deliverer = me
                 self._deliver_here()
-            elif self._sleeping:
+            elif self._sleeping and self._ready:  # a held outcome wakes nobody
                 self._wakeup.notify()
 
     def close(self) -> None:
