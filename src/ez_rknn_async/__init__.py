@@ -5,7 +5,7 @@ The public names of API.md; everything else is internal.
 
 from __future__ import annotations
 
-from .errors import RKNNError, SessionClosedError, SubmitTimeoutError
+from .errors import RKNNError, SessionBrokenError, SessionClosedError, SubmitTimeoutError
 from .iobinding import IOBinding, OrtValue, SessionIOBinding
 from .options import make_provider_options
 from .session import InferenceSession
@@ -18,6 +18,7 @@ __all__ = [
     "make_provider_options",
     "RKNNError",
     "SessionClosedError",
+    "SessionBrokenError",
     "SubmitTimeoutError",
     "NodeArg",
     "ModelMetadata",

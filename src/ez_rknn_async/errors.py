@@ -3,6 +3,9 @@
     RuntimeError
      +-- RKNNError              the runtime (librknnrt) returned an error code: ``.code``, ``.name``
      +-- SessionClosedError     *you* closed the session; every later call raises this at once
+     +-- SessionBrokenError     a worker could not be stopped within close()'s deadline: it was
+     |                          leaked on purpose and the session refuses every call (also: a
+     |                          session inherited by a forked child)
      +-- SubmitTimeoutError     the queue stayed full for ``submit_timeout_ms``; a TimeoutError too
 
 Bad arguments raise the builtin ``ValueError`` / ``TypeError`` with a message that names the input,
@@ -11,7 +14,7 @@ option key or argument that was wrong.
 
 from __future__ import annotations
 
-__all__ = ["RKNNError", "SessionClosedError", "SubmitTimeoutError"]
+__all__ = ["RKNNError", "SessionClosedError", "SessionBrokenError", "SubmitTimeoutError"]
 
 
 class RKNNError(RuntimeError):
@@ -27,9 +30,15 @@ class SessionClosedError(RuntimeError):
     """The session was closed (by ``close()`` or its context manager) before or during the call."""
 
 
+class SessionBrokenError(RuntimeError):
+    """A worker could not be stopped within close()'s deadline (an inference or a callback that
+    never returned): the session leaked it on purpose rather than free what it is inside, and
+    every call raises this at once."""
+
+
 class SubmitTimeoutError(RuntimeError, TimeoutError):
     """The task queue stayed saturated for ``submit_timeout_ms``; nothing was queued."""
 
 
-for _cls in (RKNNError, SessionClosedError, SubmitTimeoutError):
+for _cls in (RKNNError, SessionClosedError, SessionBrokenError, SubmitTimeoutError):
     _cls.__module__ = "ez_rknn_async"

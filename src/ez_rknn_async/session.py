@@ -232,9 +232,15 @@ class InferenceSession:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def close(self) -> None:
+    def close(self, timeout: Optional[float] = None) -> None:
         """Stop the workers, fail queued tasks with ``SessionClosedError``, deliver pending
-        callbacks, release the backend. Idempotent; every later call raises at once."""
+        callbacks, release the backend. Idempotent; every later call raises at once.
+
+        ``timeout`` (seconds, default 10) bounds the whole close: an inference or a callback
+        still running then is abandoned, not freed under. Its worker, runner and the backend are
+        leaked on purpose, its task gets ``SessionBrokenError`` (a ``run_async`` callback is
+        called with that error), a ``RuntimeWarning`` says so once, ``stats().state`` is
+        ``"broken"`` and every later call raises ``SessionBrokenError``."""
         engine = self._engine
         if engine is None or engine.state is not State.OPEN:
             return
@@ -242,9 +248,11 @@ class InferenceSession:
         # First: it wakes a run_pipeline caller blocked on a full queue. Only the call that
         # closed the engine goes on, so a concurrent close() never frees the backend under a
         # running task.
-        if not engine.close():
+        if not engine.close(timeout):
             return
         self._pipeline.discard()
+        if engine.state is State.BROKEN:
+            return  # a thread may still be inside the backend: never free it
         try:
             self._backend.close()
         finally:
@@ -260,6 +268,12 @@ class InferenceSession:
         if getattr(self, "_engine", None) is not None:
             self.close()
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(
+            f"cannot pickle {type(self).__name__!r} object: a session owns worker threads and "
+            "native contexts; create one in each process from the model path"
+        )
+
     def __repr__(self) -> str:
         state = "closed" if self._engine is None else self._engine.state.value
         return f"<InferenceSession backend={self._backend.name!r} {state}>"
@@ -273,8 +287,7 @@ class InferenceSession:
 
     def _check_open(self) -> Engine:
         engine = self._require_engine()
-        if engine.state is not State.OPEN:
-            raise SessionClosedError("the session is closed")
+        engine.check_open()
         return engine
 
     def _output_indices(self, output_names: Any) -> tuple[int, ...]:
@@ -394,6 +407,7 @@ def _start_engine(backend: Any, options: ProviderOptions) -> Engine:
                 routes=task_routes(options),
                 pacing_cores=max(1, len(distinct - {None})),
             ),
+            retain=(backend,),
         )
     except BaseException:
         for runner in reversed(runners):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
@@ -45,6 +46,7 @@ class CallbackStage:
         self._expected = 0  # next sequence number to deliver
         self._closing = False
         self.backlog = 0
+        self.calling_since: Optional[float] = None  # monotonic() when the running callback began
         self.thread = threading.Thread(target=self._loop, name="EzRknn_Callback", daemon=True)
         self.thread.start()
 
@@ -76,6 +78,11 @@ class CallbackStage:
             self._closing = True
             self._wakeup.notify()
 
+    def stuck(self, deadline: float) -> bool:
+        """Whether a user callback that began before ``deadline`` is still running (lock held)."""
+        since = self.calling_since
+        return since is not None and since < deadline and self.thread.is_alive()
+
     def on_thread(self) -> bool:
         return threading.current_thread() is self.thread
 
@@ -88,9 +95,11 @@ class CallbackStage:
                         return
                     self._wakeup.wait()
                 callback, results, user_data, err = self._ready.popleft()
+                self.calling_since = time.monotonic()
             _call_user(callback, results, user_data, err)
             del callback, results, user_data, err  # not kept alive until the next delivery
             with lock:
+                self.calling_since = None
                 self.backlog -= 1
                 woken = self._on_delivered()
             if woken:
