@@ -136,6 +136,7 @@ class LibraryFinder:
                     errors.append(f"{path}: {exc}")
                     continue
                 return library, ""
-        value = environ.get(self.env_var, "").strip()
-        where = f"{self.env_var}={environ[self.env_var]!r}" if value else f"{self.env_var} is not set"
+        where = f"{self.env_var} is not set"
+        if environ.get(self.env_var, "").strip():
+            where = f"{self.env_var}={environ[self.env_var]!r}"
         return None, f"{where}; tried: {'; '.join(errors)}"

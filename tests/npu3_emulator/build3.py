@@ -21,7 +21,7 @@ __all__ = ["Emulator3", "ABI_VERSIONS", "HEADER", "build", "abi_define"]
 HEADER = HERE / "rknn3_emu_api.h"
 #: ABI version -> RKNN3_EMU_ABI value.
 ABI_VERSIONS = {"1.0": 10, "1.1": 11}
-_SOURCES = ("rknn3_emu_api.h", "emulator.c", "build.py")
+_SOURCES = ("rknn3_emu_api.h", "emulator.c", "build3.py")
 _CFLAGS = ("-O2", "-g", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared", "-pthread")
 
 

@@ -1,0 +1,341 @@
+"""The RKNPU3 backend: librknn3_api contexts behind the Backend/Runner interface.
+
+Every worker slot owns one context (``rknn3_init`` on its device, the model and its ``.weight``
+loaded, ``rknn3_model_init`` with the slot's core group): the runtime wants one context per
+device, the core count is fixed at export and each context's weights live on its own cores, and
+1.1 has no ``rknn3_dup_context``. ``devices.plan_routes`` says which groups exist; the engine's
+"cores" are indices into that list. A slot's calls are serialised by the engine and by the
+context's lock (the runtime's rule). A run: encode the inputs into the slot's tensor mems
+(``attrs.TensorCodec``), ``mem_sync`` TO_DEVICE, ``rknn3_run``, ``mem_sync`` FROM_DEVICE, decode.
+
+The first context (made to read the model's description) becomes the first slot's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import numpy as np
+
+from ...errors import RKNNError, RunTimeoutError
+from ...options import ProviderOptions
+from ...tensors import ModelMetadata, TensorSpec
+from ..base import Backend, Runner, SlotSpec
+from ..rknn.memory import map_bytes
+from . import attrs
+from .abi import CONTEXT_TYPE, Abi, MemFlags, MemSync, Query
+from .devices import Device, Route, find_devices, plan_routes, select_devices
+from .library import Library3, UnsupportedRuntimeError, check, load_library, version_of
+from .model import PROVIDER, read_weight
+
+__all__ = ["Rknn3Backend", "Rknn3Runner", "Context3", "load"]
+
+
+class Context3:
+    """One rknn3_context; ``lock`` serialises every call on it."""
+
+    def __init__(self, lib: Library3, handle: int, route: Optional[Route]) -> None:
+        self.lib = lib
+        self.handle = handle
+        self.route = route
+        self.lock = threading.RLock()
+        self._destroyed = False
+
+    def call(self, api: str, *args: Any) -> None:
+        with self.lock:
+            code = getattr(self.lib, api)(self.handle, *args)
+        check(api, code)
+
+    def query(self, command: Query, info: Any) -> Any:
+        self.call("rknn3_query", int(command), ctypes.byref(info), ctypes.sizeof(info))
+        return info
+
+    def destroy(self) -> None:
+        with self.lock:
+            if self._destroyed:
+                return
+            self._destroyed = True
+            code = self.lib.rknn3_destroy(self.handle)
+        check("rknn3_destroy", code)
+
+
+def open_context(lib: Library3, device: Device, model: bytes, weight: bytes) -> Context3:
+    """``rknn3_init`` on ``device`` (always by id: required with 2+ devices), then the model and
+    its weight; the context is destroyed again if loading fails."""
+    abi = lib.abi
+    extend = abi.struct("rknn3_init_extend")()
+    device_id = ctypes.create_string_buffer(device.id.encode())
+    extend.device_id = ctypes.addressof(device_id)
+    handle = CONTEXT_TYPE()
+    check("rknn3_init", lib.rknn3_init(ctypes.byref(handle), ctypes.byref(extend)))
+    context = Context3(lib, handle.value, None)
+    try:
+        context.call("rknn3_load_model_from_data", model, len(model), weight, len(weight))
+    except BaseException:
+        context.destroy()
+        raise
+    return context
+
+
+def core_number(context: Context3) -> int:
+    """The core count the model was exported for (valid before model_init)."""
+    return int(context.query(Query.CORE_NUMBER, ctypes.c_uint32()).value)
+
+
+class Rknn3Backend(Backend):
+    """One RKNPU3 model on one or more devices; ``open_runner`` gives each slot a context."""
+
+    name = "rknn3"
+    device_type = "rknpu3"
+
+    def __init__(
+        self, lib: Library3, model: bytes, weight: bytes, options: ProviderOptions
+    ) -> None:
+        if options.tp_mode is not None:
+            raise ValueError(
+                "provider option 'tp_mode' does not apply to RKNPU3 models (their core count is "
+                "fixed at export); use run_core_mask, schedule or threads_per_core"
+            )
+        self.providers = [PROVIDER]
+        self.library_path = lib.path
+        self.abi: Abi = lib.abi
+        self._lib = lib
+        self._model = model
+        self._weight = weight
+        self._options = options
+        self._lock = threading.Lock()
+        self._closed = False
+        self.devices = select_devices(find_devices(lib, self.abi), options.device_id)
+        origin = open_context(lib, self.devices[0], model, weight)
+        try:
+            self.core_number = core_number(origin)
+            self.routes = plan_routes(self.devices, self.core_number, options.run_core_mask)
+            self._model_init(origin, self.routes[0])
+            self._describe(origin)
+        except BaseException:
+            origin.destroy()
+            raise
+        self._origin: Optional[Context3] = origin
+
+    # ------------------------------------------------------------------ description
+
+    def _model_init(self, context: Context3, route: Route) -> None:
+        config = self.abi.struct("rknn3_config")()
+        config.priority = self._options.priority
+        config.run_timeout = self._options.run_timeout_ms
+        config.run_core_mask = route.mask
+        context.call("rknn3_model_init", ctypes.byref(config))
+        context.route = route
+
+    def attr(self, context: Context3, command: Query, index: int) -> Any:
+        attr = self.abi.struct("rknn3_tensor_attr")()
+        attr.index = index
+        return context.query(command, attr)
+
+    def codecs(self, context: Context3, is_input: bool) -> list[attrs.TensorCodec]:
+        """Each input's (or output's) codec as ``context`` reports its attrs."""
+        abi = self.abi
+        count = context.query(Query.IN_OUT_NUM, abi.struct("rknn3_input_output_num")())
+        total = count.n_input if is_input else count.n_output
+        origin, native = (
+            (abi.origin_input, abi.native_input)
+            if is_input
+            else (abi.origin_output, abi.native_output)
+        )
+        kind = "input" if is_input else "output"
+        return [
+            attrs.codec(
+                self.attr(context, origin, i),
+                self.attr(context, native, i),
+                f"{kind}_{i}",
+                is_input,
+            )
+            for i in range(total)
+        ]
+
+    def _describe(self, context: Context3) -> None:
+        versions = context.query(Query.SDK_VERSION, self.abi.struct("rknn3_sdk_version")())
+        self.api_version = attrs.text(versions.api_version)
+        self.driver_version = attrs.text(versions.drv_version)
+        if version_of(self.api_version) != self.abi.version:
+            raise UnsupportedRuntimeError(
+                f"{self.library_path} reports version {self.api_version!r} but exports the "
+                f"symbols of ABI {self.abi.version}"
+            )
+        self._inputs = self.codecs(context, True)
+        self._outputs = self.codecs(context, False)
+        self.inputs = [c.spec for c in self._inputs]
+        self.outputs = [c.spec for c in self._outputs]
+        custom = context.query(Query.CUSTOM_STRING, self.abi.struct("rknn3_custom_string")())
+        text = attrs.text(custom.string)
+        self.metadata = ModelMetadata(
+            custom_metadata_map={"rknn_custom_string": text} if text else {}
+        )
+
+    @property
+    def native_inputs(self) -> Sequence[TensorSpec]:
+        return [c.native for c in self._inputs]
+
+    @property
+    def native_outputs(self) -> Sequence[TensorSpec]:
+        return [c.native for c in self._outputs]
+
+    # ------------------------------------------------------------------ slots
+
+    def default_cores(self) -> list[int]:
+        """One "core" per route: every core group of every selected device."""
+        return list(range(len(self.routes)))
+
+    def check_cores(self, cores: Sequence[int]) -> None:
+        bad = [core for core in cores if core >= len(self.routes)]
+        if bad:
+            listing = ", ".join(f"{i}: {r.describe()}" for i, r in enumerate(self.routes))
+            raise ValueError(
+                f"schedule names core group(s) {bad}; this RKNPU3 session has {len(self.routes)} "
+                f"({listing})"
+            )
+
+    def open_runner(self, slot: SlotSpec) -> Rknn3Runner:
+        route = self.routes[(slot.core or 0) % len(self.routes)]
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the RKNPU3 backend is closed")
+            context, self._origin = (
+                (self._origin, None)
+                if self._origin is not None and self._origin.route == route
+                else (None, self._origin)
+            )
+        if context is None:
+            context = open_context(self._lib, route.device, self._model, self._weight)
+            try:
+                self._model_init(context, route)
+            except BaseException:
+                context.destroy()
+                raise
+        try:
+            return Rknn3Runner(self, context)
+        except BaseException:
+            context.destroy()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            origin, self._origin = self._origin, None
+        if origin is not None:
+            origin.destroy()
+
+
+class _Mem:
+    """One tensor mem of a runner: the native attr the run gets and the host bytes."""
+
+    def __init__(self, context: Context3, attr: Any) -> None:
+        lib = context.lib
+        with context.lock:
+            pointer = lib.rknn3_create_mem(
+                context.handle, attr.aligned_size, attr.core_id, MemFlags.CACHEABLE
+            )
+        if not pointer:
+            raise RKNNError(
+                f"rknn3_create_mem of {attr.aligned_size} bytes on core {attr.core_id} failed",
+                -6,
+                "RKNN3_ERR_OUT_OF_MEMORY",
+            )
+        self.pointer = pointer
+        self.attr = attr
+        mem = context.lib.abi.struct("rknn3_tensor_mem").from_address(pointer)
+        self.raw = map_bytes(mem.virt_addr + mem.offset, int(attr.aligned_size))
+
+
+class Rknn3Runner(Runner):
+    """One slot: its context, one tensor mem per input and output, the rknn3_tensor arrays."""
+
+    def __init__(self, backend: Rknn3Backend, context: Context3) -> None:
+        self._context = context
+        self._lib = backend._lib
+        self._timeout_ms = backend._options.run_timeout_ms
+        self._in_codecs = backend._inputs
+        self._out_codecs = backend._outputs
+        abi = backend.abi
+        self._mems: list[_Mem] = []
+        try:
+            for codecs, command in (
+                (backend._inputs, abi.native_input),
+                (backend._outputs, abi.native_output),
+            ):
+                for index in range(len(codecs)):
+                    self._mems.append(_Mem(context, backend.attr(context, command, index)))
+        except BaseException:
+            self._free()
+            raise
+        n_in = len(backend._inputs)
+        self._in_mems, self._out_mems = self._mems[:n_in], self._mems[n_in:]
+        tensor = abi.struct("rknn3_tensor")
+        self._tensors = []
+        for mems in (self._in_mems, self._out_mems):
+            array = (tensor * max(1, len(mems)))()
+            for item, mem in zip(array, mems):
+                item.mem = mem.pointer
+                item.attr = ctypes.addressof(mem.attr)
+            self._tensors.append(array)
+
+    def run(self, inputs: Sequence[np.ndarray], output_indices: Sequence[int]) -> list[np.ndarray]:
+        for codec, mem, array in zip(self._in_codecs, self._in_mems, inputs):
+            codec.write(mem.raw, array)
+        context, lib = self._context, self._lib
+        with context.lock:
+            for mem in self._in_mems:
+                context.call("rknn3_mem_sync", mem.pointer, MemSync.TO_DEVICE)
+            code = lib.rknn3_run(
+                context.handle,
+                self._tensors[0],
+                len(self._in_mems),
+                self._tensors[1],
+                len(self._out_mems),
+            )
+            try:
+                check("rknn3_run", code)
+            except RunTimeoutError as exc:
+                where = context.route.describe() if context.route else "its device"
+                raise RunTimeoutError(
+                    f"rknn3_run on {where} exceeded run_timeout_ms={self._timeout_ms}: {exc}",
+                    exc.code,
+                    exc.name,
+                ) from exc
+            for mem in self._out_mems:
+                context.call("rknn3_mem_sync", mem.pointer, MemSync.FROM_DEVICE)
+        return [self._out_codecs[j].read(self._out_mems[j].raw) for j in output_indices]
+
+    def _free(self) -> None:
+        context = self._context
+        mems, self._mems = self._mems, []
+        for mem in mems:
+            context.call("rknn3_destroy_mem", mem.pointer)
+
+    def close(self) -> None:
+        try:
+            self._free()
+        finally:
+            self._context.destroy()
+
+
+def load(
+    source: Any,
+    options: ProviderOptions,
+    *,
+    sess_options: Any = None,
+    providers: Any = None,
+    share_with: Optional[Backend] = None,
+) -> Rknn3Backend:
+    """Entry point of backends.load_backend: ``source`` is a ``ModelSource``. ``sess_options``
+    and ``providers`` mean nothing to librknn3_api: ignored."""
+    if share_with is not None:
+        raise ValueError("use_weight_from is not supported for RKNPU3 models")
+    weight = read_weight(source.path, options.weight_path)
+    lib = load_library(options.runtime_library)
+    return Rknn3Backend(lib, bytes(source.data), weight, options)
