@@ -103,8 +103,12 @@ class Npu3:
         self._setenv("EZ_RKNN3_RUNTIME_LIB", str(self.library))
         assert self.lib.rknn3_emu_configure(devices, cores, compute_us) == 0, "contexts alive"
 
-    def inject(self, api: str, code: int, count: int = 1) -> None:
-        self.lib.rknn3_emu_inject_failure(api.encode(), code, count)
+    def set_compute_us(self, compute_us: int) -> None:
+        self.lib.rknn3_emu_set_compute_us(compute_us)
+
+    def inject(self, api: str, code: int, count: int = 1, skip: int = 0) -> None:
+        """The ``count`` calls of ``api`` after the next ``skip`` ones return ``code``."""
+        self.lib.rknn3_emu_inject_failure(api.encode(), code, count, skip)
 
     def set_firmware_version(self, version: str) -> None:
         self.lib.rknn3_emu_set_firmware_version(version.encode())

@@ -60,7 +60,7 @@ static atomic_int g_core_runs[EMU_MAX_DEVICES][EMU_MAX_CORES];
 
 static int g_devices = 2;
 static int g_cores = 8;
-static int g_compute_us;
+static atomic_int g_compute_us;
 static int g_hang_released;
 static char g_firmware_version[64] = EMU_VERSION;
 static pthread_mutex_t g_core_mutex[EMU_MAX_DEVICES][EMU_MAX_CORES];
@@ -75,6 +75,7 @@ enum { API_FIND, API_INIT, API_DESTROY, API_LOAD, API_MODEL_INIT, API_QUERY, API
 static atomic_int g_calls[API_COUNT];
 static int g_fail_code[API_COUNT];
 static int g_fail_count[API_COUNT];
+static int g_fail_skip[API_COUNT];
 
 static void init_mutexes(void) {
     for (int d = 0; d < EMU_MAX_DEVICES; d++)
@@ -122,7 +123,9 @@ static int enter_api(int api) {
     pthread_once(&g_once, init_mutexes);
     atomic_fetch_add(&g_calls[api], 1);
     pthread_mutex_lock(&g_lock);
-    if (g_fail_count[api] > 0) {
+    if (g_fail_skip[api] > 0) {
+        g_fail_skip[api]--;
+    } else if (g_fail_count[api] > 0) {
         g_fail_count[api]--;
         code = g_fail_code[api];
     }
@@ -787,10 +790,12 @@ int rknn3_run(rknn3_context context, const rknn3_tensor inputs[], uint32_t n_inp
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
     long budget = c->timeout_ms ? (long)c->timeout_ms * 1000L : -1;
-    long sleep_us = budget >= 0 && g_compute_us > budget ? budget : g_compute_us;
+    long compute_us = atomic_load(&g_compute_us);
+    int timed_out = budget >= 0 && compute_us > budget;
+    long sleep_us = timed_out ? budget : compute_us;
     if (sleep_us > 0) usleep(sleep_us);
     int rc = 0;
-    if (budget >= 0 && g_compute_us > budget) {
+    if (timed_out) {
         rc = runtime_error(RKNN3_ERR_TIMEOUT, "rknn3_run timed out after %ld us (run_timeout %u ms)", elapsed_us(&start),
                            c->timeout_ms);
     } else {
@@ -844,6 +849,7 @@ int rknn3_emu_configure(int devices, int cores, int compute_us) {
     g_hang_released = 0;
     snprintf(g_firmware_version, sizeof g_firmware_version, "%s", EMU_VERSION);
     memset(g_fail_count, 0, sizeof g_fail_count);
+    memset(g_fail_skip, 0, sizeof g_fail_skip);
     g_last_violation[0] = 0;
     pthread_mutex_unlock(&g_lock);
     atomic_store(&g_violations, 0);
@@ -853,6 +859,9 @@ int rknn3_emu_configure(int devices, int cores, int compute_us) {
         for (int k = 0; k < EMU_MAX_CORES; k++) atomic_store(&g_core_runs[d][k], 0);
     return 0;
 }
+
+/* The run time from now on (allowed while contexts live: a timed-out session can recover). */
+void rknn3_emu_set_compute_us(int compute_us) { g_compute_us = compute_us < 0 ? 0 : compute_us; }
 
 /* The proxy/firmware version the devices report (a mismatch with the library's breaks init). */
 void rknn3_emu_set_firmware_version(const char* version) {
@@ -869,12 +878,14 @@ void rknn3_emu_release_hang(void) {
     pthread_mutex_unlock(&g_lock);
 }
 
-void rknn3_emu_inject_failure(const char* api, int code, int count) {
+/* The `count` calls of `api` after the next `skip` ones return `code`. */
+void rknn3_emu_inject_failure(const char* api, int code, int count, int skip) {
     for (int a = 0; a < API_COUNT; a++) {
         if (!strcmp(api, k_apis[a])) {
             pthread_mutex_lock(&g_lock);
             g_fail_code[a] = code;
             g_fail_count[a] = count;
+            g_fail_skip[a] = skip;
             pthread_mutex_unlock(&g_lock);
         }
     }
