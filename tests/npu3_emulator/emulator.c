@@ -77,9 +77,19 @@ static int g_fail_code[API_COUNT];
 static int g_fail_count[API_COUNT];
 static int g_fail_skip[API_COUNT];
 
-static void init_mutexes(void) {
+/* Once per process. The hardware and the proxy/firmware live outside the process, so a child
+ * process (doctor's probe) learns them from the environment: RKNN3_EMU_DEVICES, RKNN3_EMU_CORES,
+ * RKNN3_EMU_FIRMWARE_VERSION; rknn3_emu_configure overrides them. */
+static void startup(void) {
     for (int d = 0; d < EMU_MAX_DEVICES; d++)
         for (int k = 0; k < EMU_MAX_CORES; k++) pthread_mutex_init(&g_core_mutex[d][k], NULL);
+    const char* value;
+    if ((value = getenv("RKNN3_EMU_DEVICES")) && atoi(value) >= 0 && atoi(value) <= EMU_MAX_DEVICES)
+        g_devices = atoi(value);
+    if ((value = getenv("RKNN3_EMU_CORES")) && atoi(value) >= 1 && atoi(value) <= EMU_MAX_CORES)
+        g_cores = atoi(value);
+    if ((value = getenv("RKNN3_EMU_FIRMWARE_VERSION")))
+        snprintf(g_firmware_version, sizeof g_firmware_version, "%s", value);
 }
 
 static void violation(const char* fmt, ...) {
@@ -120,7 +130,7 @@ static void emu_free(void* p) {
 /* Counts the call; returns the injected code (non-zero) if this call must fail. */
 static int enter_api(int api) {
     int code = 0;
-    pthread_once(&g_once, init_mutexes);
+    pthread_once(&g_once, startup);
     atomic_fetch_add(&g_calls[api], 1);
     pthread_mutex_lock(&g_lock);
     if (g_fail_skip[api] > 0) {
@@ -839,7 +849,7 @@ int rknn3_run(rknn3_context context, const rknn3_tensor inputs[], uint32_t n_inp
 /* Emulate `devices` devices of `cores` NPU cores, `compute_us` per run; resets the counters.
  * Refused (-1) while contexts live. */
 int rknn3_emu_configure(int devices, int cores, int compute_us) {
-    pthread_once(&g_once, init_mutexes);
+    pthread_once(&g_once, startup);
     if (devices < 0 || devices > EMU_MAX_DEVICES || cores < 1 || cores > EMU_MAX_CORES || compute_us < 0) return -2;
     if (atomic_load(&g_live_contexts)) return -1;
     pthread_mutex_lock(&g_lock);
