@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any, Optional
 
@@ -77,7 +78,8 @@ def _child() -> None:
 def probe_devices(
     device_ids: list[str], environ: Mapping[str, str], timeout_s: float
 ) -> list[Optional[dict[str, Any]]]:
-    """One child per device (in parallel); None for a child that timed out (it is killed)."""
+    """One child per device, in parallel under one deadline; None for a child that did not
+    answer in time (it is killed)."""
     children = [
         subprocess.Popen(
             [sys.executable, "-m", __name__, device_id],
@@ -89,9 +91,10 @@ def probe_devices(
         for device_id in device_ids
     ]
     results: list[Optional[dict[str, Any]]] = []
+    deadline = time.monotonic() + timeout_s
     for child in children:
         try:
-            out, _ = child.communicate(timeout=timeout_s)
+            out, _ = child.communicate(timeout=max(0.0, deadline - time.monotonic()))
             results.append(json.loads(out) if child.returncode == 0 and out.strip() else None)
         except subprocess.TimeoutExpired:
             child.kill()
