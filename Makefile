@@ -48,6 +48,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_engine.py
 	$(BIN)/python benchmarks/bench_rknn_emulator.py
+	$(BIN)/python benchmarks/bench_rknn3_emulator.py
 	$(BIN)/python benchmarks/bench_zero_copy.py
 	$(BIN)/python benchmarks/soak.py --seconds 60
 

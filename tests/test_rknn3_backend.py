@@ -327,3 +327,19 @@ def test_make_rknpu3_provider_options():
             make_rknpu3_provider_options(**bad)
     with pytest.raises(TypeError):
         make_rknpu3_provider_options(layout="nchw")  # engine keys go to make_provider_options
+
+
+def test_a_hanging_init_is_abandoned_after_the_timeout(emulator3, monkeypatch, tmp_path):
+    """A 1.0 runtime against another proxy/firmware version never returns from rknn3_init."""
+    from rknn3_emu import Npu3
+
+    npu = Npu3(emulator3.library("1.0"), monkeypatch.setenv)
+    npu.use(devices=1, cores=2)
+    npu.set_firmware_version("1.1.0")
+    monkeypatch.setenv("EZ_RKNN3_INIT_TIMEOUT_S", "0.3")
+    try:
+        with pytest.raises(RKNNError, match=r"did not return within 0.3 s .*ez-rknn doctor"):
+            InferenceSession(str(MODEL.write(tmp_path)))
+    finally:
+        npu.release_hang()  # the abandoned thread returns (-13) and ends
+    assert npu.calls("rknn3_init") == 1 and npu.live_contexts == 0 and npu.violations == 0
