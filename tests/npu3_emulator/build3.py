@@ -19,6 +19,8 @@ import build as npu2_build  # noqa: E402
 __all__ = ["Emulator3", "ABI_VERSIONS", "HEADER", "build", "abi_define"]
 
 HEADER = HERE / "rknn3_emu_api.h"
+#: Bookkeeping shared with the RKNPU2 emulator.
+SUPPORT = npu2_build.HERE / "emu_support.h"
 #: ABI version -> RKNN3_EMU_ABI value.
 ABI_VERSIONS = {"1.0": 10, "1.1": 11}
 _SOURCES = ("rknn3_emu_api.h", "emulator.c", "build3.py")
@@ -43,6 +45,7 @@ def _digest() -> str:
     sha = hashlib.sha256()
     for name in _SOURCES:
         sha.update((HERE / name).read_bytes())
+    sha.update(SUPPORT.read_bytes())
     return sha.hexdigest()[:16]
 
 
@@ -55,7 +58,7 @@ def build(out_root: Optional[Path] = None) -> Emulator3:
             folder = staging / f"v{version}"
             folder.mkdir()
             target = str(folder / "librknn3_api.so")
-            flags = [*_CFLAGS, abi_define(version)]
+            flags = [*_CFLAGS, abi_define(version), "-I", str(SUPPORT.parent)]
             npu2_build.gcc([*flags, "-o", target, str(HERE / "emulator.c"), "-lm"], HERE)
 
     npu2_build.build_once(final, make)

@@ -21,6 +21,10 @@
 #define _GNU_SOURCE
 #include "rknn3_emu_api.h"
 
+#define EMU_LOG_NAME "rknn3-emu"
+#define EMU_ERROR_PREFIX "E RKNN3"
+#include "emu_support.h" /* in ../npu_emulator, shared with the RKNPU2 emulator */
+
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -47,11 +51,7 @@ __attribute__((used)) const char rknn3_emu_version_banner[] =
 
 /* ---------------------------------------------------------------- bookkeeping */
 
-static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_hang_cond = PTHREAD_COND_INITIALIZER;
-static atomic_int g_violations;
-static char g_last_violation[512];
-static atomic_int g_live_allocs;
 static atomic_int g_live_contexts;
 static atomic_int g_live_mems;
 static atomic_int g_parallel;
@@ -90,41 +90,6 @@ static void startup(void) {
         g_cores = atoi(value);
     if ((value = getenv("RKNN3_EMU_FIRMWARE_VERSION")))
         snprintf(g_firmware_version, sizeof g_firmware_version, "%s", value);
-}
-
-static void violation(const char* fmt, ...) {
-    char text[512];
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(text, sizeof text, fmt, args);
-    va_end(args);
-    pthread_mutex_lock(&g_lock);
-    snprintf(g_last_violation, sizeof g_last_violation, "%s", text);
-    pthread_mutex_unlock(&g_lock);
-    atomic_fetch_add(&g_violations, 1);
-    fprintf(stderr, "rknn3-emu VIOLATION: %s\n", text);
-}
-
-static int runtime_error(int code, const char* fmt, ...) {
-    char text[512];
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(text, sizeof text, fmt, args);
-    va_end(args);
-    fprintf(stderr, "E RKNN3: [emu] %s\n", text);
-    return code;
-}
-
-static void* emu_calloc(size_t n, size_t size) {
-    void* p = calloc(n, size);
-    if (p) atomic_fetch_add(&g_live_allocs, 1);
-    return p;
-}
-
-static void emu_free(void* p) {
-    if (!p) return;
-    atomic_fetch_sub(&g_live_allocs, 1);
-    free(p);
 }
 
 /* Counts the call; returns the injected code (non-zero) if this call must fail. */
@@ -698,24 +663,6 @@ int rknn3_mem_sync_range(rknn3_context context, rknn3_tensor_mem* mem, rknn3_mem
 #endif
 
 /* ---------------------------------------------------------------- inference */
-
-static double read_value(const char* buf, int type, size_t i) {
-    switch (type) {
-        case RKNN3_TENSOR_FLOAT32: return ((const float*)buf)[i];
-        case RKNN3_TENSOR_FLOAT16: return (double)((const _Float16*)buf)[i];
-        case RKNN3_TENSOR_INT8: return ((const int8_t*)buf)[i];
-        default: return ((const uint8_t*)buf)[i];
-    }
-}
-
-static void write_value(char* buf, int type, size_t i, double v) {
-    switch (type) {
-        case RKNN3_TENSOR_FLOAT32: ((float*)buf)[i] = (float)v; break;
-        case RKNN3_TENSOR_FLOAT16: ((_Float16*)buf)[i] = (_Float16)(float)v; break;
-        case RKNN3_TENSOR_INT8: ((int8_t*)buf)[i] = (int8_t)v; break;
-        default: ((uint8_t*)buf)[i] = (uint8_t)v; break;
-    }
-}
 
 /* Where element k (original NCHW order) of t sits in its native buffer. */
 static size_t native_offset(const emu_tensor* t, size_t k) {

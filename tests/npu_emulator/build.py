@@ -24,7 +24,7 @@ from typing import Optional
 __all__ = ["Emulator", "build", "build_once", "gcc", "probe_layout", "HERE"]
 
 HERE = Path(__file__).resolve().parent
-_SOURCES = ("rknn_emu_api.h", "emulator.c", "custom_op_plugin.c", "build.py")
+_SOURCES = ("rknn_emu_api.h", "emu_support.h", "emulator.c", "custom_op_plugin.c", "build.py")
 _CFLAGS = ("-O2", "-g", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared", "-pthread")
 #: Plugin file name -> extra gcc flags.
 _PLUGINS = {

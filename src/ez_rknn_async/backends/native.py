@@ -72,8 +72,8 @@ class Signature:
 
 
 class NativeLibrary:
-    """A loaded shared library: each function of ``signatures`` is an attribute, or a stub made
-    by ``missing_stub`` (which raises the runtime's own error type when called)."""
+    """A loaded shared library: each function of ``signatures`` is an attribute, or a stub that
+    raises ``missing_error`` (the runtime's own error type) when called."""
 
     def __init__(self, path: str, signatures: Sequence[Signature]) -> None:
         self.path = path
@@ -92,6 +92,16 @@ class NativeLibrary:
         self.missing = frozenset(missing)
 
     def missing_stub(self, signature: Signature) -> Callable[..., Any]:
+        """A stand-in for a function the library lacks: raises ``missing_error`` when called."""
+
+        def missing(*_args: Any) -> Any:
+            raise self.missing_error(signature)
+
+        missing.__name__ = signature.name
+        return missing
+
+    def missing_error(self, signature: Signature) -> Exception:
+        """The runtime's own error for calling a function the library lacks."""
         raise NotImplementedError
 
     def has(self, name: str) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Mapping
-from typing import Any, Callable, Optional
+from typing import Optional
 
 from ...errors import RKNNError
 from ..native import LibraryFinder, NativeLibrary, Signature
@@ -154,20 +154,14 @@ class Library(NativeLibrary):
     def __init__(self, path: str) -> None:
         super().__init__(path, SIGNATURES)
 
-    def missing_stub(self, signature: Signature) -> Callable[..., Any]:
+    def missing_error(self, signature: Signature) -> Exception:
         where = f" (not provided on {signature.missing_on})" if signature.missing_on else ""
-        path = self.path
-
-        def missing(*_args: Any) -> Any:
-            raise RKNNError(
-                f"{signature.name} is not available in {path}{where}; a newer librknnrt may "
-                "provide it",
-                -1,
-                "RKNN_ERR_FAIL",
-            )
-
-        missing.__name__ = signature.name
-        return missing
+        return RKNNError(
+            f"{signature.name} is not available in {self.path}{where}; a newer librknnrt may "
+            "provide it",
+            -1,
+            "RKNN_ERR_FAIL",
+        )
 
 
 _FINDER = LibraryFinder(ENV_VAR, SYSTEM_CANDIDATES)

@@ -23,8 +23,6 @@ __all__ = [
     "Query",
     "TensorType",
     "Layout",
-    "MemFlags",
-    "MemSync",
     "ERRORS",
     "TIMEOUT",
     "error_name",
@@ -225,18 +223,6 @@ class Layout(IntEnum):
     NCHW = 1
     NHWC = 2
     NC1HWC2 = 3
-
-
-class MemFlags(IntEnum):
-    DEFAULT = 0
-    CACHEABLE = 1
-    NON_CACHEABLE = 2
-
-
-class MemSync(IntEnum):
-    TO_DEVICE = 1
-    FROM_DEVICE = 2
-    BIDIRECTIONAL = 3
 
 
 TIMEOUT = -7

@@ -21,18 +21,11 @@ from .abi import Layout, TensorType
 
 __all__ = ["TensorCodec", "codec", "text", "dims"]
 
+#: numpy's name of each type is the enum name in lower case, except bool (INT4 has none).
 _DTYPES: dict[int, np.dtype] = {
-    TensorType.FLOAT32: np.dtype(np.float32),
-    TensorType.FLOAT16: np.dtype(np.float16),
-    TensorType.INT8: np.dtype(np.int8),
-    TensorType.UINT8: np.dtype(np.uint8),
-    TensorType.INT16: np.dtype(np.int16),
-    TensorType.UINT16: np.dtype(np.uint16),
-    TensorType.INT32: np.dtype(np.int32),
-    TensorType.UINT32: np.dtype(np.uint32),
-    TensorType.INT64: np.dtype(np.int64),
-    TensorType.UINT64: np.dtype(np.uint64),
-    TensorType.BOOL: np.dtype(np.bool_),
+    t: np.dtype(np.bool_ if t == TensorType.BOOL else t.name.lower())
+    for t in TensorType
+    if t != TensorType.INT4
 }
 _FLOAT32 = np.dtype(np.float32)
 #: Feeds taken as they are; each is converted through float64, as the reference does.

@@ -24,10 +24,11 @@ import numpy as np
 from ...errors import RKNNError, RunTimeoutError
 from ...options import ProviderOptions
 from ...tensors import ModelMetadata, TensorSpec
-from ..base import Backend, Runner, SlotSpec
+from ..base import MEM_CACHEABLE, Backend, Runner, SlotSpec
+from ..rknn.abi import MemSyncMode as MemSync  # the same values in librknn3_api
 from ..rknn.memory import map_bytes
 from . import attrs
-from .abi import CONTEXT_TYPE, Abi, MemFlags, MemSync, Query
+from .abi import CONTEXT_TYPE, Abi, Query
 from .devices import Device, Route, find_devices, plan_routes, select_devices
 from .library import Library3, UnsupportedRuntimeError, check, load_library, version_of
 from .model import PROVIDER, read_weight
@@ -288,7 +289,7 @@ class _Mem:
         lib = context.lib
         with context.lock:
             pointer = lib.rknn3_create_mem(
-                context.handle, attr.aligned_size, attr.core_id, MemFlags.CACHEABLE
+                context.handle, attr.aligned_size, attr.core_id, MEM_CACHEABLE
             )
         if not pointer:
             raise RKNNError(

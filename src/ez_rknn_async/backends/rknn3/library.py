@@ -14,7 +14,7 @@ from __future__ import annotations
 import ctypes
 import re
 from collections.abc import Mapping
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from ...errors import RKNNError, RunTimeoutError
 from ..native import LibraryFinder, NativeLibrary, Signature
@@ -150,19 +150,13 @@ class Library3(NativeLibrary):
         super().__init__(path, SIGNATURES)
         self.abi = detect_abi(self.has, path)
 
-    def missing_stub(self, signature: Signature) -> Callable[..., Any]:
-        path = self.path
-
-        def missing(*_args: Any) -> Any:
-            raise RKNNError(
-                f"{signature.name} is not available in {path} (exists only in "
-                f"{signature.missing_on or 'other versions'})",
-                -1,
-                "RKNN3_ERR_FAIL",
-            )
-
-        missing.__name__ = signature.name
-        return missing
+    def missing_error(self, signature: Signature) -> Exception:
+        return RKNNError(
+            f"{signature.name} is not available in {self.path} (exists only in "
+            f"{signature.missing_on or 'other versions'})",
+            -1,
+            "RKNN3_ERR_FAIL",
+        )
 
 
 _FINDER = LibraryFinder(ENV_VAR, SYSTEM_CANDIDATES)
