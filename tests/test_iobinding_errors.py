@@ -260,7 +260,7 @@ def test_update_inplace_takes_the_exact_shape_and_dtype(sess):
         (
             lambda b, s, o: b.bind_output("sum", "gpu", shape=[2, 4]),
             ValueError,
-            "device_type must be 'cpu' or 'rknpu2'",
+            "device_type must be 'cpu', 'rknpu2' or 'rknpu3'",
         ),
         (
             lambda b, s, o: b.bind_output("nope", shape=[2, 4]),

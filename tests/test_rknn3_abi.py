@@ -9,6 +9,7 @@ import pytest
 
 from ez_rknn_async import RKNNError, RunTimeoutError
 from ez_rknn_async.backends.rknn3 import abi, library
+
 from rknn3_emu import emulator3_build
 
 pytest_plugins = ("rknn3_fixtures", "rknn_fixtures")

@@ -19,6 +19,7 @@ from ez_rknn_async import (
 )
 from ez_rknn_async.backends import ModelSource, choose_backend
 from ez_rknn_async.options import parse_provider_options
+
 from rknn3_emu import Model3, Tensor3
 
 pytest_plugins = ("rknn3_fixtures",)

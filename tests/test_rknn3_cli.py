@@ -10,6 +10,7 @@ import time
 from ez_rknn_async.backends.rknn3 import doctor
 from ez_rknn_async.cli.errors import ExitCode
 from ez_rknn_async.cli.main import main
+
 from rknn3_emu import Model3, Tensor3
 
 pytest_plugins = ("rknn3_fixtures",)

@@ -24,13 +24,22 @@ import numpy as np
 from ...errors import RKNNError, RunTimeoutError
 from ...options import ProviderOptions
 from ...tensors import ModelMetadata, TensorSpec
-from ..base import MEM_CACHEABLE, Backend, Runner, SlotSpec
+from ..base import (
+    MEM_CACHEABLE,
+    Backend,
+    BufferRequest,
+    BufferTracker,
+    DeviceBuffer,
+    Runner,
+    SlotSpec,
+)
 from ..rknn.abi import MemSyncMode as MemSync  # the same values in librknn3_api
 from ..rknn.memory import map_bytes
 from . import attrs
 from .abi import CONTEXT_TYPE, Abi, Query
 from .devices import Device, Route, find_devices, plan_routes, select_devices
 from .library import Library3, UnsupportedRuntimeError, check, load_library, version_of
+from .memory import NativeHostBuffer
 from .model import PROVIDER, read_weight
 
 __all__ = ["Rknn3Backend", "Rknn3Runner", "Context3", "load"]
@@ -159,6 +168,7 @@ class Rknn3Backend(Backend):
         self._options = options
         self._lock = threading.Lock()
         self._closed = False
+        self.buffers = BufferTracker()
         self.devices = select_devices(find_devices(lib, self.abi), options.device_id)
         origin = open_context(lib, self.devices[0], model, weight)
         try:
@@ -234,6 +244,25 @@ class Rknn3Backend(Backend):
     def native_outputs(self) -> Sequence[TensorSpec]:
         return [c.native for c in self._outputs]
 
+    # ------------------------------------------------------------------ zero copy
+
+    @property
+    def zero_copy_inputs(self) -> Sequence[TensorSpec]:
+        """Values hold what the NPU reads: the native shape and the tensor's own type."""
+        return self.native_inputs
+
+    @property
+    def zero_copy_outputs(self) -> Sequence[TensorSpec]:
+        return self.native_outputs
+
+    def allocate(self, request: BufferRequest) -> DeviceBuffer:
+        """Host memory of the requested (native) shape and type; ``iobinding`` has checked
+        both against ``zero_copy_inputs``/``outputs``, so every buffer binds as made."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the RKNPU3 backend is closed")
+            return NativeHostBuffer(request, self.buffers)
+
     # ------------------------------------------------------------------ slots
 
     def default_cores(self) -> list[int]:
@@ -278,8 +307,11 @@ class Rknn3Backend(Backend):
                 return
             self._closed = True
             origin, self._origin = self._origin, None
-        if origin is not None:
-            origin.destroy()
+        try:
+            self.buffers.release_all()
+        finally:
+            if origin is not None:
+                origin.destroy()
 
 
 class _Mem:
@@ -338,6 +370,21 @@ class Rknn3Runner(Runner):
     def run(self, inputs: Sequence[np.ndarray], output_indices: Sequence[int]) -> list[np.ndarray]:
         for codec, mem, array in zip(self._in_codecs, self._in_mems, inputs):
             codec.write(mem.raw, array)
+        self._execute()
+        return [self._out_codecs[j].read(self._out_mems[j].raw) for j in output_indices]
+
+    def run_buffers(self, inputs: Sequence[DeviceBuffer], outputs: Sequence[DeviceBuffer]) -> None:
+        """The values' native bytes into this slot's mems, a run, the outputs' bytes back."""
+        for mem, buffer in zip(self._in_mems, inputs):
+            assert isinstance(buffer, NativeHostBuffer), "check_binding admits these only"
+            mem.raw[: buffer.raw.size] = buffer.raw
+        self._execute()
+        for mem, buffer in zip(self._out_mems, outputs):
+            assert isinstance(buffer, NativeHostBuffer), "check_binding admits these only"
+            buffer.raw[:] = mem.raw[: buffer.raw.size]
+
+    def _execute(self) -> None:
+        """mem_sync TO_DEVICE, rknn3_run, mem_sync FROM_DEVICE, on this slot's context."""
         context, lib = self._context, self._lib
         with context.lock:
             for mem in self._in_mems:
@@ -360,7 +407,6 @@ class Rknn3Runner(Runner):
                 ) from exc
             for mem in self._out_mems:
                 context.call("rknn3_mem_sync", mem.pointer, MemSync.FROM_DEVICE)
-        return [self._out_codecs[j].read(self._out_mems[j].raw) for j in output_indices]
 
     def _free(self) -> None:
         context = self._context
