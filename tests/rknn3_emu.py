@@ -32,15 +32,23 @@ class Tensor3:
     dims: tuple[int, ...]
     zp: int = 0
     scale: float = 1.0
+    shapes: tuple[tuple[int, ...], ...] = ()  # further shapes of a dynamic input
 
     def line(self, kind: str) -> str:
         dims = " ".join(str(d) for d in self.dims)
-        return f"{kind} {self.name} {self.type} {self.zp} {self.scale!r} {len(self.dims)} {dims}"
+        text = f"{kind} {self.name} {self.type} {self.zp} {self.scale!r} {len(self.dims)} {dims}"
+        return "\n".join([text] + ["shape " + " ".join(map(str, s)) for s in self.shapes])
 
     def as_rknpu2(self, is_input: bool) -> rknn_emu.EmuTensor:
         """The same tensor as the RKNPU2 emulator describes it (4-D inputs NHWC)."""
-        dims = rknn_emu.to_nhwc(self.dims) if is_input and len(self.dims) == 4 else self.dims
-        return rknn_emu.EmuTensor(self.name, self.type, tuple(dims), self.zp, self.scale)
+
+        def runtime_dims(dims: tuple[int, ...]) -> tuple[int, ...]:
+            return tuple(rknn_emu.to_nhwc(dims) if is_input and len(dims) == 4 else dims)
+
+        shapes = tuple(runtime_dims(s) for s in self.shapes)
+        return rknn_emu.EmuTensor(
+            self.name, self.type, runtime_dims(self.dims), self.zp, self.scale, shapes
+        )
 
 
 @dataclass(frozen=True)
@@ -79,9 +87,15 @@ class Model3:
         )
         return rknn_emu.reference(as2, feeds)
 
-    def feeds(self, seed: int) -> list[np.ndarray]:
+    def feeds(self, seed: int, shape: int = 0) -> list[np.ndarray]:
+        """Random float32 inputs of shape ``shape`` (0: the declared dims)."""
         rng = np.random.default_rng(seed)
-        return [rng.uniform(-2, 2, t.dims).astype(np.float32) for t in self.inputs]
+        return [
+            rng.uniform(-2, 2, t.shapes[shape - 1] if shape and t.shapes else t.dims).astype(
+                np.float32
+            )
+            for t in self.inputs
+        ]
 
 
 class Npu3:

@@ -52,7 +52,11 @@ def complete(binding):
     "make, error, message",
     [
         (lambda s: OrtValue.ortvalue_from_numpy([1, 2]), TypeError, "takes a numpy array"),
-        (lambda s: OrtValue.ortvalue_from_numpy(A, "cuda"), ValueError, "'cpu', 'rknpu2' or 'rknpu3'"),
+        (
+            lambda s: OrtValue.ortvalue_from_numpy(A, "cuda"),
+            ValueError,
+            "'cpu', 'rknpu2' or 'rknpu3'",
+        ),
         (lambda s: OrtValue.ortvalue_from_numpy(A, "cpu", 1), ValueError, "device_id must be 0"),
         (lambda s: OrtValue.ortvalue_from_numpy(A, layout="nchw"), ValueError, "layout must be"),
         (

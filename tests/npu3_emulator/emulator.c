@@ -38,6 +38,7 @@
 #define EMU_MAX_IO 8
 #define EMU_MAX_DEVICES 4
 #define EMU_MAX_CORES 16
+#define EMU_MAX_SHAPES 8
 
 #if RKNN3_EMU_ABI >= 11
 #define EMU_VERSION "1.1.0"
@@ -69,9 +70,9 @@ static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static const char* const k_apis[] = {
     "rknn3_find_devices", "rknn3_init", "rknn3_destroy", "rknn3_load_model_from_data",
     "rknn3_model_init", "rknn3_query", "rknn3_run", "rknn3_create_mem", "rknn3_destroy_mem",
-    "rknn3_mem_sync"};
+    "rknn3_mem_sync", "rknn3_set_shape"};
 enum { API_FIND, API_INIT, API_DESTROY, API_LOAD, API_MODEL_INIT, API_QUERY, API_RUN,
-       API_CREATE_MEM, API_DESTROY_MEM, API_MEM_SYNC, API_COUNT };
+       API_CREATE_MEM, API_DESTROY_MEM, API_MEM_SYNC, API_SET_SHAPE, API_COUNT };
 static atomic_int g_calls[API_COUNT];
 static int g_fail_code[API_COUNT];
 static int g_fail_count[API_COUNT];
@@ -127,8 +128,35 @@ typedef struct {
     double gain;
     char custom_string[1024];
     int n_in, n_out;
-    emu_tensor in[EMU_MAX_IO], out[EMU_MAX_IO];
+    emu_tensor in[EMU_MAX_IO], out[EMU_MAX_IO]; /* as declared: shape 0 */
+    int n_shapes; /* > 1: a dynamic-shape model (`shape` lines) */
+    int input_shapes[EMU_MAX_IO]; /* shapes listed for each input (1: static input) */
+    uint32_t shapes[EMU_MAX_IO][EMU_MAX_SHAPES][RKNN3_MAX_DIMS];
 } emu_model;
+
+static void set_dims(emu_tensor* t, const uint32_t* dims) {
+    t->n_elems = 1;
+    for (uint32_t d = 0; d < t->n_dims; d++) t->n_elems *= (t->dims[d] = dims[d]);
+}
+
+/* The tensors of shape `id`: each dynamic input at its id-th shape; a 4-D output takes the first
+ * input's H and W (NCHW) when the model is dynamic, everything else stays as declared. */
+static void shape_tensors(const emu_model* m, int id, emu_tensor* in, emu_tensor* out) {
+    for (int i = 0; i < m->n_in; i++) {
+        in[i] = m->in[i];
+        if (m->input_shapes[i] > 1) set_dims(&in[i], m->shapes[i][id]);
+    }
+    for (int j = 0; j < m->n_out; j++) {
+        out[j] = m->out[j];
+        if (m->n_shapes > 1 && in[0].n_dims == 4 && out[j].n_dims == 4) {
+            uint32_t dims[RKNN3_MAX_DIMS];
+            memcpy(dims, out[j].dims, sizeof dims);
+            dims[2] = in[0].dims[2];
+            dims[3] = in[0].dims[3];
+            set_dims(&out[j], dims);
+        }
+    }
+}
 
 static int type_size(int type) {
     return type == RKNN3_TENSOR_FLOAT32 ? 4 : type == RKNN3_TENSOR_FLOAT16 ? 2 : 1;
@@ -173,8 +201,20 @@ static int parse_model(const char* data, uint64_t size, emu_model* m) {
             bad = sscanf(line + 10, "%d", &m->weight_id) != 1;
         } else if (!strncmp(line, "custom_string ", 14)) {
             snprintf(m->custom_string, sizeof m->custom_string, "%s", line + 14);
+        } else if (!strncmp(line, "shape ", 6)) {
+            int i = m->n_in - 1, k = i < 0 ? 0 : m->input_shapes[i];
+            bad = i < 0 || k == EMU_MAX_SHAPES;
+            const char* rest = line + 6;
+            int used = 0;
+            for (uint32_t d = 0; !bad && d < m->in[i].n_dims; d++, rest += used)
+                bad = sscanf(rest, "%u%n", &m->shapes[i][k][d], &used) != 1 || !m->shapes[i][k][d];
+            if (!bad) m->input_shapes[i]++;
         } else if (!strncmp(line, "input ", 6)) {
-            bad = m->n_in == EMU_MAX_IO || parse_tensor(line + 6, &m->in[m->n_in++]);
+            bad = m->n_in == EMU_MAX_IO || parse_tensor(line + 6, &m->in[m->n_in]);
+            if (!bad) {
+                memcpy(m->shapes[m->n_in][0], m->in[m->n_in].dims, sizeof m->in[0].dims);
+                m->input_shapes[m->n_in++] = 1;
+            }
         } else if (!strncmp(line, "output ", 7)) {
             bad = m->n_out == EMU_MAX_IO || parse_tensor(line + 7, &m->out[m->n_out++]);
         } else if (!strcmp(line, "end")) {
@@ -185,6 +225,11 @@ static int parse_model(const char* data, uint64_t size, emu_model* m) {
         }
     }
     emu_free(text);
+    m->n_shapes = 1;
+    for (int i = 0; i < m->n_in; i++) {
+        if (m->input_shapes[i] > 1 && m->n_shapes > 1 && m->input_shapes[i] != m->n_shapes) bad = 1;
+        if (m->input_shapes[i] > 1) m->n_shapes = m->input_shapes[i];
+    }
     return (bad || !ended || !m->n_in || !m->n_out) ? -1 : 0;
 }
 
@@ -209,6 +254,8 @@ typedef struct emu_ctx {
     uint32_t timeout_ms;
     int first_core;
     int n_mems;
+    int shape; /* the current shape of a dynamic model */
+    emu_tensor in[EMU_MAX_IO], out[EMU_MAX_IO]; /* the model's tensors at that shape */
     struct emu_ctx* next;
 } emu_ctx;
 
@@ -389,6 +436,7 @@ int rknn3_load_model_from_data(rknn3_context context, const void* model_data, ui
     } else {
         c->model.gain = gain;
         c->loaded = 1;
+        shape_tensors(&c->model, 0, c->in, c->out);
     }
     release(c);
     return rc;
@@ -511,6 +559,7 @@ int rknn3_query(rknn3_context context, rknn3_query_cmd cmd, void* info, uint64_t
         case RKNN3_QUERY_CUSTOM_STRING: want = sizeof(rknn3_custom_string); break;
         case RKNN3_QUERY_CORE_NUMBER: want = sizeof(uint32_t); break;
         case RKNN3_QUERY_DEVICE_MEM_INFO: want = sizeof(rknn3_dev_mem_info); break;
+        case RKNN3_QUERY_DYNAMIC_SHAPE_CONFIG: want = sizeof(rknn3_shape_config); break;
         default: release(c); return runtime_error(RKNN3_ERR_ARGUMENT_INVALID, "query %d is not emulated", cmd);
     }
     int rc = 0;
@@ -532,6 +581,10 @@ int rknn3_query(rknn3_context context, rknn3_query_cmd cmd, void* info, uint64_t
         snprintf(((rknn3_custom_string*)info)->string, 1024, "%s", m->custom_string);
     } else if (cmd == RKNN3_QUERY_CORE_NUMBER) {
         *(uint32_t*)info = m->core_num;
+    } else if (cmd == RKNN3_QUERY_DYNAMIC_SHAPE_CONFIG) {
+        rknn3_shape_config* config = info;
+        config->n_shapes = m->n_shapes > 1 ? m->n_shapes : 0;
+        config->current_shape_id = m->n_shapes > 1 ? c->shape : -1;
     } else if (cmd == RKNN3_QUERY_DEVICE_MEM_INFO) {
         rknn3_dev_mem_info* d = info;
         memset(d, 0, sizeof *d);
@@ -543,7 +596,26 @@ int rknn3_query(rknn3_context context, rknn3_query_cmd cmd, void* info, uint64_t
         if (index >= (uint32_t)(is_input ? m->n_in : m->n_out))
             rc = runtime_error(RKNN3_ERR_ARGUMENT_INVALID, "tensor index %u out of range", index);
         else
-            fill_attr(c, is_input ? &m->in[index] : &m->out[index], index, is_native_query(cmd), a);
+            fill_attr(c, is_input ? &c->in[index] : &c->out[index], index, is_native_query(cmd), a);
+    }
+    release(c);
+    return rc;
+}
+
+int rknn3_set_shape(rknn3_context context, int32_t shape_id) {
+    int injected = enter_api(API_SET_SHAPE);
+    if (injected) return injected;
+    emu_ctx* c = acquire(context, "rknn3_set_shape");
+    if (!c) return RKNN3_ERR_CTX_INVALID;
+    int rc = 0;
+    if (!c->loaded || c->model.n_shapes < 2) {
+        violation("rknn3_set_shape: %s", c->loaded ? "not a dynamic-shape model" : "no model loaded");
+        rc = RKNN3_ERR_CTX_INVALID;
+    } else if (shape_id < 0 || shape_id >= c->model.n_shapes) {
+        rc = runtime_error(RKNN3_ERR_ARGUMENT_INVALID, "shape id %d not in [0, %d)", shape_id, c->model.n_shapes);
+    } else {
+        c->shape = shape_id;
+        shape_tensors(&c->model, shape_id, c->in, c->out);
     }
     release(c);
     return rc;
@@ -677,7 +749,7 @@ static int is_quantized(int type) { return type == RKNN3_TENSOR_INT8 || type == 
 /* Checks one rknn3_tensor of a run; returns its mem or NULL after a violation. */
 static emu_mem* check_tensor(const emu_ctx* c, const rknn3_tensor* t, uint32_t index, int is_input) {
     const char* kind = is_input ? "input" : "output";
-    const emu_tensor* et = is_input ? &c->model.in[index] : &c->model.out[index];
+    const emu_tensor* et = is_input ? &c->in[index] : &c->out[index];
     const rknn3_tensor_attr* a = t->attr;
     if (!a || a->index != index || strcmp(a->name, et->name)) {
         violation("rknn3_run: %s %u: attr missing or not the tensor's (index/name)", kind, index);
@@ -757,14 +829,14 @@ int rknn3_run(rknn3_context context, const rknn3_tensor inputs[], uint32_t n_inp
                            c->timeout_ms);
     } else {
         for (int j = 0; j < model->n_out; j++) {
-            const emu_tensor* ot = &model->out[j];
+            const emu_tensor* ot = &c->out[j];
             rknn3_tensor_attr native;
             fill_attr(c, ot, j, 1, &native);
             memset(out[j]->device, 0xA5, native.aligned_size); /* padding lanes hold garbage */
             for (size_t k = 0; k < ot->n_elems; k++) {
                 double total = 0;
                 for (int i = 0; i < model->n_in; i++) {
-                    const emu_tensor* it = &model->in[i];
+                    const emu_tensor* it = &c->in[i];
                     size_t at = native_offset(it, (k + j) % it->n_elems);
                     double x = read_value(in[i]->device, it->type, at);
                     if (is_quantized(it->type)) x = (x - it->zp) * (double)it->scale;

@@ -221,6 +221,7 @@ rknn3_tensor_mem* rknn3_create_mem(rknn3_context context, uint64_t size, int32_t
                                    rknn3_mem_alloc_flags flags);
 int rknn3_destroy_mem(rknn3_context context, rknn3_tensor_mem* mem);
 int rknn3_mem_sync(rknn3_context context, rknn3_tensor_mem* mem, rknn3_mem_sync_mode mode);
+int rknn3_set_shape(rknn3_context context, int32_t shape_id);
 #if RKNN3_EMU_ABI >= 11
 int rknn3_mem_sync_range(rknn3_context context, rknn3_tensor_mem* mem, rknn3_mem_sync_mode mode,
                          uint64_t offset, uint64_t length);

@@ -158,6 +158,7 @@ class Query(IntEnum):
     SWAPPED_OUTPUT_ATTR = 9
     DEVICE_MEM_INFO = 12
     CORE_NUMBER = 13
+    DYNAMIC_SHAPE_CONFIG = 15
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from .devices import Device, Route, find_devices, plan_routes, select_devices
 from .library import Library3, UnsupportedRuntimeError, check, load_library, version_of
 from .memory import NativeHostBuffer
 from .model import PROVIDER, read_weight
+from .shapes import ModelShape, Shapes
 
 __all__ = ["Rknn3Backend", "Rknn3Runner", "Context3", "load"]
 
@@ -226,23 +227,40 @@ class Rknn3Backend(Backend):
                 f"{self.library_path} reports version {self.api_version!r} but exports the "
                 f"symbols of ABI {self.abi.version}"
             )
-        self._inputs = self.codecs(context, True)
-        self._outputs = self.codecs(context, False)
-        self.inputs = [c.spec for c in self._inputs]
-        self.outputs = [c.spec for c in self._outputs]
+        count = self._shape_count(context)
+        self.shapes = Shapes([self._shape(context, i, count > 1) for i in range(count)])
+        self._inputs, self._outputs = self.shapes.all[0].inputs, self.shapes.all[0].outputs
+        self.inputs = self.shapes.specs(True)
+        self.outputs = self.shapes.specs(False)
         custom = context.query(Query.CUSTOM_STRING, self.abi.struct("rknn3_custom_string")())
         text = attrs.text(custom.string)
         self.metadata = ModelMetadata(
             custom_metadata_map={"rknn_custom_string": text} if text else {}
         )
 
+    def _shape_count(self, context: Context3) -> int:
+        """How many shapes the model has: 1 unless it is a dynamic-shape model."""
+        config = context.query(Query.DYNAMIC_SHAPE_CONFIG, self.abi.struct("rknn3_shape_config")())
+        return max(1, int(config.n_shapes))
+
+    def _shape(self, context: Context3, shape_id: int, dynamic: bool) -> ModelShape:
+        """The codecs of one shape (made current on ``context`` first, if dynamic)."""
+        if dynamic:
+            context.call("rknn3_set_shape", shape_id)
+        return ModelShape(self.codecs(context, True), self.codecs(context, False))
+
+    def check_feed(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """A dynamic model runs only at its exported shapes: refuse others before queuing."""
+        self.shapes.index(arrays, [spec.name for spec in self.inputs])
+        return arrays
+
     @property
     def native_inputs(self) -> Sequence[TensorSpec]:
-        return [c.native for c in self._inputs]
+        return self.shapes.specs(True, native=True)
 
     @property
     def native_outputs(self) -> Sequence[TensorSpec]:
-        return [c.native for c in self._outputs]
+        return self.shapes.specs(False, native=True)
 
     # ------------------------------------------------------------------ zero copy
 
@@ -258,6 +276,11 @@ class Rknn3Backend(Backend):
     def allocate(self, request: BufferRequest) -> DeviceBuffer:
         """Host memory of the requested (native) shape and type; ``iobinding`` has checked
         both against ``zero_copy_inputs``/``outputs``, so every buffer binds as made."""
+        if self.shapes.dynamic:
+            raise ValueError(
+                "zero copy is not supported for dynamic-shape RKNPU3 models (values have one "
+                "native shape); use run/submit/run_async with numpy inputs"
+            )
         with self._lock:
             if self._closed:
                 raise RuntimeError("the RKNPU3 backend is closed")
@@ -315,86 +338,104 @@ class Rknn3Backend(Backend):
 
 
 class _Mem:
-    """One tensor mem of a runner: the native attr the run gets and the host bytes."""
+    """One tensor mem of a runner (``size`` bytes on ``core_id``) and its host bytes."""
 
-    def __init__(self, context: Context3, attr: Any) -> None:
+    def __init__(self, context: Context3, size: int, core_id: int) -> None:
         lib = context.lib
         with context.lock:
-            pointer = lib.rknn3_create_mem(
-                context.handle, attr.aligned_size, attr.core_id, MEM_CACHEABLE
-            )
+            pointer = lib.rknn3_create_mem(context.handle, size, core_id, MEM_CACHEABLE)
         if not pointer:
             raise RKNNError(
-                f"rknn3_create_mem of {attr.aligned_size} bytes on core {attr.core_id} failed",
+                f"rknn3_create_mem of {size} bytes on core {core_id} failed",
                 -6,
                 "RKNN3_ERR_OUT_OF_MEMORY",
             )
         self.pointer = pointer
-        self.attr = attr
         mem = context.lib.abi.struct("rknn3_tensor_mem").from_address(pointer)
-        self.raw = map_bytes(mem.virt_addr + mem.offset, int(attr.aligned_size))
+        self.raw = map_bytes(mem.virt_addr + mem.offset, size)
 
 
 class Rknn3Runner(Runner):
-    """One slot: its context, one tensor mem per input and output, the rknn3_tensor arrays."""
+    """One slot: its context, one tensor mem per input and output (sized for the largest
+    shape), and for each shape of the model the rknn3_tensor arrays (native attrs as this
+    context reports them: ``core_id`` is the context's)."""
 
     def __init__(self, backend: Rknn3Backend, context: Context3) -> None:
         self._context = context
         self._lib = backend._lib
         self._timeout_ms = backend._options.run_timeout_ms
-        self._in_codecs = backend._inputs
-        self._out_codecs = backend._outputs
-        abi = backend.abi
+        self._shapes = backend.shapes
+        self._names = [spec.name for spec in backend.inputs]
         self._mems: list[_Mem] = []
+        self._tensors: list[tuple[Any, Any, list[Any]]] = []  # per shape: inputs, outputs, attrs
+        abi = backend.abi
         try:
-            for codecs, command in (
-                (backend._inputs, abi.native_input),
-                (backend._outputs, abi.native_output),
-            ):
-                for index in range(len(codecs)):
-                    self._mems.append(_Mem(context, backend.attr(context, command, index)))
+            for shape_id in range(len(self._shapes.all)):
+                if self._shapes.dynamic:
+                    context.call("rknn3_set_shape", shape_id)
+                attrs_in = [
+                    backend.attr(context, abi.native_input, i) for i in range(len(backend.inputs))
+                ]
+                attrs_out = [
+                    backend.attr(context, abi.native_output, i) for i in range(len(backend.outputs))
+                ]
+                if not self._mems:
+                    sizes = self._shapes.max_sizes(True) + self._shapes.max_sizes(False)
+                    for size, attr in zip(sizes, attrs_in + attrs_out):
+                        self._mems.append(_Mem(context, size, attr.core_id))
+                self._tensors.append(self._tensor_arrays(abi, attrs_in, attrs_out))
         except BaseException:
             self._free()
             raise
-        n_in = len(backend._inputs)
+        self._current = len(self._shapes.all) - 1  # the shape the context was left at
+        n_in = len(backend.inputs)
         self._in_mems, self._out_mems = self._mems[:n_in], self._mems[n_in:]
+
+    def _tensor_arrays(
+        self, abi: Abi, attrs_in: list[Any], attrs_out: list[Any]
+    ) -> tuple[Any, Any, list[Any]]:
+        n_in = len(attrs_in)
         tensor = abi.struct("rknn3_tensor")
-        self._tensors = []
-        for mems in (self._in_mems, self._out_mems):
+        arrays = []
+        for mems, attrs_ in ((self._mems[:n_in], attrs_in), (self._mems[n_in:], attrs_out)):
             array = (tensor * max(1, len(mems)))()
-            for item, mem in zip(array, mems):
+            for item, mem, attr in zip(array, mems, attrs_):
                 item.mem = mem.pointer
-                item.attr = ctypes.addressof(mem.attr)
-            self._tensors.append(array)
+                item.attr = ctypes.addressof(attr)
+            arrays.append(array)
+        return arrays[0], arrays[1], attrs_in + attrs_out  # the attrs live as long as the arrays
 
     def run(self, inputs: Sequence[np.ndarray], output_indices: Sequence[int]) -> list[np.ndarray]:
-        for codec, mem, array in zip(self._in_codecs, self._in_mems, inputs):
+        shape_id = self._shapes.index(inputs, self._names)
+        shape = self._shapes.all[shape_id]
+        for codec, mem, array in zip(shape.inputs, self._in_mems, inputs):
             codec.write(mem.raw, array)
-        self._execute()
-        return [self._out_codecs[j].read(self._out_mems[j].raw) for j in output_indices]
+        self._execute(shape_id)
+        return [shape.outputs[j].read(self._out_mems[j].raw) for j in output_indices]
 
     def run_buffers(self, inputs: Sequence[DeviceBuffer], outputs: Sequence[DeviceBuffer]) -> None:
         """The values' native bytes into this slot's mems, a run, the outputs' bytes back."""
         for mem, buffer in zip(self._in_mems, inputs):
             assert isinstance(buffer, NativeHostBuffer), "check_binding admits these only"
             mem.raw[: buffer.raw.size] = buffer.raw
-        self._execute()
+        self._execute(0)  # zero copy is for static models
         for mem, buffer in zip(self._out_mems, outputs):
             assert isinstance(buffer, NativeHostBuffer), "check_binding admits these only"
             buffer.raw[:] = mem.raw[: buffer.raw.size]
 
-    def _execute(self) -> None:
-        """mem_sync TO_DEVICE, rknn3_run, mem_sync FROM_DEVICE, on this slot's context."""
+    def _execute(self, shape_id: int) -> None:
+        """(rknn3_set_shape,) mem_sync TO_DEVICE, rknn3_run, mem_sync FROM_DEVICE."""
         context, lib = self._context, self._lib
+        inputs, outputs, _ = self._tensors[shape_id]
         with context.lock:
+            if shape_id != self._current:
+                self._current = -1  # unknown until the call succeeds
+                context.call("rknn3_set_shape", shape_id)
+                self._current = shape_id
             for mem in self._in_mems:
                 context.call("rknn3_mem_sync", mem.pointer, MemSync.TO_DEVICE)
             code = lib.rknn3_run(
-                context.handle,
-                self._tensors[0],
-                len(self._in_mems),
-                self._tensors[1],
-                len(self._out_mems),
+                context.handle, inputs, len(self._in_mems), outputs, len(self._out_mems)
             )
             try:
                 check("rknn3_run", code)

@@ -110,6 +110,8 @@ SIGNATURES: tuple[Signature, ...] = (
     Signature("rknn3_destroy_mem", (_ctx, _vp)),
     # int rknn3_mem_sync(rknn3_context, rknn3_tensor_mem* mem, rknn3_mem_sync_mode mode);
     Signature("rknn3_mem_sync", (_ctx, _vp, _int)),
+    # int rknn3_set_shape(rknn3_context, int32_t shape_id);  (dynamic-shape models)
+    Signature("rknn3_set_shape", (_ctx, _i32)),
     # int rknn3_mem_sync_range(rknn3_context, rknn3_tensor_mem*, rknn3_mem_sync_mode,
     #                          uint64_t offset, uint64_t length);  (1.1 only)
     Signature("rknn3_mem_sync_range", (_ctx, _vp, _int, _u64, _u64), missing_on=_ONLY_11),
