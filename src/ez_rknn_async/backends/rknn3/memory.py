@@ -13,32 +13,22 @@ from typing import Any
 
 import numpy as np
 
-from ..base import BufferRequest, BufferTracker, DeviceBuffer
+from ..base import BufferRequest, BufferTracker, HostArrayBuffer
 
 __all__ = ["NativeHostBuffer"]
 
 
-class NativeHostBuffer(DeviceBuffer):
+class NativeHostBuffer(HostArrayBuffer):
     """``request.shape``/``dtype`` bytes of host memory (the native view of a tensor, or a
-    generic dense buffer)."""
+    generic dense buffer); ``raw`` is its bytes."""
 
     def __init__(self, request: BufferRequest, tracker: BufferTracker) -> None:
-        self._array = np.zeros(request.shape, request.dtype)
-        self.raw = self._array.reshape(-1).view(np.uint8)
-        super().__init__(request, tracker)
+        array = np.zeros(request.shape, request.dtype)
+        self.raw = array.reshape(-1).view(np.uint8)
+        super().__init__(request, tracker, array)
 
     def _free(self) -> None:
         self.raw = self._array = np.empty(0, np.uint8)
-
-    def read(self) -> np.ndarray:
-        return self._array.copy()
-
-    def write(self, array: np.ndarray) -> None:
-        np.copyto(self._array, array)
-
-    @property
-    def data_ptr(self) -> int:
-        return int(self._array.ctypes.data)
 
     def memory_info(self) -> dict[str, Any]:
         return {"size": int(self._array.nbytes), "fd": -1, "offset": 0, "dmabuf_backed": False}
