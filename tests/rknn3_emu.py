@@ -139,6 +139,9 @@ class Npu3:
     def contexts_on(self, device: int) -> int:
         return self.lib.rknn3_emu_contexts_on(device)
 
+    def contexts_with_priority(self, priority: int) -> int:
+        return self.lib.rknn3_emu_contexts_with_priority(priority)
+
     @property
     def violations(self) -> int:
         return self.lib.rknn3_emu_violations()

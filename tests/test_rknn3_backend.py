@@ -135,10 +135,11 @@ def test_device_id_selects_devices(npu3, tmp_path):
 
 def test_an_explicit_core_mask_gives_one_group_per_device(npu3, tmp_path):
     path = str(MODEL.write(tmp_path))
-    provider_options = options(run_core_mask="0x30", device_id=DEVICE_IDS[0])
+    provider_options = options(run_core_mask="0x30", device_id=DEVICE_IDS[0], priority=3)
     provider_options["threads_per_core"] = 2
     with InferenceSession(path, provider_options=provider_options) as sess:
         assert len(sess.worker_slots) == 2  # two contexts on the same cores
+        assert npu3.contexts_with_priority(3) == 2
         assert_exact(sess.run(None, MODEL.feeds(2)), MODEL.feeds(2))
     assert npu3.core_runs(0, 4) == 1 and npu3.core_runs(0, 5) == 1 and npu3.core_runs(0, 0) == 0
 

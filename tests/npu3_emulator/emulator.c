@@ -252,6 +252,7 @@ typedef struct emu_ctx {
     emu_model model;
     uint32_t mask;
     uint32_t timeout_ms;
+    int32_t priority;
     int first_core;
     int n_mems;
     int shape; /* the current shape of a dynamic model */
@@ -475,6 +476,7 @@ int rknn3_model_init(rknn3_context context, rknn3_config* config) {
     } else {
         c->mask = config->run_core_mask;
         c->timeout_ms = config->run_timeout;
+        c->priority = config->priority;
         c->first_core = __builtin_ctz(c->mask);
         c->initialised = 1;
     }
@@ -937,6 +939,15 @@ int rknn3_emu_calls(const char* api) {
 int rknn3_emu_core_runs(int device, int core) {
     if (device < 0 || device >= EMU_MAX_DEVICES || core < 0 || core >= EMU_MAX_CORES) return -1;
     return atomic_load(&g_core_runs[device][core]);
+}
+
+/* Live contexts initialised with `priority` (rknn3_config.priority; not otherwise emulated) */
+int rknn3_emu_contexts_with_priority(int priority) {
+    int n = 0;
+    pthread_mutex_lock(&g_lock);
+    for (emu_ctx* c = g_contexts; c; c = c->next) n += c->initialised && c->priority == priority;
+    pthread_mutex_unlock(&g_lock);
+    return n;
 }
 
 /* Live contexts on `device` (0-based) */
