@@ -1,4 +1,4 @@
-"""The ``ez-rknn`` command: ``info``, ``bench``, ``doctor``, ``demo``.
+"""The ``ez-rknn`` command: ``info``, ``bench``, ``compare``, ``top``, ``doctor``, ``demo``.
 
 ``main(argv)`` parses, runs one command and returns the exit code (``errors.ExitCode``). Known
 errors become ``error: ...`` plus ``hint: ...`` on stderr through the one table in ``errors``;
@@ -30,6 +30,7 @@ _MAIN_EPILOG = f"""\
 commands:
   info MODEL     inputs, outputs, native tensors, metadata; which backend runs it and why
   bench MODEL    fps and latency of every calling mode, optionally next to onnxruntime/OpenVINO
+  top            live per-core NPU load, frequency and SRAM (Rockchip boards, as root)
   doctor         which runtime library, SoC and NPU cores this machine has, and what to fix
   demo           YOLOv8n on the CPU: run / run_async / run_pipeline vs plain onnxruntime
 
@@ -217,6 +218,29 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true", help="print JSON instead of tables")
     doctor.set_defaults(func=_cmd_doctor)
 
+    top = commands.add_parser(
+        "top",
+        help="live per-core NPU load, frequency and SRAM",
+        description="Sample the NPU every --interval seconds: per-core load, clock and voltage, "
+        "devfreq range and governor, SRAM use. A table redrawn in place on a terminal; one "
+        "JSON line per sample with --json. Ctrl-C stops it. Exit code "
+        f"{int(ExitCode.NO_NPU)} when the load cannot be read (not a board, not root).",
+        epilog=_top_files_help(),
+        formatter_class=raw,
+    )
+    top.add_argument(
+        "--interval",
+        type=_positive(float),
+        default=1.0,
+        metavar="SECONDS",
+        help="time between samples (default: 1; the driver averages load over about 1 s)",
+    )
+    top.add_argument(
+        "--count", type=_positive(int), metavar="N", help="stop after N samples (default: never)"
+    )
+    top.add_argument("--json", action="store_true", help="one JSON object per line per sample")
+    top.set_defaults(func=_cmd_top)
+
     demo = commands.add_parser(
         "demo",
         help="YOLOv8n on the CPU: our modes vs plain onnxruntime (under a minute)",
@@ -309,6 +333,19 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     report = collect()
     Output("json" if args.json else "human").result(render(report), report)
     return exit_code(report)
+
+
+def _top_files_help() -> str:
+    from .top import FILES_HELP
+
+    return FILES_HELP
+
+
+def _cmd_top(args: argparse.Namespace) -> int:
+    from .top import run_top
+
+    run_top(sys.stdout, interval=args.interval, count=args.count, as_json=args.json)
+    return ExitCode.OK
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

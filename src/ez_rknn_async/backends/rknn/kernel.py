@@ -2,7 +2,7 @@
 mainline ``rocket`` driver. Plain readers and parsers, no librknnrt: ``ez-rknn top``, ``doctor`` and
 the server's metrics all read the board through this one module.
 
-Files (every path is taken under ``$EZ_RKNN_SYSFS_ROOT``, default ``/``, so tests build a fake tree):
+Files (each taken under ``$EZ_RKNN_SYSFS_ROOT``, default ``/``, so tests build a fake tree):
 
 * ``/sys/kernel/debug/rknpu/`` (debugfs, root only; ``/proc/rknpu/`` when the driver is built with
   ``CONFIG_ROCKCHIP_RKNPU_PROC_FS``): ``version`` ("RKNPU driver: v0.9.8"), ``load`` ("NPU load:
