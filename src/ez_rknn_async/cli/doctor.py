@@ -35,11 +35,14 @@ def _package_versions() -> dict[str, Optional[str]]:
     return found
 
 
-def collect(probe: Optional[Callable[[], dict[str, Any]]] = None) -> dict[str, Any]:
-    """The RKNN backend's report plus an ``optional packages`` section."""
+def collect(
+    model: Optional[str] = None, probe: Optional[Callable[..., dict[str, Any]]] = None
+) -> dict[str, Any]:
+    """The RKNN backend's report (with ``model``'s versions when given) plus an ``optional
+    packages`` section."""
     if probe is None:
         probe = importlib.import_module("ez_rknn_async.backends.rknn.doctor").collect
-    report = dict(probe())
+    report = dict(probe() if model is None else probe(model=model))
     report["packages"] = _package_versions()
     return report
 

@@ -40,6 +40,16 @@ exit codes:
 Set {DEBUG_ENV}=1 to see the traceback behind an error.
 """
 
+_DOCTOR_EPILOG = """\
+known-incompatible combinations it names:
+  librknnrt older (major.minor) than the rknn-toolkit2 that built the model (the runtime rejects
+    the file: "Invalid RKNN model version")
+  librknnrt 2.x on an rknpu driver older than 0.9.2 (RKNN SDK 2.x user guide)
+  a model converted for another SoC (RKNN_ERR_TARGET_PLATFORM_UNMATCH)
+  the mainline 'rocket' driver (Linux 6.18+, /dev/accel/accel*): librknnrt cannot drive it
+  librknnrt older than the 2.4.1 this library was written against
+"""
+
 _BENCH_DESCRIPTION = """\
 Measure a model in each calling mode, the way OpenVINO's benchmark_app does: the first inference
 is timed apart, then a warm-up, then frames are issued until --time or --frames runs out. Each
@@ -210,10 +220,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = commands.add_parser(
         "doctor",
-        help="check the runtime, SoC and NPU cores",
-        description="Probe the RKNN runtime library, the SoC and its NPU cores, and the optional "
-        f"packages; print each problem with its fix. Exit code {int(ExitCode.PROBLEMS)} when "
-        "there are problems, 0 otherwise.",
+        help="check the kernel driver, runtime, SoC and NPU cores",
+        description="Probe the NPU's kernel driver (Rockchip's rknpu, or the mainline 'rocket' "
+        "that librknnrt cannot use), the RKNN runtime library, the SoC and its NPU cores, and the "
+        "optional packages; print each problem with its fix. Given an .rknn MODEL, also check "
+        "the version triangle: kernel driver, librknnrt, and the rknn-toolkit2 that built the "
+        f"model. Exit code {int(ExitCode.PROBLEMS)} when there are problems, 0 otherwise.",
+        epilog=_DOCTOR_EPILOG,
+        formatter_class=raw,
+    )
+    doctor.add_argument(
+        "model", nargs="?", metavar="MODEL", help=".rknn file whose toolkit version to check"
     )
     doctor.add_argument("--json", action="store_true", help="print JSON instead of tables")
     doctor.set_defaults(func=_cmd_doctor)
@@ -330,7 +347,9 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import collect, exit_code, render
     from .report import Output
 
-    report = collect()
+    if args.model is not None:
+        _require_file(args.model)
+    report = collect(args.model)
     Output("json" if args.json else "human").result(render(report), report)
     return exit_code(report)
 
