@@ -183,7 +183,8 @@ def test_inputs_from_npz_and_npy(tmp_path, capsys):
         (["--input", "a=missing.npy"], ExitCode.NOT_FOUND, "input file not found"),
         (["--input", "a=photo.png"], ExitCode.USAGE, "not an image"),
         (["--min-cosine", "2"], ExitCode.USAGE, "between -1 and 1"),
-        (["--atol", "-1"], ExitCode.USAGE, "must be a finite number >= 0"),
+        (["--atol", "-1"], ExitCode.USAGE, "must be >= 0, got -1"),
+        (["--rtol", "nan"], ExitCode.USAGE, "must be a finite number, got nan"),
         (["--runs", "0"], ExitCode.USAGE, "must be > 0"),
     ],
 )

@@ -302,7 +302,9 @@ def compare_table(result: CompareResult) -> str:
         table,
         "",
         f"mismatched: |x - ref| > {tol.atol:g} + {tol.rtol:g} * |ref|; max rel over |ref| > "
-        f"{tol.atol:g}; top-k along the last axis of classifier-shaped outputs",
+        f"{tol.atol:g}",
+        "cosine over the elements finite on both sides; top-k along the last axis of "
+        "classifier-shaped outputs",
     ]
     lines += [f"{out.name}: {out.note}" for out in result.outputs if out.note]
     if plan.min_cosine is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import traceback
@@ -116,30 +117,30 @@ examples:
 """
 
 
-def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+def _number(kind: Callable[[str], Any], minimum: float, strict: bool) -> Callable[[str], Any]:
+    """An argparse type: a finite ``kind`` above ``minimum`` (or at it, unless ``strict``)."""
+
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if value < minimum or (strict and value == minimum):
+            bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
         return value
 
     return parse
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    return _number(kind, 0, strict=True)
 
 
 def _non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not value >= 0 or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-        return value
-
-    return parse
+    return _number(kind, 0, strict=False)
 
 
 def _cosine_bound(text: str) -> float:
@@ -171,6 +172,25 @@ def _backend_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -
         "--backend",
         choices=("onnxruntime", "rknn", "openvino"),
         help="force a backend (default: from the model: .rknn -> rknn, ONNX -> onnxruntime)",
+    )
+
+
+def _input_options(group: argparse._ArgumentGroup, shape_example: str) -> None:
+    """``--input`` and ``--shape``, as ``bench`` and ``compare`` take them."""
+    group.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="[NAME=]FILE",
+        help="feed this .npy, .npz or image to input NAME (repeatable; NAME optional for one "
+        "input)",
+    )
+    group.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="[NAME=]DIMS",
+        help=f"shape for random data, e.g. {shape_example} (sets dynamic dims; repeatable)",
     )
 
 
@@ -215,21 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LIST",
         help="comparators to run side by side, or all (default: none)",
     )
-    what.add_argument(
-        "--input",
-        action="append",
-        default=[],
-        metavar="[NAME=]FILE",
-        help="feed this .npy, .npz or image to input NAME (repeatable; NAME optional for one "
-        "input)",
-    )
-    what.add_argument(
-        "--shape",
-        action="append",
-        default=[],
-        metavar="[NAME=]DIMS",
-        help="shape for random data, e.g. images=1x3x640x640 (sets dynamic dims; repeatable)",
-    )
+    _input_options(what, "images=1x3x640x640")
     how = bench.add_argument_group("how long")
     how.add_argument(
         "--time",
@@ -289,20 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("model", metavar="MODEL", help="the model to check (.rknn, .onnx)")
     compare.add_argument("reference", metavar="REFERENCE", help="the model taken as truth")
     feeds = compare.add_argument_group("inputs")
-    feeds.add_argument(
-        "--input",
-        action="append",
-        default=[],
-        metavar="[NAME=]FILE",
-        help="feed this .npy, .npz or image to input NAME (repeatable)",
-    )
-    feeds.add_argument(
-        "--shape",
-        action="append",
-        default=[],
-        metavar="[NAME=]DIMS",
-        help="shape for random data, e.g. x=1x3x48x320 (sets dynamic dims; repeatable)",
-    )
+    _input_options(feeds, "x=1x3x48x320")
     feeds.add_argument(
         "--runs", type=_positive(int), default=1, metavar="N", help="input sets to run (default 1)"
     )
