@@ -129,17 +129,19 @@ def emulator_network_model(model: Any, weights: Optional[Sequence[float]] = None
     ``EmuModel``): ``out_j[k] = sum_i w_i * x_i[(k + j) mod n_i] + 0.5 * j`` with ``x_i`` input i
     flattened in NCHW order and ``w_i = gain * (i + 1)`` unless ``weights`` are given. Inputs are
     named and shaped as the RKNN session shows them (4-D inputs NCHW); integer inputs must be
-    unquantised (zp 0, scale 1) and outputs float32, so float32 arithmetic reproduces the
-    emulator to rounding."""
+    outputs float32. Unquantised inputs (zp 0, scale 1) keep their type and float32 arithmetic
+    reproduces the emulator to rounding; a quantised input is float32 here, as in the float model
+    it was converted from, so the emulator differs by its quantisation error."""
     weights = (
         [model.gain * (i + 1) for i in range(len(model.inputs))] if weights is None else weights
     )
     nodes, inputs, initializers = [], [], []
     for i, tensor in enumerate(model.inputs):
-        assert tensor.type in _EMU_TYPES and (tensor.zp, tensor.scale) == (0, 1.0), tensor
+        plain = tensor.type.startswith("float") or (tensor.zp, tensor.scale) == (0, 1.0)
+        kind = _EMU_TYPES[tensor.type] if plain else TensorProto.FLOAT
         dims = list(tensor.dims)
         shape = [dims[0], dims[3], dims[1], dims[2]] if len(dims) == 4 else dims
-        inputs.append(helper.make_tensor_value_info(tensor.name, _EMU_TYPES[tensor.type], shape))
+        inputs.append(helper.make_tensor_value_info(tensor.name, kind, shape))
         nodes += [
             helper.make_node("Cast", [tensor.name], [f"f{i}"], to=TensorProto.FLOAT),
             helper.make_node("Reshape", [f"f{i}", "flat"], [f"x{i}"]),

@@ -99,6 +99,26 @@ def test_a_changed_weight_is_detected_and_sets_the_exit_code(npu, tmp_path, caps
     assert y["max_rel_error"] > 0.1
 
 
+def test_quantised_npu_against_the_float_model(npu, tmp_path, capsys):
+    """An int8 input (what an .rknn reports) against the float ONNX it came from: float data for
+    both, which the runtime quantises; the error is at most half a quantisation step."""
+    scale = 1 / 128
+    quantised = EmuModel(
+        inputs=[EmuTensor("q", "int8", (1, 64), zp=-4, scale=scale)],
+        outputs=[EmuTensor("y", "float32", (1, 64))],
+    )
+    rknn = quantised.write(tmp_path / "q.rknn")
+    onnx = save(tmp_path, "q.onnx", emulator_network_model(quantised))
+    code, out, err = run_cli(capsys, "compare", rknn, onnx, "--min-cosine", 0.999, "--json")
+    assert code == ExitCode.OK, err
+    doc = json.loads(out)
+    assert doc["inputs"][0]["dtype"] == doc["inputs"][0]["reference_dtype"] == "float32"
+    assert any("tensor(int8) (quantised)" in note for note in doc["notes"])
+    (y,) = doc["outputs"]
+    assert 0.999 < y["cosine"] < 1.0
+    assert 0 < y["max_abs_error"] <= scale / 2 + 1e-6
+
+
 def test_ppocr_recogniser_against_its_fp16_self(tmp_path, capsys):
     reference = ppocr_path()
     fp16 = save(tmp_path, "rec_fp16.onnx", fp16_activations_copy(reference))

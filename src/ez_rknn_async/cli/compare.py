@@ -3,8 +3,10 @@ output is (the numbers are ``similarity``'s). Typically ``model.rknn`` on the NP
 ``model.onnx`` on the CPU, but any two models our backends load.
 
 Inputs and outputs are paired by name when both models use the same names, else by position
-(with a note). Inputs are made once per run from MODEL's input types, then given to REFERENCE,
-cast to its types when they differ.
+(with a note). Inputs are made once per run in MODEL's input types, except where MODEL reports a
+quantised integer type and REFERENCE a float one: an .rknn reports its internal (int8) type but
+takes floats and quantises them itself, while the float model it came from wants floats. Then
+they are given to REFERENCE, cast to its types where they differ.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..tensors import ONNX_TYPE_TO_DTYPE
+from ..tensors import ONNX_TYPE_TO_DTYPE, NodeArg
 from .errors import UsageError
 from .models import InputSpec, ShapeSpec, build_feed
 from .report import format_table
@@ -131,17 +133,29 @@ def _reference_feed(
     return result
 
 
+def _feed_node(node: Any, reference_type: str, notes: list[str]) -> Any:
+    """The NodeArg to make ``node``'s data for: REFERENCE's float type over MODEL's integer one."""
+    ours, theirs = ONNX_TYPE_TO_DTYPE.get(node.type), ONNX_TYPE_TO_DTYPE.get(reference_type)
+    if ours is None or theirs is None or ours.kind not in "iu" or theirs.kind != "f":
+        return node
+    notes.append(
+        f"input {node.name}: MODEL reports {node.type} (quantised), REFERENCE takes "
+        f"{reference_type}: data made as {reference_type} for both"
+    )
+    return NodeArg(node.name, list(node.shape), reference_type)
+
+
 def run_compare(plan: ComparePlan) -> CompareResult:
     """Run both models ``plan.runs`` times (random inputs seeded ``seed + run``) and compare."""
     notes: list[str] = []
     with contextlib.ExitStack() as stack:
         model = _open(plan.model, plan.backend, stack)
         reference = _open(plan.reference, plan.reference_backend, stack)
-        inputs = model.get_inputs()
-        ref_types = {
-            node.name: ONNX_TYPE_TO_DTYPE.get(node.type) for node in reference.get_inputs()
-        }
-        in_pairs = pair_names("input", [n.name for n in inputs], list(ref_types), notes)
+        ref_nodes = {node.name: node for node in reference.get_inputs()}
+        ref_types = {name: ONNX_TYPE_TO_DTYPE.get(node.type) for name, node in ref_nodes.items()}
+        in_pairs = pair_names("input", [n.name for n in model.get_inputs()], list(ref_nodes), notes)
+        ref_of = dict(in_pairs)
+        inputs = [_feed_node(n, ref_nodes[ref_of[n.name]].type, notes) for n in model.get_inputs()]
         out_pairs = pair_names(
             "output",
             [n.name for n in model.get_outputs()],
