@@ -243,3 +243,13 @@ def test_doctor_model_that_does_not_tell_and_a_missing_one(npu, board, tmp_path,
     assert report["model"] == {"path": str(path), "toolkit_version": None, "target_platforms": []}
     assert main(["doctor", str(tmp_path / "missing.rknn")]) == ExitCode.NOT_FOUND
     assert "missing.rknn" in capsys.readouterr().err
+
+
+def test_vendor_driver_seen_by_a_user(board):
+    board.soc("rk3588")
+    board.mkdir("/sys/bus/platform/drivers/RKNPU")  # sysfs is world-readable, debugfs is not
+    report = doctor.collect()
+    assert report["kernel"]["npu_driver"] == "rknpu"
+    (problem,) = [p for p in report["problems"] if "rknpu" in p["what"]]
+    assert "loaded but its version is not readable" in problem["what"]
+    assert problem["fix"].startswith("run as root")

@@ -134,8 +134,8 @@ def version_problems(
 def kernel_problems(
     driver: Optional[str], release: Optional[str], soc_name: Optional[str] = None
 ) -> list[dict[str, str]]:
-    """No vendor driver: what the user can do, depending on whether ``rocket`` drives the NPU
-    (or, on a Rockchip SoC with Linux 6.18+, might)."""
+    """No readable rknpu driver version: why, and what the user can do: run as root, or, when
+    ``rocket`` drives the NPU (or on a Rockchip SoC with Linux 6.18+ might), the options."""
     if driver == "rocket":
         return [
             {
@@ -145,6 +145,14 @@ def kernel_problems(
                 ".rknn models; or keep mainline and run .tflite models on the NPU with Mesa's "
                 "Teflon delegate (Mesa 25.3+, libteflon.so); or run .onnx models on the CPU with "
                 "backend='onnxruntime' or 'openvino'",
+            }
+        ]
+    if driver == "rknpu":  # loaded, but debugfs is root's
+        return [
+            {
+                "what": "the rknpu driver is loaded but its version is not readable, so the "
+                "versions cannot be checked",
+                "fix": "run as root (the version is in debugfs: /sys/kernel/debug/rknpu/version)",
             }
         ]
     if driver is None:
