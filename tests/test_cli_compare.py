@@ -287,3 +287,12 @@ def test_npz_given_a_name(tmp_path):
         build_feed(inputs, files=[parse_input_spec(f"b={tmp_path / 'two.npz'}")])
     with pytest.raises(UsageError, match="arrays x, y name no input"):
         build_feed(inputs, files=[parse_input_spec(str(tmp_path / "two.npz"))])
+
+
+def test_plan_checks_its_values():
+    from ez_rknn_async.cli.compare import ComparePlan
+
+    with pytest.raises(ValueError, match="runs must be >= 1, got 0"):
+        ComparePlan("a.onnx", "b.onnx", runs=0)
+    with pytest.raises(ValueError, match="between -1 and 1: got 1.5"):
+        ComparePlan("a.onnx", "b.onnx", min_cosine=1.5)

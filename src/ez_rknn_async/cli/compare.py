@@ -21,7 +21,7 @@ import numpy as np
 
 from ..tensors import ONNX_TYPE_TO_DTYPE, NodeArg
 from .errors import UsageError
-from .models import InputSpec, ShapeSpec, build_feed
+from .models import Feed, InputSpec, ShapeSpec, build_feed
 from .report import format_table
 from .similarity import OutputComparison, Tolerance, compare_arrays
 
@@ -53,6 +53,12 @@ class ComparePlan:
     seed: int = 0
     tolerance: Tolerance = Tolerance()
     min_cosine: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.runs < 1:
+            raise ValueError(f"runs must be >= 1, got {self.runs}")
+        if self.min_cosine is not None and not -1.0 <= self.min_cosine <= 1.0:
+            raise ValueError(f"min_cosine is a cosine, between -1 and 1: got {self.min_cosine}")
 
 
 @dataclass(frozen=True)
@@ -165,17 +171,18 @@ def run_compare(plan: ComparePlan) -> CompareResult:
         out_names = [name for name, _ in out_pairs]
         ref_out_names = [ref for _, ref in out_pairs]
         results: list[Optional[OutputComparison]] = [None] * len(out_pairs)
-        first = None
+        first: Optional[Feed] = None
         for run in range(plan.runs):
             made = build_feed(inputs, plan.shapes, plan.files, seed=plan.seed + run)
-            first = first or made
+            if first is None:
+                first = made
             ours = model.run(out_names, made.arrays)
             theirs = reference.run(ref_out_names, _reference_feed(made.arrays, in_pairs, ref_types))
             for index, ((name, ref), a, b) in enumerate(zip(out_pairs, ours, theirs)):
                 one = compare_arrays(name, a, b, plan.tolerance, reference_name=ref)
                 earlier = results[index]
                 results[index] = one if earlier is None else earlier.combine(one)
-        assert first is not None  # runs >= 1
+        assert first is not None  # ComparePlan holds runs >= 1
         notes += first.notes
         pairs = [
             InputPair(
