@@ -296,3 +296,19 @@ def test_plan_checks_its_values():
         ComparePlan("a.onnx", "b.onnx", runs=0)
     with pytest.raises(ValueError, match="between -1 and 1: got 1.5"):
         ComparePlan("a.onnx", "b.onnx", min_cosine=1.5)
+
+
+def test_help_documents_compare_top_and_their_exit_codes(capsys):
+    code, out, _ = run_cli(capsys, "--help")
+    assert code == 0
+    assert "  compare MODEL REFERENCE" in out and "  top " in out
+    assert "    6  compare: an output is below --min-cosine" in out
+    assert "    7  top: no NPU load to read" in out
+    code, out, _ = run_cli(capsys, "compare", "--help")
+    for text in ("atol + rtol * |ref|", "whose reference argmax is in the top five", "--min-cosine",
+                 "exit codes: 0 when done", "uint8 inputs get 0-255", "seed + 1"):  # fmt: skip
+        assert text in " ".join(out.split())
+    code, out, _ = run_cli(capsys, "top", "--help")
+    assert "/sys/kernel/debug/rknpu/load" in out and "/sys/class/devfreq/*.npu/" in out
+    code, out, _ = run_cli(capsys, "doctor", "--help")
+    assert "known-incompatible combinations" in out and "rocket" in out
