@@ -110,6 +110,15 @@ def test_top1_and_top5_by_hand():
     assert result.top5 == pytest.approx(2 / 3)
 
 
+def test_top5_ties_go_to_the_lower_class():
+    ref = np.eye(10, dtype=np.float32)[[7]]  # class 7
+    tied = np.zeros((1, 10), dtype=np.float32)
+    tied[0, 9] = 1.0  # then nine classes tied at 0: the five kept are 9, 0, 1, 2, 3
+    assert compare_arrays("y", tied, ref).top5 == 0.0
+    tied[0, 2] = -1.0  # one tie fewer: 9, 0, 1, 3, 4 still leaves 7 out
+    assert compare_arrays("y", tied, ref).top5 == 0.0
+
+
 def test_integer_outputs_have_no_topk():
     ids = np.array([[3, 1, 2]], dtype=np.int64)
     result = compare_arrays("ids", ids, ids)
@@ -131,14 +140,15 @@ def test_combine_runs():
     ref = np.eye(10, dtype=np.float32)[:2]  # two rows, classes 0 and 1
     first = compare_arrays("y", ref, ref)
     worse = ref.copy()
-    worse[1] = np.eye(10, dtype=np.float32)[2]  # row 1 now says class 2
+    worse[1] = np.eye(10, dtype=np.float32)[2]  # row 1 now says class 2...
+    worse[1, 1] = 0.5  # ...with the reference's class 1 second
     second = compare_arrays("y", worse, ref)
     both = first.combine(second)
     assert both.elements == 40 and both.rows == 4
-    assert both.cosine == second.cosine == pytest.approx(0.5)
+    assert both.cosine == second.cosine == pytest.approx(1.5 / (2**0.5 * 1.5))
     assert both.mismatched == second.mismatched == 2
     assert both.top1 == pytest.approx(3 / 4) and both.top5 == pytest.approx(1.0)
-    assert both.max_abs_error == 1.0 and both.mean_abs_error == pytest.approx(2 / 40)
+    assert both.max_abs_error == 1.0 and both.mean_abs_error == pytest.approx(1.5 / 40)
     broken = OutputComparison("y", "y", (5,), (2, 10), comparable=False, note="not comparable")
     assert not first.combine(broken).comparable and not broken.combine(first).comparable
 
