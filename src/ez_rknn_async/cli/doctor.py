@@ -20,6 +20,7 @@ OPTIONAL_PACKAGES = {
     "openvino": "--compare openvino",
     "tqdm": "progress bars",
     "matplotlib": "bench --plot",
+    "pillow": "images for bench/compare --input",
 }
 
 

@@ -37,7 +37,7 @@ __all__ = [
 DEMO_MODEL_FILE = "320n.onnx"
 #: File name endings read as images (with Pillow).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-_PILLOW = "pip install pillow"
+_PILLOW = "pip install 'ez-rknn-async[cli]'  (or: pip install pillow)"
 _DIMS = re.compile(r"^\[?\s*(\d+(?:\s*[x,]\s*\d+)*)\s*\]?$")
 
 
