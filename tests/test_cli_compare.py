@@ -178,6 +178,16 @@ def test_inputs_paired_by_position_and_cast(tmp_path, capsys):
     assert all(o["cosine"] > 0.9999 and o["mismatched"] == 0 for o in doc["outputs"])
 
 
+def test_dynamic_dims_are_taken_from_the_reference(tmp_path, capsys):
+    dynamic = save(tmp_path, "dyn.onnx", add_mul_model())
+    fixed = save(tmp_path, "fixed.onnx", add_mul_model(batch=2))
+    code, out, err = run_cli(capsys, "compare", dynamic, fixed, "--json")
+    assert code == ExitCode.OK, err
+    doc = json.loads(out)
+    assert [i["shape"] for i in doc["inputs"]] == [[2, 4], [2, 4]]
+    assert "input a: dynamic dims taken from REFERENCE: ['N', 4] -> [2, 4]" in doc["notes"]
+
+
 def test_inputs_from_npz_and_npy(tmp_path, capsys):
     model = save(tmp_path, "am.onnx", add_mul_model())
     a, b = np.ones((2, 4), np.float32), np.full((2, 4), 3, np.float32)

@@ -3,7 +3,8 @@ output is (the numbers are ``similarity``'s). Typically ``model.rknn`` on the NP
 ``model.onnx`` on the CPU, but any two models our backends load.
 
 Inputs and outputs are paired by name when both models use the same names, else by position
-(with a note). Inputs are made once per run in MODEL's input types, except where MODEL reports a
+(with a note). Inputs are made once per run in MODEL's input shapes (dynamic dims REFERENCE fixes
+taken from it) and types, except where MODEL reports a
 quantised integer type and REFERENCE a float one: an .rknn reports its internal (int8) type but
 takes floats and quantises them itself, while the float model it came from wants floats. Then
 they are given to REFERENCE, cast to its types where they differ.
@@ -139,16 +140,29 @@ def _reference_feed(
     return result
 
 
-def _feed_node(node: Any, reference_type: str, notes: list[str]) -> Any:
-    """The NodeArg to make ``node``'s data for: REFERENCE's float type over MODEL's integer one."""
-    ours, theirs = ONNX_TYPE_TO_DTYPE.get(node.type), ONNX_TYPE_TO_DTYPE.get(reference_type)
-    if ours is None or theirs is None or ours.kind not in "iu" or theirs.kind != "f":
-        return node
-    notes.append(
-        f"input {node.name}: MODEL reports {node.type} (quantised), REFERENCE takes "
-        f"{reference_type}: data made as {reference_type} for both"
-    )
-    return NodeArg(node.name, list(node.shape), reference_type)
+def _fixed(dim: Any) -> bool:
+    return isinstance(dim, int) and dim > 0
+
+
+def _feed_node(node: Any, reference: Any, notes: list[str]) -> Any:
+    """The NodeArg to make ``node``'s data for: MODEL's, with REFERENCE's fixed dims where
+    MODEL's are dynamic, and REFERENCE's float type over MODEL's quantised integer one."""
+    shape, kind = list(node.shape), node.type
+    if len(shape) == len(reference.shape):
+        merged = [d if _fixed(d) or not _fixed(r) else r for d, r in zip(shape, reference.shape)]
+        if merged != shape:
+            notes.append(
+                f"input {node.name}: dynamic dims taken from REFERENCE: {shape} -> {merged}"
+            )
+            shape = merged
+    ours, theirs = ONNX_TYPE_TO_DTYPE.get(node.type), ONNX_TYPE_TO_DTYPE.get(reference.type)
+    if ours is not None and theirs is not None and ours.kind in "iu" and theirs.kind == "f":
+        notes.append(
+            f"input {node.name}: MODEL reports {node.type} (quantised), REFERENCE takes "
+            f"{reference.type}: data made as {reference.type} for both"
+        )
+        kind = reference.type
+    return NodeArg(node.name, shape, kind)
 
 
 def run_compare(plan: ComparePlan) -> CompareResult:
@@ -161,7 +175,7 @@ def run_compare(plan: ComparePlan) -> CompareResult:
         ref_types = {name: ONNX_TYPE_TO_DTYPE.get(node.type) for name, node in ref_nodes.items()}
         in_pairs = pair_names("input", [n.name for n in model.get_inputs()], list(ref_nodes), notes)
         ref_of = dict(in_pairs)
-        inputs = [_feed_node(n, ref_nodes[ref_of[n.name]].type, notes) for n in model.get_inputs()]
+        inputs = [_feed_node(n, ref_nodes[ref_of[n.name]], notes) for n in model.get_inputs()]
         out_pairs = pair_names(
             "output",
             [n.name for n in model.get_outputs()],

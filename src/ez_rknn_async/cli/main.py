@@ -63,8 +63,10 @@ inputs: random by default (seeded: --seed, then seed + 1 ... for each further --
 input's dtype: floats in [0, 1), int8/uint8 over their whole range, other integers in [0, 10).
 --input NAME=FILE feeds a .npy array, a .npz archive (arrays named after the inputs; NAME may be
 left out) or an image (Pillow; resized to the input's H x W; uint8 inputs get 0-255, float inputs
-0-1). Data is made in MODEL's dtypes and cast to REFERENCE's where they differ. When the .rknn was
-converted with mean/std values, the ONNX reference must do the same normalisation.
+0-1). Data is made in MODEL's dtypes (REFERENCE's float type where MODEL reports a quantised one,
+as an .rknn does) and shapes (dynamic dims that REFERENCE fixes taken from it; others need
+--shape), then cast to REFERENCE's dtypes where they differ. When the .rknn was converted with
+mean/std values, the ONNX reference must do the same normalisation.
 
 per output:
   cosine      cosine similarity over the elements finite on both sides (scale-blind)
