@@ -4,10 +4,10 @@ output is (the numbers are ``similarity``'s). Typically ``model.rknn`` on the NP
 
 Inputs and outputs are paired by name when both models use the same names, else by position
 (with a note). Inputs are made once per run in MODEL's input shapes (dynamic dims REFERENCE fixes
-taken from it) and types, except where MODEL reports a
-quantised integer type and REFERENCE a float one: an .rknn reports its internal (int8) type but
-takes floats and quantises them itself, while the float model it came from wants floats. Then
-they are given to REFERENCE, cast to its types where they differ.
+taken from it) and types, except where MODEL reports a quantised integer type and REFERENCE a
+float one: an .rknn reports its internal (int8) type but takes floats and quantises them itself,
+while the float model it came from wants floats. Then they are given to REFERENCE, cast to its
+types where they differ.
 """
 
 from __future__ import annotations
