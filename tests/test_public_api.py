@@ -12,8 +12,12 @@ from ez_rknn_async import InferenceSession, SessionClosedError, SubmitTimeoutErr
 PUBLIC = {
     "InferenceSession",
     "make_provider_options",
+    "make_rknpu3_provider_options",
+    "Rknpu3ProviderOptions",
     "RKNNError",
+    "RunTimeoutError",
     "SessionClosedError",
+    "SessionBrokenError",
     "SubmitTimeoutError",
     "NodeArg",
     "ModelMetadata",
@@ -38,7 +42,7 @@ SESSION_METHODS = {
     "get_providers": [],
     "io_binding": [],
     "run_with_iobinding": ["iobinding", "run_options"],
-    "close": [],
+    "close": ["timeout"],
 }
 
 

@@ -63,7 +63,7 @@ def test_a_hung_inference_breaks_the_session_leaks_the_backend_and_refuses_every
     assert done.wait(5) and "abandoned" in outcome[0]
     assert sess.stats().state == "broken" and "broken" in repr(sess)
     assert backend_closes == []  # the hung run may still be inside it
-    for name, call in _every_call(sess).items():
+    for call in _every_call(sess).values():
         with pytest.raises(SessionBrokenError, match="did not finish within close"):
             call()
     sess.close()  # idempotent, silent
@@ -72,9 +72,11 @@ def test_a_hung_inference_breaks_the_session_leaks_the_backend_and_refuses_every
 
 
 def test_a_session_cannot_be_pickled(add_mul_path):
-    with InferenceSession(add_mul_path) as sess:
-        with pytest.raises(TypeError, match="cannot pickle 'InferenceSession'"):
-            pickle.dumps(sess)
+    with (
+        InferenceSession(add_mul_path) as sess,
+        pytest.raises(TypeError, match="'InferenceSession'"),
+    ):
+        pickle.dumps(sess)
 
 
 def _python(script: str, timeout: float = 60) -> subprocess.CompletedProcess:

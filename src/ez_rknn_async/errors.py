@@ -2,6 +2,7 @@
 
     RuntimeError
      +-- RKNNError              the runtime (librknnrt) returned an error code: ``.code``, ``.name``
+     |    +-- RunTimeoutError   an RKNPU3 run exceeded ``run_timeout_ms``; a TimeoutError too
      +-- SessionClosedError     *you* closed the session; every later call raises this at once
      +-- SessionBrokenError     a worker could not be stopped within close()'s deadline: it was
      |                          leaked on purpose and the session refuses every call (also: a
@@ -14,7 +15,13 @@ option key or argument that was wrong.
 
 from __future__ import annotations
 
-__all__ = ["RKNNError", "SessionClosedError", "SessionBrokenError", "SubmitTimeoutError"]
+__all__ = [
+    "RKNNError",
+    "RunTimeoutError",
+    "SessionClosedError",
+    "SessionBrokenError",
+    "SubmitTimeoutError",
+]
 
 
 class RKNNError(RuntimeError):
@@ -24,6 +31,14 @@ class RKNNError(RuntimeError):
         super().__init__(message)
         self.code = code
         self.name = name
+
+
+class RunTimeoutError(RKNNError, TimeoutError):
+    """An RKNPU3 inference took longer than ``run_timeout_ms`` (``RKNN3_ERR_TIMEOUT``, -7); the
+    session goes on."""
+
+    def __str__(self) -> str:  # OSError's would read "[Errno ...]"
+        return str(self.args[0]) if self.args else ""
 
 
 class SessionClosedError(RuntimeError):
@@ -40,5 +55,11 @@ class SubmitTimeoutError(RuntimeError, TimeoutError):
     """The task queue stayed saturated for ``submit_timeout_ms``; nothing was queued."""
 
 
-for _cls in (RKNNError, SessionClosedError, SessionBrokenError, SubmitTimeoutError):
+for _cls in (
+    RKNNError,
+    RunTimeoutError,
+    SessionClosedError,
+    SessionBrokenError,
+    SubmitTimeoutError,
+):
     _cls.__module__ = "ez_rknn_async"

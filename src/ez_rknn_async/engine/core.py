@@ -281,10 +281,11 @@ class Engine:
                 self._abandon(stuck)
             self._callbacks.close()
             thread = self._callbacks.thread
-            if thread is not current:
+            callback_stuck = False
+            if thread is not current:  # else close() was called from a callback
                 join_until(thread, deadline)
-            with self._lock:
-                callback_stuck = self._callbacks.stuck(deadline)
+                with self._lock:
+                    callback_stuck = self._callbacks.stuck(deadline)
             if stuck or callback_stuck:
                 self._break(stuck, callback_stuck)
             else:
