@@ -51,6 +51,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_rknn_emulator.py
 	$(BIN)/python benchmarks/bench_rknn3_emulator.py
 	$(BIN)/python benchmarks/bench_zero_copy.py
+	$(BIN)/python benchmarks/bench_vs_ztu.py
+	$(BIN)/python benchmarks/bench_native_sequence.py
 	$(BIN)/python benchmarks/soak.py --seconds 60
 
 clean:

@@ -60,7 +60,7 @@ class EmuModel:
     custom_op: str = ""
 
     def data(self) -> bytes:
-        lines = ["EZEMU-RKNN 1"]
+        lines = ["RKNN EZEMU 1"]
         if self.platform:
             lines.append(f"platform {self.platform}")
         if self.custom_string:
@@ -156,6 +156,9 @@ class Npu:
         self.lib = ctypes.CDLL(str(library or paths.library))
         self.lib.rknn_emu_last_violation.restype = ctypes.c_char_p
         self.expected_violations = 0
+        #: Our binding destroys dups before their origin; the original library does not (a
+        #: tolerated order, npu_emulator/README.md), so its tests set this.
+        self.tolerate_early_destroys = False
 
     def use(self, soc: str = "rk3588", compute_us: int = 0) -> None:
         """Emulate ``soc`` (counters reset) and make the backend detect it through EZ_RKNN_SOC."""
@@ -164,6 +167,26 @@ class Npu:
 
     def inject(self, api: str, code: int, count: int = 1) -> None:
         self.lib.rknn_emu_inject_failure(api.encode(), code, count)
+
+    def raise_signal(self, api: str, signo: int, count: int = 1) -> None:
+        """The next ``count`` calls of ``api`` raise ``signo`` on the calling thread."""
+        self.lib.rknn_emu_raise_signal(api.encode(), signo, count)
+
+    def set_run_delay(self, seconds: float, count: int = 1) -> None:
+        """The next ``count`` rknn_run calls take ``seconds`` each."""
+        self.lib.rknn_emu_set_run_delay(int(seconds * 1e6), count)
+
+    def block_runs(self, count: int = 1) -> None:
+        """The next ``count`` rknn_run calls stop inside until ``release_runs``."""
+        self.lib.rknn_emu_block_runs(count)
+
+    def wait_blocked(self, n: int = 1, timeout: float = 10.0) -> int:
+        """Waits (GIL released) until ``n`` runs are stopped inside; how many are."""
+        return self.lib.rknn_emu_wait_blocked(n, int(timeout * 1000))
+
+    def release_runs(self) -> int:
+        """Lets every stopped run finish (and cancels further blocks); how many were stopped."""
+        return self.lib.rknn_emu_release_runs()
 
     def set_versions(self, api: str, driver: str) -> None:
         self.lib.rknn_emu_set_versions(api.encode(), driver.encode())
@@ -185,6 +208,11 @@ class Npu:
     @property
     def last_violation(self) -> str:
         return self.lib.rknn_emu_last_violation().decode()
+
+    @property
+    def early_destroys(self) -> int:
+        """Contexts destroyed while dups of them were alive."""
+        return self.lib.rknn_emu_early_destroys()
 
     @property
     def live_allocations(self) -> int:

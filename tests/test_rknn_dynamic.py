@@ -276,6 +276,20 @@ def test_emulator_ranges_and_current_attrs(npu):
         raw.close()
 
 
+def test_emulator_static_model_answers_no_shapes(npu):
+    """Boards answer INPUT_DYNAMIC_RANGE of a static model with shape_number 0: the original
+    library, developed on boards, treats any shape_number > 0 as a dynamic model and calls
+    rknn_set_input_shapes before each run (a violation on a static model)."""
+    static = EmuModel([EmuTensor("image", "int8", (1, 4, 4, 3))], [EmuTensor("y", "int8", (1, 2))])
+    raw = Raw(npu, static)
+    try:
+        info = RknnInputRange()
+        assert raw.query(Query.INPUT_DYNAMIC_RANGE, info) == 0
+        assert (info.shape_number, info.n_dims, info.name) == (0, 4, b"image")
+    finally:
+        raw.close()
+
+
 def test_emulator_counts_misuse_as_violations(npu):
     raw = Raw(npu, MODEL)
     try:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ez_rknn_async import InferenceSession, OrtValue, make_provider_options
-from ez_rknn_async.backends.rknn import backend as backend_module
+from ez_rknn_async.backends.rknn import zero_copy as zero_copy_module
 
 from rknn_emu import EmuModel, EmuTensor
 
@@ -281,7 +281,7 @@ def test_dma_heap_buffers_are_imported(npu, monkeypatch):
         heap_fds.append(fd)
         return fd
 
-    monkeypatch.setattr(backend_module, "dma_heap_alloc", fake_heap)
+    monkeypatch.setattr(zero_copy_module, "dma_heap_alloc", fake_heap)
     with InferenceSession(INT8.data()) as sess:
         cacheable = OrtValue.ortvalue_from_shape_and_type(
             [1, 20, 4, 4], np.int8, "rknpu2", session=sess, name="mask", io_kind="output"

@@ -27,6 +27,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -50,6 +51,7 @@ __attribute__((used)) const char rknn_emu_version_banner[] = "librknnrt version:
 static atomic_int g_live_contexts;
 static atomic_int g_parallel;
 static atomic_int g_max_parallel;
+static atomic_int g_early_destroys; /* contexts destroyed while dups of them lived */
 static atomic_int g_core_runs[EMU_MAX_CORES];
 
 static char g_soc[32] = "rk3588";
@@ -73,6 +75,15 @@ enum { API_INIT, API_DUP, API_DESTROY, API_QUERY, API_INPUTS_SET, API_CORE_MASK,
 static atomic_int g_calls[API_COUNT];
 static int g_fail_code[API_COUNT];
 static int g_fail_count[API_COUNT];
+static int g_signal_no[API_COUNT];
+static int g_signal_count[API_COUNT];
+
+/* Failure modes of rknn_run for tests of hung inferences (g_lock): the next g_delay_count runs
+ * take g_delay_us each; the next g_block_count runs stop inside (cores held) until released. */
+static int g_delay_us, g_delay_count;
+static int g_block_count, g_blocked;
+static unsigned g_block_generation;
+static pthread_cond_t g_block_cond = PTHREAD_COND_INITIALIZER;
 
 /* Counts the call; returns the injected code (non-zero) if this call must fail. */
 static int enter_api(int api) {
@@ -83,8 +94,16 @@ static int enter_api(int api) {
         g_fail_count[api]--;
         code = g_fail_code[api];
     }
+    int signo = 0;
+    if (g_signal_count[api] > 0) {
+        g_signal_count[api]--;
+        signo = g_signal_no[api];
+    }
     pthread_mutex_unlock(&g_lock);
     if (code) runtime_error(code, "%s failed (injected %d)", k_apis[api], code);
+    /* The signal is only flagged by a Python handler: the call still completes, and Python
+     * raises right after it returns, the worst point for a binding. */
+    if (signo) raise(signo);
     return code;
 }
 
@@ -175,16 +194,21 @@ static int parse_tensor(const char* rest, emu_tensor* t) {
     return 0;
 }
 
+#define MODEL_MAGIC "RKNN EZEMU 1\n"
+#define MODEL_MAGIC_LEN (sizeof MODEL_MAGIC - 1)
+
 /* Parses the text format of README.md; 0 on success. */
 static int parse_model(const char* bytes, uint32_t size, emu_model* m) {
     char* text = malloc(size + 1);
     if (!text) return -1;
     memcpy(text, bytes, size);
     text[size] = 0;
-    int ok = strncmp(text, "EZEMU-RKNN 1\n", 13) == 0 && memchr(bytes, 0, size) == NULL;
+    /* Real model files start with the magic "RKNN" (and bindings check it); ours follow it with
+     * the emulator's text format. */
+    int ok = strncmp(text, MODEL_MAGIC, MODEL_MAGIC_LEN) == 0 && memchr(bytes, 0, size) == NULL;
     int ended = 0;
     char* save = NULL;
-    for (char* line = ok ? strtok_r(text + 13, "\n", &save) : NULL; ok && line && !ended;
+    for (char* line = ok ? strtok_r(text + MODEL_MAGIC_LEN, "\n", &save) : NULL; ok && line && !ended;
          line = strtok_r(NULL, "\n", &save)) {
         if (!strncmp(line, "platform ", 9)) {
             ok = sscanf(line + 9, "%31s", m->platform) == 1;
@@ -242,7 +266,7 @@ typedef struct emu_ctx {
     rknn_context handle;
     struct emu_ctx* next;
     emu_shared* shared;
-    struct emu_ctx* parent; /* dup origin or weight owner: must outlive this context */
+    struct emu_ctx* parent; /* dup origin (NULL once destroyed) or weight owner (must outlive it) */
     int children;
     double gain;
     int core_mask; /* -1 until rknn_set_core_mask */
@@ -430,12 +454,21 @@ int rknn_destroy(rknn_context context) {
                   (unsigned long long)context, mems);
         return RKNN_ERR_CTX_INVALID;
     }
-    if (c->children) {
+    /* A weight sharer runs on its owner's weights: the owner must outlive it. A dup shares the
+     * model itself (reference counted): destroying its origin first works on boards (README). */
+    int sharers = 0;
+    for (emu_ctx* o = g_contexts; o; o = o->next) sharers += o->parent == c && o->shared != c->shared;
+    if (sharers) {
         pthread_mutex_unlock(&g_lock);
         release(c);
-        violation("rknn_destroy: context 0x%llx still has %d dup/sharer contexts", (unsigned long long)context,
-                  c->children);
+        violation("rknn_destroy: context 0x%llx still has %d weight-sharer contexts", (unsigned long long)context,
+                  sharers);
         return RKNN_ERR_CTX_INVALID;
+    }
+    if (c->children) {
+        atomic_fetch_add(&g_early_destroys, 1);
+        for (emu_ctx* o = g_contexts; o; o = o->next)
+            if (o->parent == c) o->parent = NULL;
     }
     emu_ctx** link = &g_contexts;
     while (*link != c) link = &(*link)->next;
@@ -564,15 +597,15 @@ int rknn_query(rknn_context context, rknn_query_cmd cmd, void* info, uint32_t si
         if (index >= (uint32_t)m->n_in) {
             violation("rknn_query(cmd=%d): index %u out of range (%d inputs)", cmd, index, m->n_in);
             rc = RKNN_ERR_PARAM_INVALID;
-        } else { /* a static model answers its one shape */
+        } else { /* a static model answers no shapes (shape_number 0), as boards do */
             const emu_tensor* t = &m->in[index];
             memset(r, 0, sizeof *r);
             r->index = index;
-            r->shape_number = m->n_shapes[index];
+            r->shape_number = m->dynamic ? m->n_shapes[index] : 0;
             r->fmt = t->n_dims == 4 ? RKNN_TENSOR_NHWC : RKNN_TENSOR_UNDEFINED;
             snprintf(r->name, sizeof r->name, "%s", t->name);
             r->n_dims = t->n_dims;
-            for (uint32_t s = 0; s < m->n_shapes[index]; s++)
+            for (uint32_t s = 0; s < r->shape_number; s++)
                 memcpy(r->dyn_range[s], m->shapes[index][s], sizeof r->dyn_range[s]);
         }
     } else {
@@ -1032,6 +1065,26 @@ int rknn_mem_sync(rknn_context context, rknn_tensor_mem* pub, int mode) {
     return rc;
 }
 
+/* Blocks a run (inside rknn_run, its cores held) until rknn_emu_release_runs; a test that never
+ * releases it gets a violation after EMU_HOLD_LIMIT_S instead of a hang. */
+#define EMU_HOLD_LIMIT_S 30
+static void hold_run(void) {
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += EMU_HOLD_LIMIT_S;
+    pthread_mutex_lock(&g_lock);
+    unsigned generation = g_block_generation;
+    int rc = 0;
+    g_blocked++;
+    pthread_cond_broadcast(&g_block_cond);
+    while (generation == g_block_generation && rc == 0)
+        rc = pthread_cond_timedwait(&g_block_cond, &g_lock, &deadline);
+    g_blocked--;
+    pthread_cond_broadcast(&g_block_cond);
+    pthread_mutex_unlock(&g_lock);
+    if (rc) violation("rknn_run: blocked for %d s and never released (rknn_emu_release_runs)", EMU_HOLD_LIMIT_S);
+}
+
 int rknn_run(rknn_context context, rknn_run_extend* extend) {
     int injected = enter_api(API_RUN);
     if (injected) return injected;
@@ -1058,7 +1111,20 @@ int rknn_run(rknn_context context, rknn_run_extend* extend) {
         }
         compute(c);
         /* Tensor parallel over k cores: well below linear, (k + 1) / 2k of the time. */
-        if (g_compute_us > 0) usleep((useconds_t)((long)g_compute_us * (busy + 1) / (2 * busy)));
+        long sleep_us = g_compute_us > 0 ? (long)g_compute_us * (busy + 1) / (2 * busy) : 0;
+        int block = 0;
+        pthread_mutex_lock(&g_lock);
+        if (g_delay_count > 0) {
+            g_delay_count--;
+            sleep_us = g_delay_us;
+        }
+        if (g_block_count > 0) {
+            g_block_count--;
+            block = 1;
+        }
+        pthread_mutex_unlock(&g_lock);
+        if (sleep_us > 0) usleep((useconds_t)sleep_us);
+        if (block) hold_run();
         atomic_fetch_sub(&g_parallel, busy);
         for (int k = 0; k < g_cores; k++)
             if (cores & (1 << k)) {
@@ -1254,10 +1320,14 @@ int rknn_emu_configure(const char* soc, int compute_us) {
     snprintf(g_api_version, sizeof g_api_version, "2.4.2 (emulated)");
     snprintf(g_drv_version, sizeof g_drv_version, "0.9.8");
     memset(g_fail_count, 0, sizeof g_fail_count);
+    memset(g_signal_count, 0, sizeof g_signal_count);
+    g_delay_count = 0;
+    g_block_count = 0;
     g_last_violation[0] = 0;
     pthread_mutex_unlock(&g_lock);
     atomic_store(&g_violations, 0);
     atomic_store(&g_max_parallel, 0);
+    atomic_store(&g_early_destroys, 0);
     for (int i = 0; i < API_COUNT; i++) atomic_store(&g_calls[i], 0);
     for (int i = 0; i < EMU_MAX_CORES; i++) atomic_store(&g_core_runs[i], 0);
     return RKNN_SUCC;
@@ -1311,4 +1381,55 @@ int rknn_emu_contexts_with_mask(int mask) {
     for (emu_ctx* c = g_contexts; c; c = c->next) count += c->core_mask == mask;
     pthread_mutex_unlock(&g_lock);
     return count;
+}
+
+int rknn_emu_early_destroys(void) { return atomic_load(&g_early_destroys); }
+
+void rknn_emu_raise_signal(const char* api, int signo, int count) {
+    int i = api_index(api);
+    if (i < 0) return;
+    pthread_mutex_lock(&g_lock);
+    g_signal_no[i] = signo;
+    g_signal_count[i] = count;
+    pthread_mutex_unlock(&g_lock);
+}
+
+void rknn_emu_set_run_delay(int us, int count) {
+    pthread_mutex_lock(&g_lock);
+    g_delay_us = us;
+    g_delay_count = count;
+    pthread_mutex_unlock(&g_lock);
+}
+
+void rknn_emu_block_runs(int count) {
+    pthread_mutex_lock(&g_lock);
+    g_block_count = count;
+    pthread_mutex_unlock(&g_lock);
+}
+
+int rknn_emu_wait_blocked(int n, int timeout_ms) {
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&g_lock);
+    int rc = 0;
+    while (g_blocked < n && rc == 0) rc = pthread_cond_timedwait(&g_block_cond, &g_lock, &deadline);
+    int blocked = g_blocked;
+    pthread_mutex_unlock(&g_lock);
+    return blocked;
+}
+
+int rknn_emu_release_runs(void) {
+    pthread_mutex_lock(&g_lock);
+    int released = g_blocked;
+    g_block_count = 0;
+    g_block_generation++;
+    pthread_cond_broadcast(&g_block_cond);
+    pthread_mutex_unlock(&g_lock);
+    return released;
 }

@@ -247,6 +247,18 @@ int rknn_emu_configure(const char* soc, int compute_us);
 void rknn_emu_set_versions(const char* api_version, const char* drv_version);
 /* The next `count` calls of `api` (e.g. "rknn_run") return `code` without doing anything. */
 void rknn_emu_inject_failure(const char* api, int code, int count);
+/* The next `count` calls of `api` raise signal `signo` on the calling thread (the call itself
+ * completes; a Python handler makes Python raise right after it returns). */
+void rknn_emu_raise_signal(const char* api, int signo, int count);
+/* The next `count` rknn_run calls take `us` microseconds each (instead of compute_us). */
+void rknn_emu_set_run_delay(int us, int count);
+/* The next `count` rknn_run calls stop inside the call, cores held, until rknn_emu_release_runs;
+ * rknn_emu_wait_blocked waits up to `timeout_ms` for `n` of them to be stopped and returns how
+ * many are; rknn_emu_release_runs lets every stopped run finish, cancels the rest of `count`
+ * and returns how many it released. */
+void rknn_emu_block_runs(int count);
+int rknn_emu_wait_blocked(int n, int timeout_ms);
+int rknn_emu_release_runs(void);
 /* Rule breaches by the caller (printed to stderr as they happen) and the last one's text. */
 int rknn_emu_violations(void);
 const char* rknn_emu_last_violation(void);
@@ -259,6 +271,8 @@ int rknn_emu_live_mems(void);
 int rknn_emu_calls(const char* api);
 int rknn_emu_core_runs(int core);
 int rknn_emu_max_parallel(void);
+/* Contexts destroyed while dups of them were alive (tolerated, as on boards; README). */
+int rknn_emu_early_destroys(void);
 /* Live contexts whose bound core mask is `mask` (-1: contexts never bound). */
 int rknn_emu_contexts_with_mask(int mask);
 

@@ -249,11 +249,14 @@ def measure(
 
 @dataclass(frozen=True)
 class Comparator:
-    """A plain-runtime row: what it is, what it needs, how its driver is made."""
+    """A plain-runtime row: what it is, what it needs, how its driver is made. ``model`` is the
+    file kind it loads; ``per_mode`` comparators give one row per mode of ours (``ztu-run``...)."""
 
     label: str
     requires: str
     pip: str
+    model: str = "onnx"
+    per_mode: bool = False
 
 
 COMPARATORS: dict[str, Comparator] = {
@@ -269,12 +272,26 @@ COMPARATORS: dict[str, Comparator] = {
     "openvino": Comparator(
         "OpenVINO AsyncInferQueue (CPU, THROUGHPUT hint)", "openvino", "pip install openvino"
     ),
+    "ztu": Comparator(
+        "the original C++ library, in our modes",
+        "ztu_somemodelruntime_ez_rknn_async",
+        "pip install ztu-somemodelruntime-ez-rknn-async",
+        model="rknn",
+        per_mode=True,
+    ),
+    "rknnlite": Comparator(
+        "Rockchip RKNNLite inference",
+        "rknnlite",
+        "pip install rknn-toolkit-lite2 on the board",
+        model="rknn",
+    ),
 }
 _OUR_LABELS = {
     "run": "ez-rknn run",
     "async": "ez-rknn run_async",
     "pipeline": "ez-rknn run_pipeline",
 }
+_ZTU_LABELS = {mode: label.replace("ez-rknn", "original") for mode, label in _OUR_LABELS.items()}
 
 
 def _parse_list(text: str, allowed: Sequence[str], option: str, extra: Sequence[str]) -> list[str]:
@@ -416,6 +433,10 @@ _ROWS: dict[str, tuple[str, str]] = {
     "ort-1t": ("ort-1t", "run"),
     "ort-async": ("ort", "async"),
     "openvino": ("openvino", "openvino"),
+    "ztu-run": ("ztu", "run"),
+    "ztu-async": ("ztu", "async"),
+    "ztu-pipeline": ("ztu", "ztu-pipeline"),
+    "rknnlite": ("rknnlite", "run"),
 }
 
 
@@ -430,6 +451,8 @@ class _Sessions:
             "ort": lambda: self._open_ort(None),
             "ort-1t": lambda: self._open_ort(1),
             "openvino": self._open_openvino,
+            "ztu": self._open_ztu,
+            "rknnlite": self._open_rknnlite,
         }
 
     def get(self, key: str) -> tuple[Any, float]:
@@ -440,13 +463,29 @@ class _Sessions:
             self._cache[key] = (session, time.perf_counter() - start)
         return self._cache[key]
 
+    def _options(self) -> dict[str, Any]:
+        """Provider options of ours and of the original: the plan's, and a queue for --depth."""
+        depth = self._plan.depth
+        queue: dict[str, Any] = {} if depth is None else {"max_queue_size": max(3, depth)}
+        return {**queue, **self._plan.provider_options}
+
     def _open_ours(self) -> Any:
         from .. import InferenceSession, make_provider_options
 
-        depth = self._plan.depth
-        queue: dict[str, Any] = {} if depth is None else {"max_queue_size": max(3, depth)}
-        options = make_provider_options(**queue, **self._plan.provider_options)
+        options = make_provider_options(**self._options())
         session = InferenceSession(self._plan.model, provider_options=options)
+        self._stack.callback(session.close)
+        return session
+
+    def _open_ztu(self) -> Any:
+        from .rivals import open_ztu
+
+        return open_ztu(self._plan.model, self._options())  # freed with its last reference
+
+    def _open_rknnlite(self) -> Any:
+        from .rivals import open_rknnlite
+
+        session = open_rknnlite(self._plan.model)
         self._stack.callback(session.close)
         return session
 
@@ -475,14 +514,20 @@ def _make_driver(kind: str, session: Any, feed: dict[str, Any], depth: int) -> D
         return AsyncDriver(session, feed, depth)
     if kind == "pipeline":
         return PipelineDriver(session, feed, depth)
+    if kind == "ztu-pipeline":
+        from .rivals import ZtuPipelineDriver
+
+        return ZtuPipelineDriver(session, feed, depth)
     return OpenVinoDriver(session, feed, depth)
 
 
 def _why_not(name: str, backend: str) -> Optional[str]:
     """Why comparator ``name`` cannot run here, or None if it can."""
     comparator = COMPARATORS[name]
-    if backend == "rknn":
+    if comparator.model == "onnx" and backend == "rknn":
         return "needs an ONNX model (this one is .rknn)"
+    if comparator.model == "rknn" and backend != "rknn":
+        return "needs an .rknn model on the RKNN backend"
     if importlib.util.find_spec(comparator.requires) is None:
         return f"{comparator.requires} is not installed ({comparator.pip})"
     if name == "ort-async":
@@ -513,31 +558,43 @@ def _warm(driver: Driver, warmup: Optional[int]) -> tuple[float, int]:
     return first, warmup
 
 
+def _row_names(plan: Plan) -> list[tuple[str, str, str]]:
+    """(row, comparator or "" for ours, label) of every requested row, ours first; a per-mode
+    comparator gives one row per mode of ours."""
+    names = [(mode, "", _OUR_LABELS[mode]) for mode in plan.modes]
+    for name in plan.compare:
+        if COMPARATORS[name].per_mode:
+            names += [(f"{name}-{mode}", name, _ZTU_LABELS[mode]) for mode in plan.modes]
+        else:
+            names.append((name, name, COMPARATORS[name].label))
+    return names
+
+
 def _open_rows(
     plan: Plan, sessions: _Sessions, feed: dict[str, Any], depth: int, backend: str
 ) -> tuple[list[tuple[ModeResult, Driver]], list[Skipped]]:
     """A driver per requested row, ours first. A comparator that cannot run here (not installed,
-    cannot load this model) becomes a ``Skipped`` note instead of failing the whole run."""
+    cannot load this model) becomes one ``Skipped`` note instead of failing the whole run."""
     rows: list[tuple[ModeResult, Driver]] = []
-    skipped: list[Skipped] = []
-    for name in [*plan.modes, *plan.compare]:
-        ours = name in MODES
-        key, kind = _ROWS[name]
-        reason = None if ours else _why_not(name, backend)
+    skipped: dict[str, Skipped] = {}
+    for row, comparator, label in _row_names(plan):
+        if comparator in skipped:
+            continue
+        key, kind = _ROWS[row]
+        reason = _why_not(comparator, backend) if comparator else None
         if reason is None:
             try:
                 session, load = sessions.get(key)
             except Exception as exc:
-                if ours:
+                if not comparator:
                     raise
                 reason = f"failed to load: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
         if reason is not None:
-            skipped.append(Skipped(name, reason))
+            skipped[comparator] = Skipped(comparator, reason)
             continue
-        label = _OUR_LABELS[name] if ours else COMPARATORS[name].label
-        result = ModeResult(name, label, ours, load, 0.0, 0)
+        result = ModeResult(row, label, not comparator, load, 0.0, 0)
         rows.append((result, _make_driver(kind, session, feed, depth)))
-    return rows, skipped
+    return rows, list(skipped.values())
 
 
 def run_plan(plan: Plan, progress: Optional[Progress] = None) -> BenchResult:

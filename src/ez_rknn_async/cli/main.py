@@ -116,6 +116,7 @@ examples:
   ez-rknn bench model.onnx --shape images=1x3x640x640        set the dynamic dims
   ez-rknn bench model.onnx --input images=frame.npy          feed a real frame
   ez-rknn bench model.rknn --schedule 0,1,2 --threads 2      3 NPU cores, 2 workers each
+  ez-rknn bench model.rknn --schedule 0,1,2 --compare ztu    the original library, same modes
 """
 
 

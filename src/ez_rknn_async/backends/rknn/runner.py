@@ -1,0 +1,147 @@
+"""An RKNN worker slot: one context, running tasks copied in and out, or bound buffers.
+
+Why a module of its own: this is the hot path (the engine calls ``run`` once per task) and the
+one place a run's native calls are made. They go as one ``NativeSequence`` (``sequence.py``:
+inputs_set -> run -> outputs_get -> outputs_release, or set_io_mem... -> run), which a Ctrl-C
+cannot cut in half. Outputs are preallocated float32 numpy arrays the runtime writes into
+(``want_float``, ``is_prealloc``). On dynamic-shape models a runner tells its context about a
+new input shape only when the shape changes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+
+from ..base import DeviceBuffer, Runner
+from . import attrs
+from .abi import RknnInput, RknnOutput
+from .context import Context
+from .describe import current_output_dims
+from .dynamic import Dims
+from .memory import RknnBuffer
+from .sequence import NativeSequence
+
+if TYPE_CHECKING:
+    from .backend import RknnBackend
+
+__all__ = ["RknnRunner"]
+
+
+class RknnRunner(Runner):
+    """Runs tasks on one context: inputs_set -> run -> outputs_get (float32) -> release."""
+
+    def __init__(
+        self, backend: RknnBackend, context: Context, owns_context: bool, mask: Optional[int]
+    ) -> None:
+        self._backend = backend
+        self._lib = backend._lib
+        self._context = context
+        self._owns_context = owns_context
+        self._mask = mask
+        self._binding: Optional[Context] = None
+        self._io_attrs: list[Any] = []
+        self._input_formats = backend.input_formats
+        self._output_shapes = backend.output_dims
+        self._dynamic = backend.dynamic
+        #: The input shapes last set on this runner's context (None: unknown, set on next run).
+        self._current: Optional[tuple[Dims, ...]] = None
+        self._inputs = (RknnInput * len(backend.inputs))()
+        for index, item in enumerate(self._inputs):
+            item.index = index
+        self._outputs = (RknnOutput * max(1, len(backend.outputs)))()
+        for item in self._outputs:
+            item.want_float = 1  # dequantised float32, as the original
+            item.is_prealloc = 1  # straight into the numpy array we return
+        #: The copying run's native calls by number of outputs asked (see sequence.py).
+        self._sequences: dict[int, NativeSequence] = {}
+
+    def run(self, inputs: Sequence[np.ndarray], output_indices: Sequence[int]) -> list[np.ndarray]:
+        if self._dynamic is not None:
+            self._set_shapes(inputs)
+        feeds = []
+        for item, array, (fmt, transpose) in zip(self._inputs, inputs, self._input_formats):
+            array = np.ascontiguousarray(array.transpose(0, 2, 3, 1) if transpose else array)
+            item.buf = array.ctypes.data
+            item.size = array.nbytes
+            item.type = attrs.INPUT_TYPES[array.dtype]
+            item.fmt = fmt
+            feeds.append(array)  # alive until rknn_inputs_set has copied it
+        wanted = list(dict.fromkeys(output_indices))
+        results = {}
+        for item, index in zip(self._outputs, wanted):
+            result = results[index] = np.empty(self._output_shapes[index], np.float32)
+            item.index = index
+            item.buf = result.ctypes.data
+            item.size = result.nbytes
+        sequence = self._sequences.get(len(wanted)) or self._copying_sequence(len(wanted))
+        with self._context.lock:
+            sequence.run()
+        first = set()
+        ordered = []
+        for index in output_indices:
+            ordered.append(results[index] if index not in first else results[index].copy())
+            first.add(index)
+        return ordered
+
+    def _copying_sequence(self, n_outputs: int) -> NativeSequence:
+        """inputs_set -> run -> outputs_get -> outputs_release, which a Ctrl-C cannot cut."""
+        lib, handle, outputs = self._lib, self._context.handle, self._outputs
+        sequence = self._sequences[n_outputs] = NativeSequence(
+            [
+                ("rknn_inputs_set", lib.rknn_inputs_set, (handle, len(self._inputs), self._inputs)),
+                ("rknn_run", lib.rknn_run, (handle, None)),
+                ("rknn_outputs_get", lib.rknn_outputs_get, (handle, n_outputs, outputs, None)),
+                ("rknn_outputs_release", lib.rknn_outputs_release, (handle, n_outputs, outputs)),
+            ]
+        )
+        return sequence
+
+    def _set_shapes(self, inputs: Sequence[np.ndarray]) -> None:
+        """Tell the context the feed's shapes when they differ from the last ones set (the
+        runtime re-plans on every rknn_set_input_shapes), and size the outputs for them."""
+        assert self._dynamic is not None
+        key = self._dynamic.key(inputs)
+        if key == self._current:
+            return
+        self._dynamic.check(inputs, [spec.name for spec in self._backend.inputs])
+        self._current = None  # unknown until the call and the queries succeed
+        self._output_shapes = current_output_dims(self._lib, self._context, self._dynamic, key)
+        self._current = key
+
+    def run_buffers(self, inputs: Sequence[DeviceBuffer], outputs: Sequence[DeviceBuffer]) -> None:
+        """rknn_set_io_mem of every buffer, then rknn_run, on this runner's binding context
+        (every tensor is set each run: a context never keeps a pointer to a freed mem)."""
+        if self._binding is None:
+            self._binding = self._backend.binding_context(self._context, self._mask)
+            self._io_attrs = self._backend.io_attrs()
+        context, lib = self._binding, self._lib
+        steps: list[tuple[str, Any, tuple[Any, ...]]] = []
+        for buffer, attr in zip((*inputs, *outputs), self._io_attrs):
+            assert isinstance(buffer, RknnBuffer), "check_binding admits RknnBuffers only"
+            if buffer.family is not context.family:
+                raise RuntimeError(
+                    "this worker's context comes from its own rknn_init, and the buffer "
+                    "lives in the first context's memory; run zero copy on one worker "
+                    "(schedule=[0]) with this runtime"
+                )
+            steps.append(
+                (
+                    "rknn_set_io_mem",
+                    lib.rknn_set_io_mem,
+                    (context.handle, buffer.mem, ctypes.byref(attr)),
+                )
+            )
+        steps.append(("rknn_run", lib.rknn_run, (context.handle, None)))
+        sequence = NativeSequence(steps)  # a Ctrl-C cannot cut it (sequence.py)
+        with context.lock:
+            sequence.run()
+
+    def close(self) -> None:
+        if self._binding is not None and self._binding is not self._context:
+            self._binding.close()
+        if self._owns_context:
+            self._context.close()
