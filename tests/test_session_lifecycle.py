@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -194,3 +195,91 @@ def test_a_forked_child_refuses_inherited_sessions_and_makes_its_own(npu, tmp_pa
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["child: ok", "parent: 0"], proc.stderr
+
+
+def test_a_run_stuck_inside_the_npu_breaks_the_session_at_the_deadline(npu, tmp_path):
+    """rknn_run never returns on one core: close() returns at its deadline, the stuck run's
+    callback gets the error, its context is leaked (not destroyed under the run), the other cores'
+    results are all there, and the emulator sees no rule violation."""
+    path = FORK_MODEL.write(tmp_path / "m.rknn")
+    sess = InferenceSession(path, provider_options=make_provider_options(schedule=[0, 1, 2]))
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    calls = []
+    delivered = threading.Event()
+
+    def callback(results, user_data, err):
+        calls.append((user_data, err))
+        delivered.set()
+
+    npu.block_runs(1)
+    sess.run_async(None, [x], callback, "stuck")
+    assert npu.wait_blocked(1) == 1
+    others = [sess.submit(None, [x]) for _ in range(4)]  # the two other cores serve these
+    assert all(future.result(10)[0].shape == (1, 4) for future in others)
+    contexts = npu.live_contexts
+    start = time.monotonic()
+    with pytest.warns(RuntimeWarning, match="leaked on purpose"):
+        sess.close(timeout=0.5)
+    assert time.monotonic() - start < 0.5 + 2.0
+    assert delivered.wait(5) and calls[0][0] == "stuck" and "abandoned" in calls[0][1]
+    assert npu.live_contexts == contexts  # nothing destroyed while a run is inside
+    with pytest.raises(SessionBrokenError):
+        sess.run(None, [x])
+
+    assert npu.release_runs() == 1
+    engine = sess._engine
+    assert wait_for(lambda: not any(w.thread.is_alive() for w in engine._workers))
+    assert len(calls) == 1  # the late outcome was dropped
+    # What close() leaked on purpose, released by hand now that no run is inside, so that the
+    # fixture can check the emulator for leaks too.
+    for worker in engine._workers:
+        worker.runner.close()
+    sess._backend.close()
+
+
+def test_interpreter_exit_with_a_long_npu_run_is_bounded(npu, tmp_path):
+    """An rknn_run that takes 20 s: the process exits after the atexit deadline (0.5 s here),
+    not after the run, and says once that it leaked the session."""
+    path = FORK_MODEL.write(tmp_path / "m.rknn")
+    proc = _python(
+        f"""
+        import os
+        import numpy as np
+        from ez_rknn_async import InferenceSession
+        from ez_rknn_async.engine import lifecycle
+        from fakes import wait_for
+        from rknn_emu import Npu, emulator_build
+        lifecycle.DEFAULT_CLOSE_TIMEOUT_S = 0.5
+        npu = Npu(emulator_build.build(), os.environ.__setitem__)
+        sess = InferenceSession({str(path)!r})
+        npu.set_run_delay(20.0)
+        sess.submit(None, [np.zeros((1, 4), np.float32)])
+        assert wait_for(lambda: npu.max_parallel == 1)  # the run is inside rknn_run
+        print("exiting", flush=True)
+        """,
+        timeout=15,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "exiting\n"
+    assert proc.stderr.count("leaked on purpose") == 1
+
+
+def test_a_session_waiting_for_its_npu_run_does_not_hold_another_sessions_close(npu, tmp_path):
+    path = FORK_MODEL.write(tmp_path / "m.rknn")
+    x = np.zeros((1, 4), np.float32)
+    waiting = InferenceSession(path, provider_options=make_provider_options(schedule=[0]))
+    other = InferenceSession(path, provider_options=make_provider_options(schedule=[1]))
+    other.run(None, [x])
+    npu.block_runs(1)
+    future = waiting.submit(None, [x])
+    assert npu.wait_blocked(1) == 1
+    closer = threading.Thread(target=waiting.close, kwargs={"timeout": 10})
+    closer.start()
+    assert wait_for(lambda: waiting.stats().state == "closing")
+    start = time.monotonic()
+    other.close()  # no class-wide lock makes it wait for the other session's run
+    assert time.monotonic() - start < 2.0
+    assert closer.is_alive()
+    assert npu.release_runs() == 1
+    closer.join(10)
+    assert future.result(0)[0].shape == (1, 4) and waiting.stats().state == "closed"
