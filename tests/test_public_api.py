@@ -21,6 +21,8 @@ PUBLIC = {
     "SubmitTimeoutError",
     "NodeArg",
     "ModelMetadata",
+    "SessionStats",
+    "SlotStats",
     "OrtValue",
     "IOBinding",
     "SessionIOBinding",

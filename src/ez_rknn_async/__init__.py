@@ -5,6 +5,7 @@ The public names of API.md; everything else is internal.
 
 from __future__ import annotations
 
+from .engine.stats import SessionStats, SlotStats
 from .errors import (
     RKNNError,
     RunTimeoutError,
@@ -31,6 +32,8 @@ __all__ = [
     "SubmitTimeoutError",
     "NodeArg",
     "ModelMetadata",
+    "SessionStats",
+    "SlotStats",
     "OrtValue",
     "IOBinding",
     "SessionIOBinding",
@@ -44,6 +47,8 @@ for _name in (
     "Rknpu3ProviderOptions",
     "NodeArg",
     "ModelMetadata",
+    "SessionStats",
+    "SlotStats",
     "OrtValue",
     "SessionIOBinding",
 ):

@@ -18,9 +18,10 @@ import numpy as np
 from .backends import Backend, ModelSource, load_backend
 from .engine.admission import SpaceWaiter
 from .engine.aio import submit_async
-from .engine.core import Engine, EngineConfig, EngineStats, State
+from .engine.core import Engine, EngineConfig, State
 from .engine.layout import plan_slots, task_routes
 from .engine.pipeline import Pipeline
+from .engine.stats import SessionStats
 from .errors import SessionClosedError
 from .feeds import copy_for_async, normalize_feed, resolve_outputs, run_option, split_batch
 from .iobinding import SessionIOBinding, SessionMemory, launch
@@ -226,8 +227,9 @@ class InferenceSession:
         """The worker slots the engine runs (core, core mask, threads), for tools and tests."""
         return self._require_engine().slot_specs
 
-    def stats(self) -> EngineStats:
-        """A snapshot of the engine's queue and counters."""
+    def stats(self) -> SessionStats:
+        """A snapshot of the engine: state, queue, per-slot busy time and counts, queue waits,
+        totals (``SessionStats``; works on a closed or broken session too)."""
         return self._require_engine().stats()
 
     # -- lifecycle -------------------------------------------------------------------------

@@ -33,13 +33,13 @@ from ..errors import SessionBrokenError, SessionClosedError, SubmitTimeoutError
 from . import lifecycle
 from .admission import CALLBACK_BACKLOG, Admission, SpaceWaiter
 from .lifecycle import DEFAULT_CLOSE_TIMEOUT_S, State, join_until
+from .stats import SessionStats, SlotStats
 from .tasks import Task
 from .workers import Slot, Worker, worker_loop
 
 __all__ = [
     "Engine",
     "EngineConfig",
-    "EngineStats",
     "State",
     "CALLBACK_BACKLOG",
     "DEFAULT_CLOSE_TIMEOUT_S",
@@ -56,20 +56,6 @@ class EngineConfig:
     routes: Optional[tuple[int, ...]] = None
     #: Distinct cores, for the pacing interval (EMA / cores).
     pacing_cores: int = 1
-
-
-@dataclass(frozen=True)
-class EngineStats:
-    """A snapshot for benchmarks and tests, so the hot path needs no logging."""
-
-    state: str
-    queued: int
-    peak_queued: int
-    running: int
-    callback_backlog: int
-    submitted: int
-    inline_runs: int
-    waiting_submitters: int
 
 
 class Engine:
@@ -138,7 +124,7 @@ class Engine:
         self, inputs: Any, output_indices: Sequence[int], *, method: str = "run"
     ) -> list[Any]:
         """Run a task and return its results; on the calling thread when a slot is idle."""
-        task = Task(inputs, output_indices, method=method)
+        task = Task(inputs, output_indices, method)
         try:
             worker = self._borrow(task)
             if worker is None:
@@ -147,6 +133,8 @@ class Engine:
                 task.run(worker.runner)
             finally:
                 self._give_back(task)
+            if task.error is None:
+                return task.results  # type: ignore[return-value]  # run() set them
             return task.outcome()
         finally:
             # A KeyboardInterrupt between the borrow and the give-back above (or inside it)
@@ -167,7 +155,7 @@ class Engine:
         ``SubmitTimeoutError`` at once instead of waiting for space; so does a ``waiter``, after
         registering it to be woken when space may be free (see ``aio.submit_async``)."""
         future: Future = Future()
-        task = Task(inputs, output_indices, future=future, method=method)
+        task = Task(inputs, output_indices, method, future=future)
         self._admission.admit(task, "submit", blocking=blocking and waiter is None, waiter=waiter)
         return future
 
@@ -188,23 +176,32 @@ class Engine:
             err = "" if exc is None else _message(exc)
             complete(task.seq, (callback, results, user_data, err))
 
-        task = Task(inputs, output_indices, deliver=deliver, method=method)
+        task = Task(inputs, output_indices, method, deliver=deliver)
         self._admission.admit(task, "run_async", callback=True)
 
-    def stats(self) -> EngineStats:
+    def stats(self) -> SessionStats:
+        """One consistent snapshot (see ``stats.py``)."""
         if self._inherited:
             self.check_open()  # a parent thread may have held the lock at fork()
         with self._lock:
             admission = self._admission
-            return EngineStats(
+            now = time.monotonic()
+            slots = tuple(_slot_stats(worker, now) for worker in self._workers)
+            return SessionStats(
                 state=self._state.value,
                 queued=len(admission.queue),
                 peak_queued=admission.peak,
-                running=sum(w.state in (Slot.RUNNING, Slot.BORROWED) for w in self._workers),
+                running=sum(slot.state != "idle" for slot in slots),
                 callback_backlog=self._callbacks.backlog,
+                waiting_submitters=admission.waiters,
                 submitted=admission.submitted,
                 inline_runs=self._inline,
-                waiting_submitters=admission.waiters,
+                completed=sum(slot.completed for slot in slots),
+                failed=sum(slot.failed for slot in slots),
+                queue_wait_s=admission.wait_total,
+                queue_waits=admission.waits,
+                queue_wait_peak_s=admission.wait_peak,
+                slots=slots,
             )
 
     def timeout_error(self, api: str) -> SubmitTimeoutError:
@@ -366,8 +363,11 @@ class Engine:
                 return
             worker.state, task.slot = Slot.IDLE, None
             elapsed = time.monotonic() - worker.since
-            ran = task.results is not None or task.error is not None
-            worker.account(elapsed, (task.error is None) if ran else None)
+            if task.error is not None:
+                worker.failed += 1
+            elif task.results is not None:
+                worker.completed += 1
+            worker.busy += elapsed
             self._admission.pace_sample(elapsed)
             if self._admission.queue or self._state is not State.OPEN:
                 self._wake(worker)
@@ -397,6 +397,23 @@ class Engine:
     def _on_engine_thread(self, thread: threading.Thread) -> bool:
         """Whether ``thread`` is one that ``close()`` joins (a worker or the callback thread)."""
         return thread is self._callbacks.thread or any(w.thread is thread for w in self._workers)
+
+
+_SLOT_STATES = {Slot.RUNNING: "running", Slot.BORROWED: "inline"}
+
+
+def _slot_stats(worker: Worker, now: float) -> SlotStats:
+    state = _SLOT_STATES.get(worker.state, "idle")
+    spec = worker.spec
+    return SlotStats(
+        index=spec.index,
+        core=spec.core,
+        core_mask=spec.core_mask,
+        state=state,
+        busy_s=worker.busy + (now - worker.since if state != "idle" else 0.0),
+        completed=worker.completed,
+        failed=worker.failed,
+    )
 
 
 def _check_timeout(timeout: Any) -> float:

@@ -46,10 +46,10 @@ class Task:
         self,
         inputs: Any,
         output_indices: Sequence[int],
+        method: str = "run",
         *,
         future: Optional[Future] = None,
         deliver: Optional[Callable[[Task, Any, Any], None]] = None,
-        method: str = "run",
     ) -> None:
         self.inputs = inputs
         self.output_indices = output_indices
@@ -63,23 +63,28 @@ class Task:
         self.results: Optional[list[np.ndarray]] = None
         self.error: Optional[BaseException] = None
 
-    def run(self, runner: Runner, claim: Optional[Callable[[], bool]] = None) -> Optional[bool]:
+    def run(self, runner: Runner, claim: Optional[Callable[[], Any]] = None) -> Optional[bool]:
         """Claim the task (skip it if cancelled), run it, publish the outcome. Never raises.
 
         Returns whether the runner succeeded, or None if the task was cancelled. A worker passes
-        ``claim``: its outcome is published only if ``claim()`` is true (False: ``close()`` gave
-        up on this run at its deadline and already failed the task)."""
+        ``claim``: the outcome is published only if ``claim()`` does not raise ``IndexError``
+        (raised once ``close()`` gave up on this run at its deadline and failed the task)."""
         if self.future is not None and not self.future.set_running_or_notify_cancel():
             return None
+        error: Optional[BaseException] = None
         try:
             results = getattr(runner, self.method)(self.inputs, self.output_indices)
         except BaseException as exc:  # noqa: BLE001 - every failure belongs to the caller
-            if claim is None or claim():
-                self.finish(None, exc)
-            return False
-        if claim is None or claim():
-            self.finish(results, None)
-        return True
+            results, error = None, exc
+        ok = error is None
+        if claim is not None:
+            try:
+                claim()
+            except IndexError:  # close() gave up on this run and failed the task already
+                return ok
+        self.finish(results, error)
+        error = None  # no exception -> traceback -> this frame -> exception cycle
+        return ok
 
     def finish(self, results: Optional[list[np.ndarray]], exc: Optional[BaseException]) -> None:
         self.inputs = ()  # drop the input arrays as soon as they are no longer needed

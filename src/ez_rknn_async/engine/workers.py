@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..backends.base import Runner, SlotSpec
 from .lifecycle import State
@@ -66,16 +66,6 @@ class Worker:
     def name(self) -> str:
         return self.thread.name if self.thread is not None else f"slot {self.spec.index}"
 
-    def account(self, elapsed: float, ok: Optional[bool]) -> None:
-        """One task ran for ``elapsed`` seconds (lock held); ``ok`` None: it never ran."""
-        if ok is None:
-            return
-        self.busy += elapsed
-        if ok:
-            self.completed += 1
-        else:
-            self.failed += 1
-
 
 def worker_loop(engine: Engine, worker: Worker) -> None:
     """One slot's thread: take a task it may run, run it without the lock, repeat.
@@ -88,7 +78,7 @@ def worker_loop(engine: Engine, worker: Worker) -> None:
     runner = worker.runner
     core = worker.spec.core
     inflight = worker.inflight
-    claim = _claimer(inflight)
+    claim = inflight.pop  # see the module doc: IndexError once close() took the task over
     with lock:
         while True:
             task = None
@@ -118,18 +108,10 @@ def worker_loop(engine: Engine, worker: Worker) -> None:
                 del task
                 lock.acquire()
                 inflight.clear()  # a cancelled task was never claimed
-                worker.account(elapsed, ok)
+                if ok is not None:  # (inline, not a method call: this is the hot path)
+                    worker.busy += elapsed
+                    if ok:
+                        worker.completed += 1
+                    else:
+                        worker.failed += 1
                 admission.ran(elapsed, waited)
-
-
-def _claimer(inflight: list[Task]) -> Callable[[], bool]:
-    """The worker's claim on the task it runs: False once ``close()`` took the task over."""
-
-    def claim() -> bool:
-        try:
-            inflight.pop()
-        except IndexError:
-            return False
-        return True
-
-    return claim
