@@ -34,13 +34,18 @@ def test_counts_per_slot_and_in_total_every_mode():
         future.exception(5)
     for _ in range(4):
         assert delivered.acquire(timeout=5)
+    # A worker counts a task right after publishing its outcome.
+    assert wait_for(lambda: engine.stats().completed + engine.stats().failed == 14)
+    assert wait_for(lambda: engine.stats().running == 0)
     stats = engine.stats()
     assert isinstance(stats, SessionStats) and all(isinstance(s, SlotStats) for s in stats.slots)
     assert (stats.inline_runs, stats.submitted) == (4, 10)
     assert (stats.completed, stats.failed) == (7, 7)
     assert sum(s.completed for s in stats.slots) == 7 and sum(s.failed for s in stats.slots) == 7
     assert [(s.index, s.core, s.core_mask) for s in stats.slots] == [(0, 0, 1), (1, 1, 2)]
-    assert all(s.busy_s > 0 and s.state == "idle" for s in stats.slots)
+    assert all(
+        s.state == "idle" and (s.busy_s > 0) == (s.completed + s.failed > 0) for s in stats.slots
+    )
     assert stats.queue_waits == 10 and stats.state == "open"
     with pytest.raises(dataclasses.FrozenInstanceError):
         stats.queued = 1  # type: ignore[misc]
@@ -63,6 +68,7 @@ def test_gauges_and_queue_waits_while_a_worker_is_held():
     gate.open()
     for future in [first, *queued]:
         future.result(5)
+    assert wait_for(lambda: engine.stats().completed == 3)  # counted just after publishing
     done = engine.stats()
     assert (done.running, done.queued, done.completed, done.queue_waits) == (0, 0, 3, 3)
     # The two queued tasks waited at least until the first was released.
@@ -93,6 +99,7 @@ def test_a_session_reports_its_slots(add_mul_path):
         for _ in range(3):
             sess.run(None, [a, a])
         sess.submit(None, [a, a]).result(5)
+        assert wait_for(lambda: sess.stats().completed == 4)
         stats = sess.stats()
         assert len(stats.slots) == len(sess.worker_slots) == 2
         assert stats.completed == 4 and stats.failed == 0

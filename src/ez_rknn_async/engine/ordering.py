@@ -79,9 +79,14 @@ class CallbackStage:
             self._wakeup.notify()
 
     def stuck(self, deadline: float) -> bool:
-        """Whether a user callback that began before ``deadline`` is still running (lock held)."""
+        """Whether, after ``close()``'s deadline, deliveries are left and the one running (if
+        any) began before the deadline (lock held). Results still waiting may be views of
+        backend memory, so the caller must not free the backend then; a delivery that began
+        after the deadline (the error of an abandoned task) is not a stuck callback."""
+        if self.backlog == 0 or not self.thread.is_alive():
+            return False
         since = self.calling_since
-        return since is not None and since < deadline and self.thread.is_alive()
+        return since is None or since < deadline
 
     def on_thread(self) -> bool:
         return threading.current_thread() is self.thread

@@ -29,7 +29,8 @@ class SlotStats:
     #: Seconds this slot spent running tasks, the running one included: its utilisation over an
     #: interval is the difference of two snapshots divided by the interval.
     busy_s: float
-    #: Tasks whose backend call returned results, and those whose backend call raised.
+    #: Tasks whose backend call returned results, and those whose backend call raised (counted
+    #: just after the outcome is published: a snapshot taken as a Future completes may lag by one).
     completed: int
     failed: int
 
