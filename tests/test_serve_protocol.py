@@ -14,12 +14,17 @@ import numpy as np
 import pytest
 
 pytest.importorskip("starlette")
+from tritonclient.grpc import InferResult as GrpcInferResult  # noqa: E402
+from tritonclient.grpc import service_pb2  # noqa: E402
 from tritonclient.http import InferInput, InferRequestedOutput  # noqa: E402
 from tritonclient.http import InferResult as HttpInferResult  # noqa: E402
 from tritonclient.http._utils import _get_inference_request  # noqa: E402
 
 from ez_rknn_async.errors import SessionClosedError, SubmitTimeoutError  # noqa: E402
+from ez_rknn_async.serve import grpc_schema, protogen  # noqa: E402
+from ez_rknn_async.serve._v2_descriptor import SERIALIZED  # noqa: E402
 from ez_rknn_async.serve.config import ConfigError, model_specs, parse_model_arg  # noqa: E402
+from ez_rknn_async.serve.grpc_service import decode_request, encode_response  # noqa: E402
 from ez_rknn_async.serve.metrics import ServerMetrics  # noqa: E402
 from ez_rknn_async.serve.protocol import (  # noqa: E402
     DATATYPES,
@@ -307,6 +312,85 @@ def test_request_default_binary_and_per_output_override():
     assert "data" in document["outputs"][0]
     assert document["outputs"][1]["parameters"] == {"binary_data_size": 6}
     assert "id" not in document  # no id asked, none echoed
+
+
+# --- gRPC messages ----------------------------------------------------------------------------
+
+
+def test_committed_descriptor_is_the_proto_compiled():
+    assert protogen.compile_descriptor() == SERIALIZED
+
+
+def test_every_rpc_matches_tritonclients_service_on_the_wire():
+    service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    for name, (request_class, response_class) in grpc_schema.METHODS.items():
+        theirs = service.methods_by_name[name]
+        for ours, their in (
+            (request_class.DESCRIPTOR, theirs.input_type),
+            (response_class.DESCRIPTOR, theirs.output_type),
+        ):
+            assert ours.full_name == their.full_name
+            _same_fields(ours, their)
+
+
+def _same_fields(ours, theirs):
+    for field in ours.fields:
+        other = theirs.fields_by_name[field.name]
+        assert (field.number, field.type) == (other.number, other.type), field.full_name
+        if field.message_type is not None:
+            _same_fields(field.message_type, other.message_type)
+
+
+def test_tritonclient_grpc_request_decodes_raw_and_typed():
+    message = service_pb2.ModelInferRequest(model_name="m", id="g-1")
+    arrays = {d: sample(d) for d in SERVED}
+    for name, array in arrays.items():
+        message.inputs.add(name=name, datatype=_datatype(array), shape=list(array.shape))
+        message.raw_input_contents.append(array.tobytes())
+    message.outputs.add(name="o")
+    ours = grpc_schema.message("ModelInferRequest").FromString(message.SerializeToString())
+    request = decode_request(ours)
+    assert request.id == "g-1" and request.output_names() == ["o"]
+    for tensor in request.inputs:
+        np.testing.assert_array_equal(tensor.array, arrays[tensor.name])
+    typed = service_pb2.ModelInferRequest(model_name="m")
+    tensor = typed.inputs.add(name="ids", datatype="INT64", shape=[3])
+    tensor.contents.int64_contents.extend([4, -5, 6])
+    ours = grpc_schema.message("ModelInferRequest").FromString(typed.SerializeToString())
+    np.testing.assert_array_equal(decode_request(ours).inputs[0].array, [4, -5, 6])
+
+
+@pytest.mark.parametrize(
+    ("build", "words"),
+    [
+        (lambda m: (m.inputs.add(name="h", datatype="FP16", shape=[1])), ["'h'", "raw"]),
+        (lambda m: (m.inputs.add(name="s", datatype="BYTES", shape=[1])), ["'s'", "BYTES"]),
+        (
+            lambda m: (m.inputs.add(name="a", datatype="FP32", shape=[1]),
+                       m.inputs.add(name="b", datatype="FP32", shape=[1]),
+                       m.raw_input_contents.append(b"\x00" * 4)),
+            ["1 entries for 2 inputs"],
+        ),
+    ],
+)  # fmt: skip
+def test_bad_grpc_requests_are_invalid(build, words):
+    message = grpc_schema.message("ModelInferRequest")()
+    build(message)
+    with refused(ErrorKind.INVALID, *words):
+        decode_request(message)
+
+
+def test_grpc_response_decodes_in_tritonclient():
+    arrays = {d: sample(d) for d in SERVED}
+    request = InferRequest([], id="x")
+    response = InferResponse.build(request, "m", "1", list(arrays), list(arrays.values()))
+    wire = encode_response(response).SerializeToString()
+    result = GrpcInferResult(service_pb2.ModelInferResponse.FromString(wire))
+    assert result.get_response().id == "x"
+    for name, array in arrays.items():
+        got = result.as_numpy(name)
+        assert got.dtype == array.dtype, name
+        np.testing.assert_array_equal(got, array)
 
 
 # --- config -----------------------------------------------------------------------------------
