@@ -99,6 +99,7 @@ _TABLE: tuple[KnownError, ...] = (
         ExitCode.NOT_FOUND,
         _own_hint("check the path; relative paths start from the current directory"),
     ),
+    KnownError(OSError, ExitCode.ERROR, _own_hint("")),
     KnownError(
         ImportError,
         ExitCode.MISSING_DEPENDENCY,
