@@ -8,7 +8,15 @@ import os
 import onnx
 from onnx import TensorProto, helper
 
-__all__ = ["yolo_path", "add_mul_model", "mixed_types_model", "dynamic_hw_model", "save"]
+__all__ = [
+    "yolo_path",
+    "add_mul_model",
+    "mixed_types_model",
+    "dynamic_hw_model",
+    "small_types_model",
+    "gather_model",
+    "save",
+]
 
 
 def yolo_path() -> str:
@@ -83,6 +91,44 @@ def dynamic_hw_model() -> bytes:
             helper.make_tensor_value_info("pooled", t, ["N", 3, 1, 1]),
             helper.make_tensor_value_info("total", t, []),
         ],
+    )
+
+
+def small_types_model() -> bytes:
+    """flag bool[N] -> flipped = not flag; i8 int8[N] -> i8_out; u8 uint8[N] -> u8_out
+    (identities); i32 int32[N] -> i32_twice = i32 + i32."""
+    return _model(
+        [
+            helper.make_node("Not", ["flag"], ["flipped"]),
+            helper.make_node("Identity", ["i8"], ["i8_out"]),
+            helper.make_node("Identity", ["u8"], ["u8_out"]),
+            helper.make_node("Add", ["i32", "i32"], ["i32_twice"]),
+        ],
+        [
+            helper.make_tensor_value_info("flag", TensorProto.BOOL, ["N"]),
+            helper.make_tensor_value_info("i8", TensorProto.INT8, ["N"]),
+            helper.make_tensor_value_info("u8", TensorProto.UINT8, ["N"]),
+            helper.make_tensor_value_info("i32", TensorProto.INT32, ["N"]),
+        ],
+        [
+            helper.make_tensor_value_info("flipped", TensorProto.BOOL, ["N"]),
+            helper.make_tensor_value_info("i8_out", TensorProto.INT8, ["N"]),
+            helper.make_tensor_value_info("u8_out", TensorProto.UINT8, ["N"]),
+            helper.make_tensor_value_info("i32_twice", TensorProto.INT32, ["N"]),
+        ],
+    )
+
+
+def gather_model() -> bytes:
+    """data float[N], idx int64[K] -> picked = data[idx]: an index out of range fails inside
+    onnxruntime's run (past every check of the feed)."""
+    return _model(
+        [helper.make_node("Gather", ["data", "idx"], ["picked"], axis=0)],
+        [
+            helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N"]),
+            helper.make_tensor_value_info("idx", TensorProto.INT64, ["K"]),
+        ],
+        [helper.make_tensor_value_info("picked", TensorProto.FLOAT, ["K"])],
     )
 
 

@@ -12,21 +12,19 @@ import json
 
 import numpy as np
 import pytest
+from tritonclient.grpc import InferResult as GrpcInferResult
+from tritonclient.grpc import service_pb2
+from tritonclient.http import InferInput, InferRequestedOutput
+from tritonclient.http import InferResult as HttpInferResult
+from tritonclient.http._utils import _get_inference_request
 
-pytest.importorskip("starlette")
-from tritonclient.grpc import InferResult as GrpcInferResult  # noqa: E402
-from tritonclient.grpc import service_pb2  # noqa: E402
-from tritonclient.http import InferInput, InferRequestedOutput  # noqa: E402
-from tritonclient.http import InferResult as HttpInferResult  # noqa: E402
-from tritonclient.http._utils import _get_inference_request  # noqa: E402
-
-from ez_rknn_async.errors import SessionClosedError, SubmitTimeoutError  # noqa: E402
-from ez_rknn_async.serve import grpc_schema, protogen  # noqa: E402
-from ez_rknn_async.serve._v2_descriptor import SERIALIZED  # noqa: E402
-from ez_rknn_async.serve.config import ConfigError, model_specs, parse_model_arg  # noqa: E402
-from ez_rknn_async.serve.grpc_service import decode_request, encode_response  # noqa: E402
-from ez_rknn_async.serve.metrics import ServerMetrics  # noqa: E402
-from ez_rknn_async.serve.protocol import (  # noqa: E402
+from ez_rknn_async.errors import SessionClosedError, SubmitTimeoutError
+from ez_rknn_async.serve import grpc_schema, protogen
+from ez_rknn_async.serve._v2_descriptor import SERIALIZED
+from ez_rknn_async.serve.config import ConfigError, model_specs, parse_model_arg
+from ez_rknn_async.serve.grpc_service import decode_request, encode_response
+from ez_rknn_async.serve.metrics import ServerMetrics
+from ez_rknn_async.serve.protocol import (
     DATATYPES,
     ErrorKind,
     InferRequest,
@@ -42,9 +40,9 @@ from ez_rknn_async.serve.protocol import (  # noqa: E402
     metadata_shape,
     onnx_datatype,
 )
-from ez_rknn_async.serve.repository import InflightLimit, warmup_feed  # noqa: E402
-from ez_rknn_async.serve.rest import parse_infer_body, render_infer_response  # noqa: E402
-from ez_rknn_async.tensors import NodeArg  # noqa: E402
+from ez_rknn_async.serve.repository import InflightLimit, warmup_feed
+from ez_rknn_async.serve.rest import parse_infer_body, render_infer_response
+from ez_rknn_async.tensors import NodeArg
 
 SERVED = ["BOOL", "UINT8", "INT8", "INT32", "INT64", "FP16", "FP32"]
 

@@ -111,6 +111,7 @@ class ServedModel:
         self._limit = InflightLimit(spec.max_inflight)
         self._timeout = parse_provider_options(spec.provider_options).submit_timeout_ms / 1000.0
         self._output_names = session.output_names
+        self._input_names = session.input_names
         self.metadata: dict[str, Any] = {
             "name": spec.name,
             "versions": [MODEL_VERSION],
@@ -126,6 +127,12 @@ class ServedModel:
     async def infer(self, request: InferRequest) -> InferResponse:
         """Run ``request``: bad names or tensors raise as ``run`` words them."""
         feed = request.feed()
+        unknown = [name for name in feed if name not in self._input_names]
+        if unknown:  # a session ignores extra feed entries; a server tells the client
+            raise ProtocolError(
+                ErrorKind.INVALID,
+                f"unknown input name(s) {unknown}; model {self.name!r} takes {self._input_names}",
+            )
         names = request.output_names()
         queued = time.perf_counter()
         if not await self._limit.acquire(self._timeout):
