@@ -95,11 +95,17 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         found = self.wait_line(_START, timeout)
         self.host, self.http_port, self.grpc_port = found[1], int(found[2]), int(found[3])
-        while self.get("/v2/health/ready")[0] != 200:
+        while not self._ready():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the server did not get ready:\n" + "\n".join(self.log))
             time.sleep(0.05)  # polling, bounded by the deadline
         return self
+
+    def _ready(self) -> bool:
+        try:
+            return self.get("/v2/health/ready")[0] == 200
+        except ConnectionError:
+            return False
 
     def request(
         self,

@@ -430,12 +430,26 @@ def test_metrics_count_failures_by_reason_and_time_requests(server):
 # --- the bearer token ------------------------------------------------------------------------
 
 
-def test_bearer_token_guards_everything_but_health(models):
+DYNAMIC = EmuModel(
+    inputs=[EmuTensor("x", "float32", (1, 4, 4, 3), shapes=((1, 8, 8, 3),))],
+    outputs=[EmuTensor("y", "float32", (1, 3, 4, 4))],
+)
+
+
+def test_bearer_token_guards_everything_but_health(models, emulator, tmp_path):
+    """Also: a dynamic RKNN model starts with the warm-up shape its config gives."""
+    config = tmp_path / "token.json"
+    dynamic = {"path": str(DYNAMIC.write(tmp_path / "dyn.rknn")),
+               "warmup_shapes": {"x": [1, 3, 8, 8]}}  # fmt: skip
+    config.write_text(json.dumps({"models": {"dyn": dynamic}}))
     with ServerProcess(
-        [f"add_mul={models['add_mul']}"], env={"EZ_RKNN_SERVE_TOKEN": TOKEN}
+        [f"add_mul={models['add_mul']}", "--config", str(config)],
+        env={"EZ_RKNN_SERVE_TOKEN": TOKEN, **emu_env(emulator)},
     ) as server:
         server.start()
         good = {"Authorization": f"Bearer {TOKEN}"}
+        metadata = json.loads(server.get("/v2/models/dyn", good)[1])
+        assert metadata["inputs"][0]["shape"] == [1, 3, -1, -1]
         assert server.get("/v2/health/live")[0] == 200
         assert server.get("/v2/health/ready")[0] == 200
         for path in ("/v2", "/v2/models/add_mul", "/metrics"):
@@ -589,11 +603,8 @@ def test_serve_reports_a_taken_port(models, capsys):
 
 
 def test_serve_refuses_a_model_whose_warm_up_fails(tmp_path, npu, capsys):
-    dynamic = EmuModel(
-        inputs=[EmuTensor("x", "float32", (1, 4, 4, 3), shapes=((1, 8, 8, 3),))],
-        outputs=[EmuTensor("y", "float32", (1, 3, 4, 4))],
-    )
-    path = str(dynamic.write(tmp_path / "dyn.rknn"))
+    path = str(DYNAMIC.write(tmp_path / "dyn.rknn"))
     assert main(["serve", path, "--port", "0", "--grpc-port", "0"]) == 1
     err = capsys.readouterr().err
-    assert "'dyn'" in err and "warm-up" in err and "warmup_shapes" in err
+    assert "'dyn'" in err and "warm-up inference failed" in err and "'x'" in err
+    assert "warmup_shapes" in err  # the hint

@@ -31,10 +31,24 @@ from .protocol import (
     onnx_datatype,
 )
 
-__all__ = ["MODEL_VERSION", "InflightLimit", "ServedModel", "Repository", "warmup_feed"]
+__all__ = [
+    "MODEL_VERSION",
+    "WarmupError",
+    "InflightLimit",
+    "ServedModel",
+    "Repository",
+    "warmup_feed",
+]
 
 #: Each model has one version, "1" (a request naming another version gets NOT_FOUND).
 MODEL_VERSION = "1"
+
+
+class WarmupError(ValueError):
+    """A model's warm-up inference failed; ``hint`` says how to give it shapes (the CLI
+    prints it)."""
+
+    hint = 'give the shapes of its dynamic inputs: "warmup_shapes" in --config'
 
 
 class InflightLimit:
@@ -242,10 +256,9 @@ class Repository:
 
 
 def _warm_up(spec: ModelSpec, session: InferenceSession) -> None:
+    """One inference on zeros. Dynamic dims default to 1, which a model may refuse (an RKNN
+    model's allowed shapes) or fail on (a detector's feature maps): both name the model."""
     try:
         session.run(None, warmup_feed(session.get_inputs(), dict(spec.warmup_shapes)))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(
-            f"model {spec.name!r}: the warm-up inference was refused ({exc}); give the shapes "
-            "of its dynamic inputs with warmup_shapes in --config"
-        ) from exc
+    except Exception as exc:
+        raise WarmupError(f"model {spec.name!r}: the warm-up inference failed: {exc}") from exc
