@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_engine.py
 	$(BIN)/python benchmarks/bench_rknn_emulator.py
 	$(BIN)/python benchmarks/bench_zero_copy.py
+	$(BIN)/python benchmarks/bench_serve.py
 	$(BIN)/python benchmarks/soak.py --seconds 60
 
 clean:
