@@ -72,10 +72,14 @@ def server(models, emulator):
     args = ["--config", models["config"]] + [
         f"{name}={models[name]}" for name in ("mixed", "types", "gather", "emu")
     ]
-    with ServerProcess(args, env=emu_env(emulator)) as process:
+    process = ServerProcess(args, env=emu_env(emulator))
+    try:
         process.start()
         yield process
-    assert process.process.returncode == 0, process.log
+    finally:
+        code = process.stop(signal.SIGINT)  # Ctrl-C stops it as SIGTERM does
+    assert code == 0, process.log
+    assert "stop: SIGINT" in process.log[-1], process.log
     assert not [line for line in process.log if "VIOLATION" in line], process.log
 
 
@@ -351,6 +355,11 @@ def test_grpc_invalid_argument_and_not_found(grpc_client):
     with pytest.raises(InferenceServerException) as info:
         grpc_client.infer("nope", wrong_shape)
     assert "NOT_FOUND" in info.value.status()
+    big = [http_input(tgrpc, n, np.zeros((512, 4), np.float32), "FP32") for n in ("a", "b")]
+    with pytest.raises(InferenceServerException) as info:
+        grpc_client.infer("add_mul", big)
+    assert "INVALID_ARGUMENT" in info.value.status()
+    assert f"limit of {BODY_LIMIT}" in info.value.message()
 
 
 # --- concurrency and metrics --------------------------------------------------------------
