@@ -7,6 +7,7 @@ side; the token and the lifecycle (busy model, SIGTERM with requests in flight) 
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import signal
@@ -227,6 +228,25 @@ def test_rknn_model_on_the_emulated_npu(http, grpc_client, transport):
     np.testing.assert_array_equal(result.as_numpy("scores"), reference(EMU, [frame])[0])
 
 
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests(server, ort_reference, algorithm):
+    client = thttp.InferenceServerClient(server.http_url)
+    feed = add_mul_feed(7.0)
+    result = client.infer(
+        "add_mul", add_mul_inputs(thttp, feed), request_compression_algorithm=algorithm
+    )
+    for name, want in zip(("sum", "prod"), ort_reference["add_mul"].run(None, feed)):
+        np.testing.assert_array_equal(result.as_numpy(name), want)
+    client.close()
+    bomb = gzip.compress(b" " * (BODY_LIMIT * 4))  # small on the wire, over the limit inflated
+    status, _, message = post_infer(server, "add_mul", bomb, headers={"Content-Encoding": "gzip"})
+    assert status == 400 and f"limit of {BODY_LIMIT}" in message
+    status, _, message = post_infer(server, "add_mul", b"xx", headers={"Content-Encoding": "br"})
+    assert status == 400 and "'br' is not supported" in message
+    status, _, message = post_infer(server, "add_mul", b"xx", headers={"Content-Encoding": "gzip"})
+    assert status == 400 and "not valid gzip" in message
+
+
 def test_versioned_paths(server, http):
     feed = add_mul_feed(1.0)
     result = http.infer("add_mul", add_mul_inputs(thttp, feed), model_version="1")
@@ -260,9 +280,11 @@ def test_curl_style_json_request(server):
 # --- errors ---------------------------------------------------------------------------------
 
 
-def post_infer(server, model: str, document, extra: bytes = b"", header_length=None):
+def post_infer(server, model: str, document, extra=b"", header_length=None, headers=None):
     text = document if isinstance(document, bytes) else json.dumps(document).encode()
-    headers = {} if header_length is None else {"Inference-Header-Content-Length": header_length}
+    headers = dict(headers or {})
+    if header_length is not None:
+        headers["Inference-Header-Content-Length"] = header_length
     status, response_headers, body = server.request(
         "POST", f"/v2/models/{model}/infer", text + extra, headers
     )

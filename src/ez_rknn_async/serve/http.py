@@ -9,13 +9,14 @@
 
 Errors are ``{"error": message}`` with the status of their ``ErrorKind``; a 503 carries
 ``Retry-After``. The body of an infer request is read up to the model's ``max_request_bytes``
-and no further. Bodies come from ``rest``, behaviour from the repository: nothing else here.
+and no further, and may be gzip or deflate compressed (limited after inflating too). Bodies come from ``rest``, behaviour from the repository: nothing else here.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import zlib
 from typing import Any, Optional
 
 from starlette.applications import Starlette
@@ -51,15 +52,21 @@ def _error(kind: ErrorKind, message: str) -> Response:
     return Response(error_body(message), kind.http_status, headers, _JSON)
 
 
+#: Content-Encoding -> zlib wbits (tritonclient's ``request_compression_algorithm``).
+_DECOMPRESS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
 async def _read_body(request: Request, model: ServedModel) -> bytes:
-    """The body, refused as soon as it is known to exceed the model's limit."""
+    """The body, refused as soon as it is known to exceed the model's limit (compressed or
+    not: a small gzip body cannot inflate past it either)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit():
         model.check_size(int(declared))
     encoding = request.headers.get("content-encoding", "identity").lower()
-    if encoding != "identity":
+    if encoding != "identity" and encoding not in _DECOMPRESS:
         raise ProtocolError(
-            ErrorKind.INVALID, f"Content-Encoding {encoding!r} is not supported; send identity"
+            ErrorKind.INVALID,
+            f"Content-Encoding {encoding!r} is not supported; send gzip, deflate or identity",
         )
     chunks = []
     size = 0
@@ -67,7 +74,21 @@ async def _read_body(request: Request, model: ServedModel) -> bytes:
         size += len(chunk)
         model.check_size(size)
         chunks.append(chunk)
-    return b"".join(chunks)
+    body = b"".join(chunks)
+    return body if encoding == "identity" else _decompress(body, encoding, model)
+
+
+def _decompress(body: bytes, encoding: str, model: ServedModel) -> bytes:
+    inflater = zlib.decompressobj(_DECOMPRESS[encoding])
+    limit = model.spec.max_request_bytes
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ProtocolError(ErrorKind.INVALID, f"the body is not valid {encoding}: {exc}") from None
+    model.check_size(len(data))
+    if not inflater.eof:
+        raise ProtocolError(ErrorKind.INVALID, f"the {encoding} body is truncated")
+    return data
 
 
 def build_app(
