@@ -11,6 +11,7 @@ import gzip
 import json
 import re
 import signal
+import sys
 import threading
 
 import grpc
@@ -518,8 +519,9 @@ SLOW_US = 600_000  # each emulated inference: long enough to observe requests in
 
 @pytest.fixture(scope="module")
 def slow_server(models, emulator, tmp_path_factory):
-    """An emulated RK3588 at 0.6 s per inference: 'npu' on all 3 cores, 'single' on one core
-    with one request admitted at once and a 100 ms admission timeout."""
+    """An emulated RK3588 at 0.6 s per inference: 'npu' on all 3 cores, 'single' on core 0 with
+    one request admitted at once, 'tight' on core 1 with an engine queue of one; both time out
+    after 100 ms."""
     config = tmp_path_factory.mktemp("slow") / "slow.json"
     config.write_text(
         json.dumps(
@@ -527,6 +529,8 @@ def slow_server(models, emulator, tmp_path_factory):
                 "npu": {"path": models["emu"], "max_queue_size": 3},
                 "single": {"path": models["emu"], "schedule": [0], "max_inflight": 1,
                            "submit_timeout_ms": 100},
+                "tight": {"path": models["emu"], "schedule": [1], "max_queue_size": 1,
+                          "submit_timeout_ms": 100},
             }}
         )
     )  # fmt: skip
@@ -573,6 +577,30 @@ def test_a_busy_model_gets_503_with_retry_after_and_unavailable(slow_server):
     np.testing.assert_array_equal(first[0].as_numpy("scores"), reference(EMU, [frame])[0])
 
 
+def test_a_full_engine_queue_gets_503(slow_server):
+    """Past the in-flight limit, the engine's own bound: one task runs, one waits in the queue,
+    a third finds no space for submit_timeout_ms (SubmitTimeoutError) and gets 503."""
+    frame = np.zeros((1, 3, 8, 8), np.uint8)
+    answers: list = []
+
+    def ask() -> None:
+        client = thttp.InferenceServerClient(slow_server.http_url)
+        answers.append(client.infer("tight", [http_input(thttp, "image", frame, "UINT8")]))
+        client.close()
+
+    holders = [threading.Thread(target=ask) for _ in range(2)]
+    for holder in holders:
+        holder.start()
+    wait_inflight(slow_server, "tight", 2)
+    document = {"inputs": [tensor("image", [0] * 192, (1, 3, 8, 8), "UINT8")]}
+    status, headers, message = post_infer(slow_server, "tight", document)
+    assert status == 503 and headers["retry-after"] == "1"
+    assert "submit timed out" in message and "max_queue_size=1" in message
+    for holder in holders:
+        holder.join(30)
+    assert len(answers) == 2
+
+
 def test_sigterm_answers_every_request_in_flight_and_exits_0(slow_server):
     """Six requests on three cores (two rounds of 0.6 s); SIGTERM once all six are admitted."""
     frames = [np.full((1, 3, 8, 8), 40 * i, np.uint8) for i in range(6)]
@@ -610,6 +638,14 @@ def test_sigterm_answers_every_request_in_flight_and_exits_0(slow_server):
 
 
 # --- the command line -----------------------------------------------------------------------
+
+
+def test_serve_without_its_extra_prints_the_pip_command(monkeypatch, capsys, models):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if [serve] was not installed
+    monkeypatch.delitem(sys.modules, "ez_rknn_async.serve.server", raising=False)
+    assert main(["serve", models["add_mul"]]) == 5
+    err = capsys.readouterr().err
+    assert "uvicorn" in err and "pip install 'ez-rknn-async[serve]'" in err
 
 
 def test_serve_refuses_a_missing_model_and_a_bad_config(tmp_path, capsys):
