@@ -658,15 +658,18 @@ def test_serve_refuses_a_missing_model_and_a_bad_config(tmp_path, capsys):
     assert "'m'" in err and "threads_per_core" in err
 
 
-def test_serve_reports_a_taken_port(models, capsys):
+@pytest.mark.parametrize(
+    ("option", "other"), [("--port", "--grpc-port"), ("--grpc-port", "--port")]
+)
+def test_serve_reports_a_taken_port(models, capsys, option, other):
     import socket
 
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        code = main(["serve", models["add_mul"], "--port", str(port), "--grpc-port", "0"])
+        code = main(["serve", models["add_mul"], option, str(port), other, "0"])
     assert code == 1
     err = capsys.readouterr().err
-    assert f"127.0.0.1:{port}" in err and "--port" in err
+    assert f"127.0.0.1:{port}" in err and "--grpc-port" in err  # the hint names both
 
 
 def test_serve_refuses_a_model_whose_warm_up_fails(tmp_path, npu, capsys):

@@ -9,7 +9,8 @@
 
 Errors are ``{"error": message}`` with the status of their ``ErrorKind``; a 503 carries
 ``Retry-After``. The body of an infer request is read up to the model's ``max_request_bytes``
-and no further, and may be gzip or deflate compressed (limited after inflating too). Bodies come from ``rest``, behaviour from the repository: nothing else here.
+and no further, and may be gzip or deflate compressed (limited after inflating too). Bodies
+come from ``rest``, behaviour from the repository: nothing else here.
 """
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ async def serve(
     http = _Uvicorn(
         uvicorn.Config(
             build_app(repository, metrics, options.token),
-            log_level="warning",
+            log_level="error",  # no per-request lines (uvicorn warns on malformed HTTP)
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=max(1, round(options.shutdown_timeout)),
@@ -131,13 +131,13 @@ async def serve(
         started = time.perf_counter()
         await loop.run_in_executor(None, repository.load)
         if not stop.is_set():
+            served = [repository.get(name) for name in repository.names]
             LOGGER.info(
                 "ready: %d model(s) loaded and warmed up in %.1f s: %s",
-                len(specs),
+                len(served),
                 time.perf_counter() - started,
-                ", ".join(f"{name} ({repository.get(name).metadata['platform']})"
-                          for name in repository.names),
-            )  # fmt: skip
+                ", ".join(f"{model.name} ({model.metadata['platform']})" for model in served),
+            )
             stopping = asyncio.create_task(stop.wait())
             await asyncio.wait({stopping, http_task}, return_when=asyncio.FIRST_COMPLETED)
             stopping.cancel()
