@@ -153,16 +153,32 @@ def small_tensor_latency(frames: int, folder: Path) -> None:
         http = thttp.InferenceServerClient(server.http_url)
         grpc = tgrpc.InferenceServerClient(server.grpc_url)
         paths = {
-            "server, HTTP binary": (http, make_inputs(thttp, feed, "FP32")),
-            "server, HTTP JSON": (http, make_inputs(thttp, feed, "FP32", binary=False)),
-            "server, gRPC": (grpc, make_inputs(tgrpc, feed, "FP32")),
+            "server, HTTP binary": (http, make_inputs(thttp, feed, "FP32"), "http"),
+            "server, HTTP JSON": (http, make_inputs(thttp, feed, "FP32", binary=False), "http"),
+            "server, gRPC": (grpc, make_inputs(tgrpc, feed, "FP32"), "grpc"),
         }
-        for label, (client, inputs) in paths.items():
+        inside = {}
+        for label, (client, inputs, protocol) in paths.items():
+            before = server_seconds(server, protocol)
             p50, p99 = percentiles(lambda c=client, i=inputs: c.infer("add_mul", i), frames)
+            after = server_seconds(server, protocol)
+            inside[label] = (after[0] - before[0]) / (after[1] - before[1]) * 1e6
             print(
                 f"   {label:<30} {p50:>9.1f} {p99:>9.1f} {p50 - base[0]:>10.1f} "
                 f"{p99 - base[1]:>10.1f}"
             )
+    print("   of which inside the server's request handler (mean, from /metrics):")
+    for label, micros in inside.items():
+        print(f"   {label:<30} {micros:>9.1f}")
+
+
+def server_seconds(server: ServerProcess, protocol: str) -> tuple[float, float]:
+    """(sum, count) of the server's own request-duration histogram for ``add_mul``."""
+    labels = f'{{model="add_mul",protocol="{protocol}"}}'
+    return (
+        server.metric(f"ez_rknn_request_duration_seconds_sum{labels}"),
+        server.metric(f"ez_rknn_request_duration_seconds_count{labels}"),
+    )
 
 
 def yolo_throughput(seconds: float, folder: Path, callers: int = 4) -> None:

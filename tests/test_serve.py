@@ -349,6 +349,8 @@ def test_unknown_model_and_endpoint_get_404(server):
     assert status == 404 and "unknown model 'nope'" in message
     status, body = server.get("/v2/repository/index")
     assert status == 404 and "no such endpoint" in json.loads(body)["error"]
+    status, body = server.get("/v2/models/add_mul/infer")
+    assert status == 405 and "Method Not Allowed" in json.loads(body)["error"]
 
 
 def test_a_failed_inference_gets_500_with_the_backends_message(server, grpc_client):
@@ -646,6 +648,14 @@ def test_serve_without_its_extra_prints_the_pip_command(monkeypatch, capsys, mod
     assert main(["serve", models["add_mul"]]) == 5
     err = capsys.readouterr().err
     assert "uvicorn" in err and "pip install 'ez-rknn-async[serve]'" in err
+
+
+def test_serve_help_lists_options_and_exit_codes(capsys):
+    assert main(["serve", "--help"]) == 0
+    text = capsys.readouterr().out
+    for option in ("--host", "--port", "--grpc-port", "--config", "--token", "--max-inflight"):
+        assert option in text
+    assert "EZ_RKNN_SERVE_TOKEN" in text and "exit codes:" in text and "warmup_shapes" in text
 
 
 def test_serve_refuses_a_missing_model_and_a_bad_config(tmp_path, capsys):

@@ -266,7 +266,11 @@ every endpoint but /v2/health/* needs "Authorization: Bearer TOKEN" (gRPC: metad
 "authorization"); no path from a request is ever opened.
 
 exit codes:
-{EXIT_CODE_HELP}
+    0  stopped by SIGTERM or SIGINT after answering every request in flight
+    1  a model failed to load or to run its warm-up inference, or a port is taken
+    2  bad command line or --config (the message names the model and the key)
+    3  a model file does not exist
+    5  the [serve] extra is missing (pip command printed)
 
 examples:
   ez-rknn serve yolov8n.rknn
