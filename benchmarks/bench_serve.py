@@ -37,7 +37,7 @@ from ez_rknn_async import InferenceSession  # noqa: E402
 
 from onnx_models import add_mul_model, save, yolo_path  # noqa: E402
 from rknn_emu import EmuModel, EmuTensor, emulator_build  # noqa: E402
-from serve_process import ServerProcess  # noqa: E402
+from serve_process import ServerProcess, infer_input  # noqa: E402
 
 NPU_MODEL = EmuModel(
     inputs=[EmuTensor("image", "uint8", (1, 16, 16, 3), scale=1 / 255)],
@@ -48,15 +48,7 @@ SHAPE = [1, 3, 320, 320]
 
 
 def make_inputs(module, feed: dict[str, np.ndarray], datatype: str, binary: bool = True) -> list:
-    inputs = []
-    for name, array in feed.items():
-        tensor = module.InferInput(name, list(array.shape), datatype)
-        if module is thttp:
-            tensor.set_data_from_numpy(array, binary_data=binary)
-        else:
-            tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    return inputs
+    return [infer_input(module, name, array, datatype, binary) for name, array in feed.items()]
 
 
 def closed_loop(

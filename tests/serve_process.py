@@ -22,12 +22,23 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Optional
+from typing import Any, Optional
 
-__all__ = ["ServerProcess", "EMULATOR_FAILED"]
+__all__ = ["ServerProcess", "EMULATOR_FAILED", "infer_input"]
 
 EMULATOR_FAILED = 70
 _START = re.compile(r"start: .* HTTP on http://([\d.]+):(\d+), gRPC on [\d.]+:(\d+)")
+
+
+def infer_input(module: Any, name: str, array: Any, datatype: str, binary: bool = True) -> Any:
+    """A tritonclient input of ``module`` (``tritonclient.http`` or ``.grpc``) holding
+    ``array``; HTTP sends it as binary data unless ``binary`` is False (JSON)."""
+    tensor = module.InferInput(name, list(array.shape), datatype)
+    if module.__name__ == "tritonclient.http":
+        tensor.set_data_from_numpy(array, binary_data=binary)
+    else:
+        tensor.set_data_from_numpy(array)
+    return tensor
 
 
 class ServerProcess:

@@ -32,7 +32,7 @@ from onnx_models import (
     small_types_model,
 )
 from rknn_emu import EmuModel, EmuTensor, reference
-from serve_process import ServerProcess
+from serve_process import ServerProcess, infer_input
 
 pytest_plugins = ("rknn_fixtures",)
 
@@ -99,22 +99,13 @@ def grpc_client(server):
     client.close()
 
 
-def http_input(module, name: str, array: np.ndarray, datatype: str, binary: bool = True):
-    tensor = module.InferInput(name, list(array.shape), datatype)
-    if module is thttp:
-        tensor.set_data_from_numpy(array, binary_data=binary)
-    else:
-        tensor.set_data_from_numpy(array)
-    return tensor
-
-
 def add_mul_feed(seed: float) -> dict:
     a = (np.arange(8, dtype=np.float32).reshape(2, 4) + seed).astype(np.float32)
     return {"a": a, "b": np.full((2, 4), 0.5, np.float32)}
 
 
 def add_mul_inputs(module, feed: dict, binary: bool = True) -> list:
-    return [http_input(module, name, array, "FP32", binary) for name, array in feed.items()]
+    return [infer_input(module, name, array, "FP32", binary) for name, array in feed.items()]
 
 
 # --- health and metadata --------------------------------------------------------------------
@@ -211,7 +202,7 @@ def test_every_datatype(server, http, grpc_client, ort_reference, transport):
         },
     }
     for model, feed in cases.items():
-        inputs = [http_input(module, n, a, d, binary) for n, (a, d) in feed.items()]
+        inputs = [infer_input(module, n, a, d, binary) for n, (a, d) in feed.items()]
         result = client.infer(model, inputs)
         session = ort_reference[model]
         arrays = {name: array for name, (array, _) in feed.items()}
@@ -225,7 +216,7 @@ def test_every_datatype(server, http, grpc_client, ort_reference, transport):
 def test_rknn_model_on_the_emulated_npu(http, grpc_client, transport):
     module, client = (tgrpc, grpc_client) if transport == "grpc" else (thttp, http)
     frame = np.random.default_rng(5).integers(0, 256, (1, 3, 8, 8), dtype=np.uint8)
-    result = client.infer("emu", [http_input(module, "image", frame, "UINT8")])
+    result = client.infer("emu", [infer_input(module, "image", frame, "UINT8")])
     np.testing.assert_array_equal(result.as_numpy("scores"), reference(EMU, [frame])[0])
 
 
@@ -358,21 +349,21 @@ def test_a_failed_inference_gets_500_with_the_backends_message(server, grpc_clie
     status, _, message = post_infer(server, "gather", document)
     assert status == 500 and "inference failed" in message and "idx=99" in message
     inputs = [
-        http_input(tgrpc, "data", np.ones(2, np.float32), "FP32"),
-        http_input(tgrpc, "idx", np.array([99], np.int64), "INT64"),
+        infer_input(tgrpc, "data", np.ones(2, np.float32), "FP32"),
+        infer_input(tgrpc, "idx", np.array([99], np.int64), "INT64"),
     ]
     with pytest.raises(InferenceServerException) as info:
         grpc_client.infer("gather", inputs)
     assert "INTERNAL" in info.value.status() and "idx=99" in info.value.message()
     # and the model keeps working
-    inputs[1] = http_input(tgrpc, "idx", np.array([1], np.int64), "INT64")
+    inputs[1] = infer_input(tgrpc, "idx", np.array([1], np.int64), "INT64")
     np.testing.assert_array_equal(grpc_client.infer("gather", inputs).as_numpy("picked"), [1.0])
 
 
 def test_grpc_invalid_argument_and_not_found(grpc_client):
     wrong_shape = [
-        http_input(tgrpc, "a", np.zeros((4, 1), np.float32), "FP32"),
-        http_input(tgrpc, "b", np.zeros((1, 4), np.float32), "FP32"),
+        infer_input(tgrpc, "a", np.zeros((4, 1), np.float32), "FP32"),
+        infer_input(tgrpc, "b", np.zeros((1, 4), np.float32), "FP32"),
     ]
     with pytest.raises(InferenceServerException) as info:
         grpc_client.infer("add_mul", wrong_shape)
@@ -380,7 +371,7 @@ def test_grpc_invalid_argument_and_not_found(grpc_client):
     with pytest.raises(InferenceServerException) as info:
         grpc_client.infer("nope", wrong_shape)
     assert "NOT_FOUND" in info.value.status()
-    big = [http_input(tgrpc, n, np.zeros((512, 4), np.float32), "FP32") for n in ("a", "b")]
+    big = [infer_input(tgrpc, n, np.zeros((512, 4), np.float32), "FP32") for n in ("a", "b")]
     with pytest.raises(InferenceServerException) as info:
         grpc_client.infer("add_mul", big)
     assert "INVALID_ARGUMENT" in info.value.status()
@@ -560,7 +551,7 @@ def test_a_busy_model_gets_503_with_retry_after_and_unavailable(slow_server):
     holder = threading.Thread(
         target=lambda: first.append(
             thttp.InferenceServerClient(slow_server.http_url).infer(
-                "single", [http_input(thttp, "image", frame, "UINT8")]
+                "single", [infer_input(thttp, "image", frame, "UINT8")]
             )
         )
     )
@@ -572,7 +563,7 @@ def test_a_busy_model_gets_503_with_retry_after_and_unavailable(slow_server):
     assert "busy" in message and "max_inflight" in message
     client = tgrpc.InferenceServerClient(slow_server.grpc_url)
     with pytest.raises(InferenceServerException) as info:
-        client.infer("single", [http_input(tgrpc, "image", frame, "UINT8")])
+        client.infer("single", [infer_input(tgrpc, "image", frame, "UINT8")])
     assert "UNAVAILABLE" in info.value.status()
     client.close()
     holder.join(30)
@@ -587,7 +578,7 @@ def test_a_full_engine_queue_gets_503(slow_server):
 
     def ask() -> None:
         client = thttp.InferenceServerClient(slow_server.http_url)
-        answers.append(client.infer("tight", [http_input(thttp, "image", frame, "UINT8")]))
+        answers.append(client.infer("tight", [infer_input(thttp, "image", frame, "UINT8")]))
         client.close()
 
     holders = [threading.Thread(target=ask) for _ in range(2)]
@@ -613,10 +604,10 @@ def test_sigterm_answers_every_request_in_flight_and_exits_0(slow_server):
         try:
             if index % 2:
                 client = tgrpc.InferenceServerClient(slow_server.grpc_url)
-                inputs = [http_input(tgrpc, "image", frames[index], "UINT8")]
+                inputs = [infer_input(tgrpc, "image", frames[index], "UINT8")]
             else:
                 client = thttp.InferenceServerClient(slow_server.http_url)
-                inputs = [http_input(thttp, "image", frames[index], "UINT8")]
+                inputs = [infer_input(thttp, "image", frames[index], "UINT8")]
             results[index] = client.infer("npu", inputs).as_numpy("scores")
             client.close()
         except BaseException as exc:
