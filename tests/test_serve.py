@@ -7,12 +7,15 @@ side; the token and the lifecycle (busy model, SIGTERM with requests in flight) 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import re
 import signal
+import socket
 import sys
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -537,61 +540,61 @@ def slow_server(models, emulator, tmp_path_factory):
 
 def wait_inflight(server, model: str, count: int, timeout: float = 20.0) -> None:
     """Poll /metrics until ``count`` requests of ``model`` are in flight (bounded)."""
-    import time
-
     deadline = time.monotonic() + timeout
     while server.metric(f'ez_rknn_inflight_requests{{model="{model}"}}') != count:
         assert time.monotonic() < deadline, f"{model}: never {count} in flight"
         time.sleep(0.01)
 
 
+ZERO_FRAME = np.zeros((1, 3, 8, 8), np.uint8)
+
+
+@contextlib.contextmanager
+def in_flight(server, model: str, count: int):
+    """``count`` HTTP requests of ``ZERO_FRAME`` to ``model``, all admitted while the block
+    runs; then each must have been answered with the right scores."""
+    answers: list = []
+
+    def ask() -> None:
+        client = thttp.InferenceServerClient(server.http_url)
+        result = client.infer(model, [infer_input(thttp, "image", ZERO_FRAME, "UINT8")])
+        answers.append(result.as_numpy("scores"))
+        client.close()
+
+    threads = [threading.Thread(target=ask) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    wait_inflight(server, model, count)
+    yield
+    for thread in threads:
+        thread.join(30)
+    assert len(answers) == count
+    for answer in answers:
+        np.testing.assert_array_equal(answer, reference(EMU, [ZERO_FRAME])[0])
+
+
+ZERO_DOCUMENT = {"inputs": [tensor("image", [0] * 192, (1, 3, 8, 8), "UINT8")]}
+
+
 def test_a_busy_model_gets_503_with_retry_after_and_unavailable(slow_server):
-    frame = np.zeros((1, 3, 8, 8), np.uint8)
-    first: list = []
-    holder = threading.Thread(
-        target=lambda: first.append(
-            thttp.InferenceServerClient(slow_server.http_url).infer(
-                "single", [infer_input(thttp, "image", frame, "UINT8")]
-            )
-        )
-    )
-    holder.start()
-    wait_inflight(slow_server, "single", 1)
-    document = {"inputs": [tensor("image", [0] * 192, (1, 3, 8, 8), "UINT8")]}
-    status, headers, message = post_infer(slow_server, "single", document)
-    assert status == 503 and headers["retry-after"] == "1"
-    assert "busy" in message and "max_inflight" in message
-    client = tgrpc.InferenceServerClient(slow_server.grpc_url)
-    with pytest.raises(InferenceServerException) as info:
-        client.infer("single", [infer_input(tgrpc, "image", frame, "UINT8")])
-    assert "UNAVAILABLE" in info.value.status()
-    client.close()
-    holder.join(30)
-    np.testing.assert_array_equal(first[0].as_numpy("scores"), reference(EMU, [frame])[0])
+    with in_flight(slow_server, "single", 1):  # its max_inflight
+        status, headers, message = post_infer(slow_server, "single", ZERO_DOCUMENT)
+        assert status == 503 and headers["retry-after"] == "1"
+        assert "busy" in message and "max_inflight" in message
+        client = tgrpc.InferenceServerClient(slow_server.grpc_url)
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("single", [infer_input(tgrpc, "image", ZERO_FRAME, "UINT8")])
+        assert "UNAVAILABLE" in info.value.status()
+        client.close()
 
 
 def test_a_full_engine_queue_gets_503(slow_server):
     """Past the in-flight limit, the engine's own bound: one task runs, one waits in the queue,
     a third finds no space for submit_timeout_ms (SubmitTimeoutError) and gets 503."""
-    frame = np.zeros((1, 3, 8, 8), np.uint8)
-    answers: list = []
-
-    def ask() -> None:
-        client = thttp.InferenceServerClient(slow_server.http_url)
-        answers.append(client.infer("tight", [infer_input(thttp, "image", frame, "UINT8")]))
-        client.close()
-
-    holders = [threading.Thread(target=ask) for _ in range(2)]
-    for holder in holders:
-        holder.start()
-    wait_inflight(slow_server, "tight", 2)
-    document = {"inputs": [tensor("image", [0] * 192, (1, 3, 8, 8), "UINT8")]}
-    status, headers, message = post_infer(slow_server, "tight", document)
-    assert status == 503 and headers["retry-after"] == "1"
-    assert "submit timed out" in message and "max_queue_size=1" in message
-    for holder in holders:
-        holder.join(30)
-    assert len(answers) == 2
+    with in_flight(slow_server, "tight", 2):
+        status, headers, message = post_infer(slow_server, "tight", ZERO_DOCUMENT)
+        assert status == 503 and headers["retry-after"] == "1"
+        assert "submit timed out" in message and "max_queue_size=1" in message
 
 
 def test_sigterm_answers_every_request_in_flight_and_exits_0(slow_server):
@@ -663,8 +666,6 @@ def test_serve_refuses_a_missing_model_and_a_bad_config(tmp_path, capsys):
     ("option", "other"), [("--port", "--grpc-port"), ("--grpc-port", "--port")]
 )
 def test_serve_reports_a_taken_port(models, capsys, option, other):
-    import socket
-
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         code = main(["serve", models["add_mul"], option, str(port), other, "0"])
