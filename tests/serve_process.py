@@ -101,11 +101,17 @@ class ServerProcess:
             if remaining <= 0:
                 raise TimeoutError(f"no {pattern.pattern!r} line:\n" + "\n".join(self.log))
 
+    def listening(self, timeout: float = 60.0) -> ServerProcess:
+        """Wait for the "start:" line (ports bound; the models may still be loading)."""
+        if not self.http_port:
+            found = self.wait_line(_START, timeout)
+            self.host, self.http_port, self.grpc_port = found[1], int(found[2]), int(found[3])
+        return self
+
     def start(self, timeout: float = 60.0) -> ServerProcess:
         """Wait for the ports, then for readiness (models loaded and warmed up)."""
         deadline = time.monotonic() + timeout
-        found = self.wait_line(_START, timeout)
-        self.host, self.http_port, self.grpc_port = found[1], int(found[2]), int(found[3])
+        self.listening(timeout)
         while not self._ready():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the server did not get ready:\n" + "\n".join(self.log))

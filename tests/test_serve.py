@@ -45,6 +45,10 @@ EMU = EmuModel(
 )
 TOKEN = "s3cret-token"
 BODY_LIMIT = 4096
+ZERO_FRAME = np.zeros((1, 3, 8, 8), np.uint8)
+ZERO_DOCUMENT = {
+    "inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 3, 8, 8], "data": [0] * 192}]
+}
 
 
 def emu_env(emulator) -> dict:
@@ -517,7 +521,7 @@ SLOW_US = 600_000  # each emulated inference: long enough to observe requests in
 def slow_server(models, emulator, tmp_path_factory):
     """An emulated RK3588 at 0.6 s per inference: 'npu' on all 3 cores, 'single' on core 0 with
     one request admitted at once, 'tight' on core 1 with an engine queue of one; both time out
-    after 100 ms."""
+    after 100 ms. Before it is ready, it is live and answers 503."""
     config = tmp_path_factory.mktemp("slow") / "slow.json"
     config.write_text(
         json.dumps(
@@ -534,6 +538,17 @@ def slow_server(models, emulator, tmp_path_factory):
         ["--config", str(config)], env=emu_env(emulator), emulated=("rk3588", SLOW_US)
     )
     with process:
+        process.listening()
+        # loading takes three warm-ups of 0.6 s: the server answers, and says it is not ready
+        assert process.get("/v2/health/live")[0] == 200
+        assert process.get("/v2/health/ready")[0] == 503
+        assert process.get("/v2/models/npu/ready")[0] == 503
+        status, headers, message = post_infer(process, "npu", ZERO_DOCUMENT)
+        assert status == 503 and "not loaded yet" in message and headers["retry-after"] == "1"
+        client = tgrpc.InferenceServerClient(process.grpc_url)
+        assert client.is_server_live() and not client.is_server_ready()
+        assert not client.is_model_ready("npu")
+        client.close()
         process.start()
         yield process
 
@@ -544,9 +559,6 @@ def wait_inflight(server, model: str, count: int, timeout: float = 20.0) -> None
     while server.metric(f'ez_rknn_inflight_requests{{model="{model}"}}') != count:
         assert time.monotonic() < deadline, f"{model}: never {count} in flight"
         time.sleep(0.01)
-
-
-ZERO_FRAME = np.zeros((1, 3, 8, 8), np.uint8)
 
 
 @contextlib.contextmanager
@@ -571,9 +583,6 @@ def in_flight(server, model: str, count: int):
     assert len(answers) == count
     for answer in answers:
         np.testing.assert_array_equal(answer, reference(EMU, [ZERO_FRAME])[0])
-
-
-ZERO_DOCUMENT = {"inputs": [tensor("image", [0] * 192, (1, 3, 8, 8), "UINT8")]}
 
 
 def test_a_busy_model_gets_503_with_retry_after_and_unavailable(slow_server):
