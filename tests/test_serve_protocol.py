@@ -251,6 +251,8 @@ def test_json_and_binary_inputs_mix_in_one_body():
          ["'o'", "binary_data", "true or false"]),
         (b'{"inputs": [], "outputs": [{"name": "o", "parameters": {"classification": 2}}]}', None,
          ["'o'", "classification"]),
+        (b'{"inputs": [{"name": "a", "datatype": "FP32", "shape": [1], '
+         b'"parameters": {"shared_memory_region": "r"}}]}', None, ["'a'", "shared-memory"]),
         (b'{"inputs": [], "parameters": {"binary_data_output": "yes"}}', None,
          ["binary_data_output"]),
     ],
@@ -358,11 +360,20 @@ def test_tritonclient_grpc_request_decodes_raw_and_typed():
     np.testing.assert_array_equal(decode_request(ours).inputs[0].array, [4, -5, 6])
 
 
+def _shared_memory_input(message) -> None:
+    tensor = message.inputs.add(name="r", datatype="FP32", shape=[1])
+    tensor.parameters["shared_memory_region"].string_param = "region0"
+
+
 @pytest.mark.parametrize(
     ("build", "words"),
     [
         (lambda m: (m.inputs.add(name="h", datatype="FP16", shape=[1])), ["'h'", "raw"]),
         (lambda m: (m.inputs.add(name="s", datatype="BYTES", shape=[1])), ["'s'", "BYTES"]),
+        (
+            _shared_memory_input,
+            ["'r'", "shared-memory"],
+        ),
         (
             lambda m: (m.inputs.add(name="a", datatype="FP32", shape=[1]),
                        m.inputs.add(name="b", datatype="FP32", shape=[1]),

@@ -29,6 +29,7 @@ from .protocol import (
     decode_raw,
     dtype_of,
     encode_raw,
+    refuse_extensions,
     server_metadata,
 )
 from .repository import Repository
@@ -63,6 +64,7 @@ def decode_request(request: Any) -> InferRequest:
         )
     inputs = []
     for position, tensor in enumerate(request.inputs):
+        refuse_extensions(tensor.parameters, "input", tensor.name)
         shape = list(tensor.shape)
         if raw:
             array = decode_raw(raw[position], tensor.datatype, shape, tensor.name)
@@ -78,6 +80,8 @@ def decode_request(request: Any) -> InferRequest:
             values = list(getattr(tensor.contents, field))
             array = decode_data(values, tensor.datatype, shape, tensor.name)
         inputs.append(InputTensor(tensor.name, array))
+    for output in request.outputs:
+        refuse_extensions(output.parameters, "output", output.name)
     outputs = [RequestedOutput(output.name) for output in request.outputs]
     return InferRequest(inputs, outputs, request.id)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import hmac
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -38,6 +38,7 @@ __all__ = [
     "classify",
     "datatype_of",
     "dtype_of",
+    "refuse_extensions",
     "onnx_datatype",
     "metadata_shape",
     "decode_raw",
@@ -129,6 +130,24 @@ def classify(exc: BaseException) -> tuple[ErrorKind, str]:
     if isinstance(exc, (ValueError, TypeError)):
         return ErrorKind.INVALID, message
     return ErrorKind.INTERNAL, f"inference failed: {message}"
+
+
+#: Tensor parameters of protocol extensions this server does not implement.
+_UNSUPPORTED_PARAMETERS = {
+    "shared_memory_region": "the shared-memory extension",
+    "classification": "the classification extension",
+}
+
+
+def refuse_extensions(parameters: Iterable[str], role: str, tensor: str) -> None:
+    """Refuse a tensor whose parameters ask for an extension this server lacks, rather than
+    misread it (a shared-memory input carries no data of its own)."""
+    for key in parameters:
+        if key in _UNSUPPORTED_PARAMETERS:
+            raise ProtocolError(
+                ErrorKind.INVALID,
+                f"{role} {tensor!r}: {_UNSUPPORTED_PARAMETERS[key]} ({key!r}) is not supported",
+            )
 
 
 def dtype_of(datatype: Any, tensor: str) -> np.dtype:

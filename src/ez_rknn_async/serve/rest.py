@@ -25,6 +25,7 @@ from .protocol import (
     decode_raw,
     encode_data,
     encode_raw,
+    refuse_extensions,
 )
 
 __all__ = ["HEADER_LENGTH", "parse_infer_body", "render_infer_response", "error_body"]
@@ -88,7 +89,9 @@ def parse_infer_body(body: bytes, header_length: Optional[str] = None) -> InferR
         name = entry.get("name")
         if not isinstance(name, str):
             raise _invalid(f"inputs[{position}] needs a 'name' string")
-        size = _parameters(entry, f"input {name!r}").get("binary_data_size")
+        parameters = _parameters(entry, f"input {name!r}")
+        refuse_extensions(parameters, "input", name)
+        size = parameters.get("binary_data_size")
         if size is None:
             if "data" not in entry:
                 raise _invalid(f"input {name!r} has neither 'data' nor binary_data_size")
@@ -125,8 +128,7 @@ def _requested_outputs(raw_outputs: Any) -> list[RequestedOutput]:
         if not isinstance(name, str):
             raise _invalid(f"outputs[{position}] needs a 'name' string")
         parameters = _parameters(entry, f"output {name!r}")
-        if "classification" in parameters:
-            raise _invalid(f"output {name!r}: the classification extension is not supported")
+        refuse_extensions(parameters, "output", name)
         outputs.append(RequestedOutput(name, _flag(parameters, "binary_data", f"output {name!r}")))
     return outputs
 
