@@ -12,7 +12,10 @@ from ez_rknn_async import InferenceSession, SessionClosedError, SubmitTimeoutErr
 PUBLIC = {
     "InferenceSession",
     "make_provider_options",
+    "make_rknpu3_provider_options",
+    "Rknpu3ProviderOptions",
     "RKNNError",
+    "RunTimeoutError",
     "SessionClosedError",
     "SubmitTimeoutError",
     "NodeArg",

@@ -27,6 +27,7 @@ from tritonclient.utils import InferenceServerException
 
 from ez_rknn_async.cli.main import main
 
+from fake_board import FakeBoard
 from onnx_models import (
     add_mul_model,
     gather_model,
@@ -76,12 +77,21 @@ def models(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(models, emulator):
+def board(tmp_path_factory) -> FakeBoard:
+    """The rknpu driver's debugfs files, for the per-core load in /metrics."""
+    fake = FakeBoard(tmp_path_factory.mktemp("board"))
+    fake.rknpu()
+    return fake
+
+
+@pytest.fixture(scope="module")
+def server(models, emulator, board):
     """onnxruntime and RKNN (emulated) models in one server, started as a user would."""
     args = ["--config", models["config"]] + [
         f"{name}={models[name]}" for name in ("mixed", "types", "gather", "emu")
     ]
-    process = ServerProcess(args, env=emu_env(emulator))
+    env = {**emu_env(emulator), "EZ_RKNN_SYSFS_ROOT": str(board.root)}
+    process = ServerProcess(args, env=env)
     try:
         process.start()
         yield process
@@ -457,6 +467,14 @@ def test_metrics_count_failures_by_reason_and_time_requests(server):
     assert server.metric(count) == before + 1
     assert server.metric('ez_rknn_queue_duration_seconds_count{model="emu"}') >= 1
     assert server.metric('ez_rknn_request_duration_seconds_count{model="emu",protocol="http"}') >= 1
+
+
+def test_metrics_read_the_npu_core_load_at_each_scrape(server, board):
+    assert server.metric('ez_rknn_npu_core_load_percent{core="0"}') == 63
+    assert server.metric('ez_rknn_npu_core_load_percent{core="1"}') == 65
+    board.rknpu(load="NPU load:  Core0: 7%, Core1: 100%, Core2: 42%,\n")
+    assert server.metric('ez_rknn_npu_core_load_percent{core="1"}') == 100
+    assert server.metric('ez_rknn_npu_core_load_percent{core="2"}') == 42
 
 
 # --- the bearer token ------------------------------------------------------------------------

@@ -5,9 +5,9 @@ The public names of API.md; everything else is internal.
 
 from __future__ import annotations
 
-from .errors import RKNNError, SessionClosedError, SubmitTimeoutError
+from .errors import RKNNError, RunTimeoutError, SessionClosedError, SubmitTimeoutError
 from .iobinding import IOBinding, OrtValue, SessionIOBinding
-from .options import make_provider_options
+from .options import Rknpu3ProviderOptions, make_provider_options, make_rknpu3_provider_options
 from .session import InferenceSession
 from .tensors import ModelMetadata, NodeArg
 
@@ -16,7 +16,10 @@ __version__ = "0.1.0"
 __all__ = [
     "InferenceSession",
     "make_provider_options",
+    "make_rknpu3_provider_options",
+    "Rknpu3ProviderOptions",
     "RKNNError",
+    "RunTimeoutError",
     "SessionClosedError",
     "SubmitTimeoutError",
     "NodeArg",
@@ -30,6 +33,8 @@ __all__ = [
 for _name in (
     "InferenceSession",
     "make_provider_options",
+    "make_rknpu3_provider_options",
+    "Rknpu3ProviderOptions",
     "NodeArg",
     "ModelMetadata",
     "OrtValue",

@@ -29,6 +29,7 @@ from .base import (
     BufferRequest,
     BufferTracker,
     DeviceBuffer,
+    HostArrayBuffer,
     Runner,
     SlotSpec,
     usable_cpus,
@@ -70,7 +71,7 @@ def _threads(sess_options: Any, intra: int) -> Iterator[Any]:
         sess_options.intra_op_num_threads, sess_options.inter_op_num_threads = saved
 
 
-class HostBuffer(DeviceBuffer):
+class HostBuffer(HostArrayBuffer):
     """Host memory as a device buffer: ``array`` is allocated here or maps an imported fd, and
     ``ort_value`` is onnxruntime's zero-copy view of it, which binding runs bind directly."""
 
@@ -83,12 +84,11 @@ class HostBuffer(DeviceBuffer):
         fd: int = -1,
         offset: int = 0,
     ) -> None:
-        self._array = array
         self.ort_value: Optional[ort.OrtValue] = ort.OrtValue.ortvalue_from_numpy(array)
         self._mapping = mapping
         self._fd = fd
         self._offset = offset
-        super().__init__(request, tracker)
+        super().__init__(request, tracker, array)
 
     def _free(self) -> None:
         self.ort_value = None
@@ -96,16 +96,6 @@ class HostBuffer(DeviceBuffer):
         if self._mapping is not None:
             self._mapping.close()
             os.close(self._fd)
-
-    def read(self) -> np.ndarray:
-        return self._array.copy()
-
-    def write(self, array: np.ndarray) -> None:
-        np.copyto(self._array, array)
-
-    @property
-    def data_ptr(self) -> int:
-        return int(self._array.ctypes.data)
 
     def memory_info(self) -> dict[str, Any]:
         return {

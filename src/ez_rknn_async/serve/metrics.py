@@ -12,7 +12,9 @@ What the server measures itself, per model:
     ez_rknn_inflight_requests{model}                       admitted and not answered yet
 
 Per-NPU-core load comes from outside the server (the board's debugfs): pass a ``NpuLoadSource``
-to ``ServerMetrics`` and ``ez_rknn_npu_core_load_percent{core}`` is read from it at each scrape.
+to ``ServerMetrics`` and ``ez_rknn_npu_core_load_percent{core}`` is read from it at each scrape
+(``ez-rknn serve`` passes ``backends.rknn.kernel.read_core_loads``; where it raises, off a board
+or not as root, the family is left out).
 A request for a model the server does not have is counted under ``model=""``, so clients cannot
 grow the label set.
 """
