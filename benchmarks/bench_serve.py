@@ -151,9 +151,9 @@ def small_tensor_latency(frames: int, folder: Path) -> None:
         }
         inside = {}
         for label, (client, inputs, protocol) in paths.items():
-            before = server_seconds(server, protocol)
+            before = server_seconds(server, "add_mul", "request_duration", protocol)
             p50, p99 = percentiles(lambda c=client, i=inputs: c.infer("add_mul", i), frames)
-            after = server_seconds(server, protocol)
+            after = server_seconds(server, "add_mul", "request_duration", protocol)
             inside[label] = (after[0] - before[0]) / (after[1] - before[1]) * 1e6
             print(
                 f"   {label:<30} {p50:>9.1f} {p99:>9.1f} {p50 - base[0]:>10.1f} "
@@ -164,12 +164,15 @@ def small_tensor_latency(frames: int, folder: Path) -> None:
         print(f"   {label:<30} {micros:>9.1f}")
 
 
-def server_seconds(server: ServerProcess, protocol: str) -> tuple[float, float]:
-    """(sum, count) of the server's own request-duration histogram for ``add_mul``."""
-    labels = f'{{model="add_mul",protocol="{protocol}"}}'
+def server_seconds(
+    server: ServerProcess, model: str, histogram: str, protocol: str = ""
+) -> tuple[float, float]:
+    """(sum, count) of one of the server's time histograms (``ez_rknn_<histogram>_seconds``)."""
+    labels = f'model="{model}"' + (f',protocol="{protocol}"' if protocol else "")
+    name = f"ez_rknn_{histogram}_seconds"
     return (
-        server.metric(f"ez_rknn_request_duration_seconds_sum{labels}"),
-        server.metric(f"ez_rknn_request_duration_seconds_count{labels}"),
+        server.metric(f"{name}_sum{{{labels}}}"),
+        server.metric(f"{name}_count{{{labels}}}"),
     )
 
 
@@ -198,10 +201,16 @@ def yolo_throughput(seconds: float, folder: Path, callers: int = 4) -> None:
             rate, errors = closed_loop(callers, seconds, make_call)
             assert errors == 0
             rates["server, HTTP binary"].append(rate)
+        request = server_seconds(server, "yolo", "request_duration", "http")
+        compute = server_seconds(server, "yolo", "compute_duration")
     base = statistics.median(rates["in-process sess.run"])
     for label, values in rates.items():
         rate = statistics.median(values)
         print(f"   {label:<22} {rate:>7.1f} frames/s  {rate / base:>6.3f}x")
+    outside = (request[0] / request[1] - compute[0] / compute[1]) * 1e3
+    print(
+        f"   the server's own work per frame (request - compute time, /metrics): {outside:.2f} ms"
+    )
 
 
 def main() -> int:
