@@ -6,7 +6,8 @@ loopback), reads the ports from its "start:" log line, and waits for readiness b
 
 ``emulated=(soc, compute_us)`` runs the same ``main`` through this file's ``__main__``, which
 first configures the emulated NPU (``rknn_emu_configure`` has no environment variable) and, after
-the server exits, turns an emulator rule violation or a leaked context into exit code 70.
+the server exits, turns an emulator rule violation or a leaked context into exit code 70. The
+``env`` given names the library and the SoC (``EZ_RKNN_RUNTIME_LIB``, ``EZ_RKNN_SOC``).
 """
 
 from __future__ import annotations
@@ -177,7 +178,6 @@ def _run_emulated(soc: str, compute_us: int, argv: list[str]) -> int:
     from ez_rknn_async.cli.main import main
 
     library = ctypes.CDLL(os.environ["EZ_RKNN_RUNTIME_LIB"])  # the backend's own handle
-    os.environ["EZ_RKNN_SOC"] = soc
     if library.rknn_emu_configure(soc.encode(), compute_us) != 0:
         return EMULATOR_FAILED
     code = main(argv)

@@ -98,6 +98,11 @@ def encode_response(response: InferResponse) -> Any:
     return message_
 
 
+def _reply(rpc: str, **fields: Any) -> Any:
+    """The response message of ``rpc`` with ``fields``."""
+    return METHODS[rpc][1](**fields)
+
+
 class GrpcTransport:
     """The servicer, and the ``grpc.aio`` server that runs it."""
 
@@ -166,21 +171,21 @@ class GrpcTransport:
         return call
 
     async def _ServerLive(self, request: Any, context: Any) -> Any:
-        return METHODS["ServerLive"][1](live=True)
+        return _reply("ServerLive", live=True)
 
     async def _ServerReady(self, request: Any, context: Any) -> Any:
-        return METHODS["ServerReady"][1](ready=self._repository.ready)
+        return _reply("ServerReady", ready=self._repository.ready)
 
     async def _ModelReady(self, request: Any, context: Any) -> Any:
-        ready = self._repository.is_ready(request.name, request.version)
-        return METHODS["ModelReady"][1](ready=ready)
+        return _reply("ModelReady", ready=self._repository.is_ready(request.name, request.version))
 
     async def _ServerMetadata(self, request: Any, context: Any) -> Any:
-        return METHODS["ServerMetadata"][1](**server_metadata())
+        return _reply("ServerMetadata", **server_metadata())
 
     async def _ModelMetadata(self, request: Any, context: Any) -> Any:
-        model = self._repository.get(request.name, request.version)
-        return METHODS["ModelMetadata"][1](**model.metadata)
+        return _reply(
+            "ModelMetadata", **self._repository.get(request.name, request.version).metadata
+        )
 
     async def _ModelInfer(self, request: Any, context: Any) -> Any:
         started = time.perf_counter()
