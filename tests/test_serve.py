@@ -25,7 +25,7 @@ import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 from tritonclient.utils import InferenceServerException
 
-from ez_rknn_async.cli.main import main
+from ez_rknn_async.cli.main import TOKEN_ENV, main, serve_token
 
 from fake_board import FakeBoard
 from onnx_models import (
@@ -527,6 +527,16 @@ def test_bearer_token_guards_everything_but_health(models, emulator, tmp_path):
         np.testing.assert_array_equal(result.as_numpy("prod"), feed["a"] * feed["b"])
         client.close()
     assert server.process.returncode == 0
+
+
+def test_token_option_wins_over_the_environment(monkeypatch):
+    monkeypatch.setenv(TOKEN_ENV, "from-env")
+    assert serve_token("from-option") == "from-option"
+    assert serve_token(None) == "from-env"
+    monkeypatch.setenv(TOKEN_ENV, "")
+    assert serve_token(None) is None
+    monkeypatch.delenv(TOKEN_ENV)
+    assert serve_token(None) is None
 
 
 # --- lifecycle: backpressure, SIGTERM with requests in flight ----------------------------------

@@ -22,7 +22,7 @@ from .bench import COMPARATORS, MODES, Budget, Plan, parse_compare, parse_modes,
 from .errors import EXIT_CODE_HELP, ExitCode, UsageError, explain
 from .models import parse_input_spec, parse_shape_spec
 
-__all__ = ["main", "build_parser", "DEBUG_ENV"]
+__all__ = ["main", "build_parser", "serve_token", "DEBUG_ENV", "TOKEN_ENV"]
 
 #: Set to 1 to print the traceback of known errors too.
 DEBUG_ENV = "EZ_RKNN_DEBUG"
@@ -622,6 +622,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def serve_token(option: Optional[str]) -> Optional[str]:
+    """The bearer token: ``--token``, else ``$EZ_RKNN_SERVE_TOKEN``, else none; an empty value
+    counts as none (``Environment=EZ_RKNN_SERVE_TOKEN=`` in a unit file)."""
+    return option or os.environ.get(TOKEN_ENV) or None
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
@@ -655,7 +661,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         grpc_port=args.grpc_port,
-        token=args.token or os.environ.get(TOKEN_ENV) or None,
+        token=serve_token(args.token),
         shutdown_timeout=args.shutdown_timeout,
     )
     # per-core NPU load for /metrics, read at each scrape where the board exposes it
