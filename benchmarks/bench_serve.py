@@ -1,6 +1,7 @@
 """Issue 10 figures: ``ez-rknn serve`` over loopback, next to the NPU's limit and in-process runs.
 
     .venv/bin/python benchmarks/bench_serve.py [--seconds 10] [--clients 48] [--frames 2000]
+                                               [--sections 1,2,3]
 
 1. NPU limit: the server runs an emulated RK3588 (3 cores, 20 ms per inference: at most 150
    inferences/s), started as a user starts it (``tests/serve_process.py``); ``--clients``
@@ -218,11 +219,17 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=48)
     parser.add_argument("--frames", type=int, default=2000)
+    parser.add_argument("--sections", default="1,2,3", help="which parts to run, e.g. 2")
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
+    code = 0
     with tempfile.TemporaryDirectory() as folder:
-        code = npu_limit(args.seconds, args.clients, Path(folder))
-        small_tensor_latency(args.frames, Path(folder))
-        yolo_throughput(args.seconds / 2, Path(folder))
+        if "1" in sections:
+            code = npu_limit(args.seconds, args.clients, Path(folder))
+        if "2" in sections:
+            small_tensor_latency(args.frames, Path(folder))
+        if "3" in sections:
+            yolo_throughput(args.seconds / 2, Path(folder))
     return code
 
 
