@@ -8,7 +8,14 @@ import os
 import onnx
 from onnx import TensorProto, helper
 
-__all__ = ["yolo_path", "add_mul_model", "mixed_types_model", "dynamic_hw_model", "save"]
+__all__ = [
+    "yolo_path",
+    "add_mul_model",
+    "mixed_types_model",
+    "dynamic_hw_model",
+    "broadcast_model",
+    "save",
+]
 
 
 def yolo_path() -> str:
@@ -83,6 +90,20 @@ def dynamic_hw_model() -> bytes:
             helper.make_tensor_value_info("pooled", t, ["N", 3, 1, 1]),
             helper.make_tensor_value_info("total", t, []),
         ],
+    )
+
+
+def broadcast_model() -> bytes:
+    """y = a + b with a[N] and b[M]: valid feeds per our checks, but the runtime fails at run
+    time unless N == M (or one is 1), which gives real errors from inside a task."""
+    t = TensorProto.FLOAT
+    return _model(
+        [helper.make_node("Add", ["a", "b"], ["y"])],
+        [
+            helper.make_tensor_value_info("a", t, ["N"]),
+            helper.make_tensor_value_info("b", t, ["M"]),
+        ],
+        [helper.make_tensor_value_info("y", t, ["K"])],
     )
 
 

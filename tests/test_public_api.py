@@ -7,14 +7,24 @@ import subprocess
 import sys
 
 import ez_rknn_async
-from ez_rknn_async import InferenceSession, SessionClosedError, SubmitTimeoutError
+from ez_rknn_async import InferenceSession, SessionClosedError, SubmitTimeoutError, errors
 
-PUBLIC = {
+ERRORS = {
+    "RKNNError",
+    "RuntimeNotFoundError",
+    "InferenceError",
+    "SessionClosedError",
+    "BackendClosedError",
+    "SessionBrokenError",
+    "SubmitTimeoutError",
+    "IOBindingError",
+    "BindingInFlightError",
+    "BindingClosedError",
+    "ValueReleasedError",
+}
+PUBLIC = ERRORS | {
     "InferenceSession",
     "make_provider_options",
-    "RKNNError",
-    "SessionClosedError",
-    "SubmitTimeoutError",
     "NodeArg",
     "ModelMetadata",
     "OrtValue",
@@ -46,6 +56,19 @@ def test_namespace_is_exactly_the_contract():
     assert set(ez_rknn_async.__all__) == PUBLIC
     for name in PUBLIC - {"__version__"}:
         assert getattr(ez_rknn_async, name).__module__ == "ez_rknn_async", name
+
+
+def test_every_typed_error_lives_in_errors_and_its_tree_is_documented():
+    assert set(errors.__all__) == ERRORS
+    for name in ERRORS:
+        cls = getattr(errors, name)
+        assert getattr(ez_rknn_async, name) is cls
+        assert issubclass(cls, RuntimeError), name
+        assert f"+-- {name} " in errors.__doc__, f"{name} is missing from the tree"
+    assert issubclass(errors.RuntimeNotFoundError, errors.RKNNError)
+    assert issubclass(errors.BackendClosedError, SessionClosedError)
+    for name in ("BindingInFlightError", "BindingClosedError", "ValueReleasedError"):
+        assert issubclass(getattr(errors, name), errors.IOBindingError)
 
 
 def test_session_signatures_follow_onnxruntime():

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ez_rknn_async import InferenceSession, OrtValue, SessionClosedError
+from ez_rknn_async import InferenceSession, OrtValue, SessionClosedError, ValueReleasedError
 from ez_rknn_async.backends.rknn.abi import TensorFormat
 from ez_rknn_async.backends.rknn.context import Context
 from ez_rknn_async.backends.rknn.library import RKNNError
@@ -203,7 +203,7 @@ def test_values_released_and_collected_mid_run_free_after_it(npu):
         del value
         gc.collect()
         (score,) = future.result(10)
-        with pytest.raises(RuntimeError, match="released"):
+        with pytest.raises(ValueReleasedError, match="released"):
             score.numpy()
         for other in busy:
             other.result(10)
@@ -236,7 +236,7 @@ def test_stress_random_releases_across_three_cores(npu):
             for future in futures:
                 try:
                     future.result(10)
-                except RuntimeError as exc:
+                except ValueReleasedError as exc:
                     assert "released" in str(exc)
     assert npu.violations == 0
 

@@ -5,7 +5,19 @@ The public names of API.md; everything else is internal.
 
 from __future__ import annotations
 
-from .errors import RKNNError, SessionClosedError, SubmitTimeoutError
+from .errors import (
+    BackendClosedError,
+    BindingClosedError,
+    BindingInFlightError,
+    InferenceError,
+    IOBindingError,
+    RKNNError,
+    RuntimeNotFoundError,
+    SessionBrokenError,
+    SessionClosedError,
+    SubmitTimeoutError,
+    ValueReleasedError,
+)
 from .iobinding import IOBinding, OrtValue, SessionIOBinding
 from .options import make_provider_options
 from .session import InferenceSession
@@ -17,8 +29,16 @@ __all__ = [
     "InferenceSession",
     "make_provider_options",
     "RKNNError",
+    "RuntimeNotFoundError",
+    "InferenceError",
     "SessionClosedError",
+    "BackendClosedError",
+    "SessionBrokenError",
     "SubmitTimeoutError",
+    "IOBindingError",
+    "BindingInFlightError",
+    "BindingClosedError",
+    "ValueReleasedError",
     "NodeArg",
     "ModelMetadata",
     "OrtValue",

@@ -1,17 +1,40 @@
-"""Exceptions raised by ez-rknn-async.
+"""Every exception ez-rknn-async raises on purpose, in one place.
 
     RuntimeError
-     +-- RKNNError              the runtime (librknnrt) returned an error code: ``.code``, ``.name``
-     +-- SessionClosedError     *you* closed the session; every later call raises this at once
-     +-- SubmitTimeoutError     the queue stayed full for ``submit_timeout_ms``; a TimeoutError too
+     +-- RKNNError                  librknnrt returned an error code: ``.code``, ``.name``
+     |    +-- RuntimeNotFoundError  no loadable librknnrt: ``.what`` was tried, ``.fix`` says how
+     +-- InferenceError             onnxruntime / OpenVINO failed an inference (their message,
+     |                              the runtime's exception chained as ``__cause__``)
+     +-- SessionClosedError         *you* closed the session; every later call raises this at once
+     |    +-- BackendClosedError    a backend call raced the session's close()
+     +-- SessionBrokenError         a worker could not be stopped within close()'s deadline: it was
+     |                              leaked on purpose and the session refuses every call
+     +-- SubmitTimeoutError         the queue stayed full for ``submit_timeout_ms`` (a TimeoutError)
+     +-- IOBindingError             zero copy: a binding or value in a state the call cannot use
+          +-- BindingInFlightError  the IOBinding's run has not finished
+          +-- BindingClosedError    the IOBinding was closed
+          +-- ValueReleasedError    the OrtValue (or one bound) was released; its buffer is gone
 
 Bad arguments raise the builtin ``ValueError`` / ``TypeError`` with a message that names the input,
-option key or argument that was wrong.
+option key or argument that was wrong (each backend translates its runtime's invalid-argument
+errors to ``ValueError`` at one place). Anything else that escapes is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
-__all__ = ["RKNNError", "SessionClosedError", "SubmitTimeoutError"]
+__all__ = [
+    "RKNNError",
+    "RuntimeNotFoundError",
+    "InferenceError",
+    "SessionClosedError",
+    "BackendClosedError",
+    "SessionBrokenError",
+    "SubmitTimeoutError",
+    "IOBindingError",
+    "BindingInFlightError",
+    "BindingClosedError",
+    "ValueReleasedError",
+]
 
 
 class RKNNError(RuntimeError):
@@ -23,13 +46,65 @@ class RKNNError(RuntimeError):
         self.name = name
 
 
+class RuntimeNotFoundError(RKNNError):
+    """No loadable librknnrt: ``what`` was tried, ``fix`` says what to do."""
+
+    def __init__(self, what: str, fix: str) -> None:
+        super().__init__(f"{what}. Fix: {fix}.", -3, "RKNN_ERR_DEVICE_UNAVAILABLE")
+        self.what = what
+        self.fix = fix
+
+
+class InferenceError(RuntimeError):
+    """A CPU runtime (onnxruntime, OpenVINO) failed an inference that passed our checks; the
+    message is the runtime's, and its own exception is ``__cause__``."""
+
+
 class SessionClosedError(RuntimeError):
     """The session was closed (by ``close()`` or its context manager) before or during the call."""
+
+
+class BackendClosedError(SessionClosedError):
+    """A backend call (a buffer allocation, a runner) came after the backend was released."""
+
+
+class SessionBrokenError(RuntimeError):
+    """A worker could not be stopped within close()'s deadline (an inference or a callback that
+    never returned): the session leaked it on purpose rather than free what it is inside, and
+    every call raises this at once."""
 
 
 class SubmitTimeoutError(RuntimeError, TimeoutError):
     """The task queue stayed saturated for ``submit_timeout_ms``; nothing was queued."""
 
 
-for _cls in (RKNNError, SessionClosedError, SubmitTimeoutError):
+class IOBindingError(RuntimeError):
+    """A zero-copy call met a binding or value in a state that cannot serve it."""
+
+
+class BindingInFlightError(IOBindingError):
+    """The IOBinding is claimed by a run that has not finished (one binding per frame in flight)."""
+
+
+class BindingClosedError(IOBindingError):
+    """The IOBinding was closed; make a new one with ``session.io_binding()``."""
+
+
+class ValueReleasedError(IOBindingError):
+    """The OrtValue was released (or a binding holds one that was); its buffer is gone."""
+
+
+for _cls in (
+    RKNNError,
+    RuntimeNotFoundError,
+    InferenceError,
+    SessionClosedError,
+    BackendClosedError,
+    SessionBrokenError,
+    SubmitTimeoutError,
+    IOBindingError,
+    BindingInFlightError,
+    BindingClosedError,
+    ValueReleasedError,
+):
     _cls.__module__ = "ez_rknn_async"

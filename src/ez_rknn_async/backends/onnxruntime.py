@@ -8,6 +8,9 @@ count share one onnxruntime session (one copy of the weights); only the engine d
 Zero copy runs on host memory standing in for device memory: a buffer is a numpy array (or an
 mmap of an imported fd, so a memfd plays the part of a dma-buf) wrapped, without a copy, in an
 onnxruntime ``OrtValue``, and a binding run is onnxruntime's own ``run_with_iobinding``.
+
+onnxruntime's own exceptions never reach users: ``translate_errors`` is the one place they become
+ours (``ValueError`` for an invalid argument or model, ``InferenceError`` for a failed run).
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
+from ..errors import InferenceError
 from ..options import ProviderOptions
 from ..tensors import ONNX_TYPE_TO_DTYPE, ModelMetadata, TensorSpec
 from . import ModelSource
@@ -34,9 +40,41 @@ from .base import (
     usable_cpus,
 )
 
-__all__ = ["OnnxRuntimeBackend", "HostBuffer", "load"]
+__all__ = ["OnnxRuntimeBackend", "HostBuffer", "load", "translate_errors"]
 
 _CPU = "CPUExecutionProvider"
+#: Every exception type onnxruntime's native layer raises (Fail, InvalidArgument, EPFail...).
+_ORT_ERRORS = tuple(
+    value
+    for value in vars(_ort_state).values()
+    if isinstance(value, type) and issubclass(value, Exception)
+)
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+#: The ones that mean "what you gave me is wrong" rather than "the run failed".
+_ORT_INVALID = (
+    _ort_state.InvalidArgument,
+    _ort_state.InvalidProtobuf,
+    _ort_state.InvalidGraph,
+    _ort_state.NoSuchFile,
+)
+
+
+@contextlib.contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    """The backend's one error boundary: onnxruntime's exceptions become ``ValueError`` (an
+    invalid argument or model: ``what`` names the inputs or the model) or ``InferenceError``
+    (the run failed), chained ``from`` the original. Anything else passes untouched."""
+    try:
+        yield
+    except _ORT_INVALID as exc:
+        raise ValueError(f"onnxruntime rejected {what}: {_message(exc)}") from exc
+    except _ORT_ERRORS as exc:
+        raise InferenceError(f"onnxruntime failed on {what}: {_message(exc)}") from exc
+
+
+def _message(exc: BaseException) -> str:
+    """onnxruntime's message without its ``[ONNXRuntimeError] : 2 : INVALID_ARGUMENT :`` prefix."""
+    return _ORT_PREFIX.sub("", str(exc).strip())
 
 
 def load(
@@ -117,17 +155,21 @@ class HostBuffer(DeviceBuffer):
 
 
 class _OrtRunner(Runner):
-    __slots__ = ("_session", "_run", "_input_names", "_output_names")
+    __slots__ = ("_session", "_run", "_input_names", "_output_names", "_what")
 
     def __init__(self, session: ort.InferenceSession) -> None:
         self._session = session
         self._run = session.run
         self._input_names = [arg.name for arg in session.get_inputs()]
         self._output_names = [arg.name for arg in session.get_outputs()]
+        self._what = f"the inputs {self._input_names}"
 
     def run(self, inputs: Sequence[np.ndarray], output_indices: Sequence[int]) -> list[np.ndarray]:
         names = self._output_names
-        return self._run([names[i] for i in output_indices], dict(zip(self._input_names, inputs)))
+        with translate_errors(self._what):
+            return self._run(
+                [names[i] for i in output_indices], dict(zip(self._input_names, inputs))
+            )
 
     def run_buffers(self, inputs: Sequence[DeviceBuffer], outputs: Sequence[DeviceBuffer]) -> None:
         binding = self._session.io_binding()
@@ -135,7 +177,8 @@ class _OrtRunner(Runner):
             binding.bind_ortvalue_input(name, buffer.ort_value)  # type: ignore[attr-defined]
         for name, buffer in zip(self._output_names, outputs):
             binding.bind_ortvalue_output(name, buffer.ort_value)  # type: ignore[attr-defined]
-        self._session.run_with_iobinding(binding)
+        with translate_errors(self._what):
+            self._session.run_with_iobinding(binding)
 
 
 class OnnxRuntimeBackend(Backend):
@@ -175,7 +218,8 @@ class OnnxRuntimeBackend(Backend):
         session = self._sessions.get(intra)
         if session is None:
             model = self._source.path if self._source.path is not None else self._source.data
-            with _threads(self._sess_options, intra) as options:
+            what = "the model" if self._source.path is None else f"the model {self._source.path}"
+            with _threads(self._sess_options, intra) as options, translate_errors(what):
                 session = ort.InferenceSession(model, options, providers=self._providers)
             self._sessions[intra] = session
         return session

@@ -4,22 +4,51 @@ The model is compiled once with one CPU stream per worker slot; each slot owns a
 (one stream's worth of threads), so the engine's slots map onto OpenVINO's own throughput
 streams. ``tp_mode`` gives one request the whole machine instead. ``precision`` sets
 ``INFERENCE_PRECISION_HINT``.
+
+OpenVINO raises plain ``RuntimeError`` for everything; ``translate_errors`` is the one place that
+becomes ours (``ValueError`` for a model or a tensor it cannot take, ``InferenceError`` for a
+failed run), with OpenVINO's source-location lines dropped from the message.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
 import numpy as np
 import openvino as ov
 
+from ..errors import InferenceError
 from ..options import ProviderOptions
 from ..tensors import ModelMetadata, TensorSpec, type_string
 from . import ModelSource
 from .base import Backend, Runner, SlotSpec, usable_cpus
 
-__all__ = ["OpenVinoBackend", "load"]
+__all__ = ["OpenVinoBackend", "load", "translate_errors"]
+
+#: What OpenVINO says when a tensor does not fit the model (shape or rank).
+_INVALID_MARKERS = ("ParameterMismatch", "is incompatible with")
+
+
+@contextlib.contextmanager
+def translate_errors(what: str, *, invalid: bool = False) -> Iterator[None]:
+    """The backend's one error boundary. ``invalid=True`` (reading a model) makes every OpenVINO
+    error a ``ValueError``; during a run only a tensor that does not fit is one, anything else is
+    an ``InferenceError``. Chained ``from`` the original; ``what`` names the model or inputs."""
+    try:
+        yield
+    except RuntimeError as exc:
+        message = _message(exc)
+        if invalid or any(marker in message for marker in _INVALID_MARKERS):
+            raise ValueError(f"OpenVINO rejected {what}: {message}") from exc
+        raise InferenceError(f"OpenVINO failed on {what}: {message}") from exc
+
+
+def _message(exc: BaseException) -> str:
+    """OpenVINO's message without its ``Exception from src/...cpp:N:`` location lines."""
+    lines = (line.strip() for line in str(exc).splitlines())
+    return " ".join(line for line in lines if line and not line.startswith("Exception from "))
 
 
 def load(
@@ -42,14 +71,16 @@ def _spec(port: Any) -> TensorSpec:
 
 
 class _OpenVinoRunner(Runner):
-    __slots__ = ("_request", "_ports")
+    __slots__ = ("_request", "_ports", "_what")
 
-    def __init__(self, request: Any, ports: Sequence[Any]) -> None:
+    def __init__(self, request: Any, ports: Sequence[Any], input_names: Sequence[str]) -> None:
         self._request = request
         self._ports = ports
+        self._what = f"the inputs {list(input_names)}"
 
     def run(self, inputs: Sequence[np.ndarray], output_indices: Sequence[int]) -> list[np.ndarray]:
-        results = self._request.infer(list(inputs))  # copies outputs out of the request
+        with translate_errors(self._what):
+            results = self._request.infer(list(inputs))  # copies outputs out of the request
         return [np.array(results[self._ports[i]]) for i in output_indices]
 
 
@@ -59,7 +90,9 @@ class OpenVinoBackend(Backend):
 
     def __init__(self, source: ModelSource, options: ProviderOptions) -> None:
         self._core = ov.Core()
-        self._model = self._core.read_model(source.path if source.path else source.data)
+        what = f"the model {source.path}" if source.path else "the model"
+        with translate_errors(what, invalid=True):
+            self._model = self._core.read_model(source.path if source.path else source.data)
         self._options = options
         self._compiled: Optional[Any] = None
         self.inputs = [_spec(port) for port in self._model.inputs]
@@ -73,7 +106,8 @@ class OpenVinoBackend(Backend):
         compiled = self._compiled
         if compiled is None:  # first slot: compile for the layout the engine chose
             compiled = self._compiled = self._compile(slot)
-        return _OpenVinoRunner(compiled.create_infer_request(), compiled.outputs)
+        names = [spec.name for spec in self.inputs]
+        return _OpenVinoRunner(compiled.create_infer_request(), compiled.outputs, names)
 
     def _compile(self, slot: SlotSpec) -> Any:
         options = self._options
@@ -86,7 +120,8 @@ class OpenVinoBackend(Backend):
         config = {"NUM_STREAMS": str(streams), "INFERENCE_NUM_THREADS": str(threads * streams)}
         if options.precision is not None:
             config["INFERENCE_PRECISION_HINT"] = options.precision
-        return self._core.compile_model(self._model, "CPU", config)
+        with translate_errors("the model", invalid=True):
+            return self._core.compile_model(self._model, "CPU", config)
 
     def close(self) -> None:
         self._compiled = None

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from typing import Any, Optional
 
 from ..backends import ModelSource
+from .errors import user_input
 from .report import format_table
 
 __all__ = ["backend_reason", "guess_layout", "describe", "render"]
@@ -55,8 +56,9 @@ def describe(model: str, backend: Optional[str] = None) -> dict[str, Any]:
     from .. import InferenceSession, make_provider_options
 
     source = ModelSource.from_user(model)
-    options = make_provider_options(backend=backend)
-    with InferenceSession(model, provider_options=options) as session:
+    with user_input():
+        session = InferenceSession(model, provider_options=make_provider_options(backend=backend))
+    with session:
         meta = session.get_modelmeta()
         native_in, native_out = session.get_native_inputs(), session.get_native_outputs()
         info = {

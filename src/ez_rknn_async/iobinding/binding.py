@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional, TypeVar
 import numpy as np
 
 from ..backends.base import MEM_DEFAULT, BufferRequest, DeviceBuffer, Runner
+from ..errors import BindingClosedError, BindingInFlightError, ValueReleasedError
 from ..feeds import check_array, check_tensor, format_shape
 from .memory import SessionMemory, memory_of
 from .values import (
@@ -224,14 +225,14 @@ class SessionIOBinding:
     def _check_usable(self) -> None:
         self._memory.check_open()
         if self._closed:
-            raise RuntimeError("the IOBinding is closed")
+            raise BindingClosedError("the IOBinding is closed")
 
     @contextmanager
     def _editing(self, api: str) -> Iterator[None]:
         with self._lock:
             self._check_usable()
             if self._flight is not None:
-                raise RuntimeError(
+                raise BindingInFlightError(
                     f"{api}: the IOBinding is in flight; wait for its run to finish before "
                     "changing it"
                 )
@@ -277,7 +278,7 @@ class SessionIOBinding:
         with self._lock:
             self._check_usable()
             if self._flight is not None:
-                raise RuntimeError(
+                raise BindingInFlightError(
                     f"{api}: the IOBinding is already in flight (its previous run has not "
                     "finished); wait for it, or use one IOBinding per frame in flight"
                 )
@@ -365,9 +366,11 @@ def _bindable(memory: SessionMemory, value: Any, io_kind: str, index: int, api: 
     return value
 
 
-def _released(memory: SessionMemory, io_kind: str, index: int, prefix: str = "") -> RuntimeError:
+def _released(
+    memory: SessionMemory, io_kind: str, index: int, prefix: str = ""
+) -> ValueReleasedError:
     name = memory.specs(io_kind)[index].name
-    return RuntimeError(
+    return ValueReleasedError(
         f"{prefix}{io_kind} {name!r} is bound to an OrtValue that was released; bind a live value"
     )
 

@@ -37,6 +37,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ...errors import BackendClosedError
 from ...options import ProviderOptions
 from ...tensors import ModelMetadata, TensorSpec
 from ..base import (
@@ -332,7 +333,7 @@ class RknnBackend(Backend):
         wait for runs), made on first use."""
         with self._lock:
             if self._closed:
-                raise RuntimeError("the RKNN backend is closed")
+                raise BackendClosedError("the RKNN backend is closed")
             if self._memory_context is None:
                 if self._zero_copy_only:
                     self._memory_context = self._origin
@@ -509,7 +510,7 @@ class RknnBackend(Backend):
         mask = None if slot.core_mask is None else self.soc.core_mask(slot.core_mask)
         with self._lock:
             if self._closed:
-                raise RuntimeError("the RKNN backend is closed")
+                raise BackendClosedError("the RKNN backend is closed")
             reuse_origin = not self._origin_taken
             self._origin_taken = True
         if reuse_origin:

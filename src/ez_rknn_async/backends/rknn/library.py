@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from ...errors import RKNNError
+from ...errors import RKNNError, RuntimeNotFoundError
 from .abi import (
     CONTEXT_TYPE,
     ERRORS,
@@ -57,15 +57,6 @@ FIX = (
     f"install the board's librknnrt.so (rknpu2 runtime from rknn-toolkit2) into /usr/lib, "
     f"or set {ENV_VAR} to its path"
 )
-
-
-class RuntimeNotFoundError(RKNNError):
-    """No loadable librknnrt: ``what`` was tried, ``fix`` says what to do."""
-
-    def __init__(self, what: str) -> None:
-        super().__init__(f"{what}. Fix: {FIX}.", -3, "RKNN_ERR_DEVICE_UNAVAILABLE")
-        self.what = what
-        self.fix = FIX
 
 
 _ctx = CONTEXT_TYPE
@@ -234,4 +225,4 @@ def load_library(environ: Optional[Mapping[str, str]] = None) -> Library:
         if environ.get(ENV_VAR, "").strip()
         else f"{ENV_VAR} is not set"
     )
-    raise RuntimeNotFoundError(f"librknnrt not found ({where}; tried: {'; '.join(errors)})")
+    raise RuntimeNotFoundError(f"librknnrt not found ({where}; tried: {'; '.join(errors)})", FIX)
