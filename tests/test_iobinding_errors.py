@@ -250,11 +250,6 @@ def test_update_inplace_takes_the_exact_shape_and_dtype(sess):
             "input 'a': expected dtype float32 .* got int32",
         ),
         (
-            lambda b, s, o: b.bind_output("sum"),
-            ValueError,
-            r"output 'sum' has the dynamic shape \[N, 4\]; pass shape= to bind_output",
-        ),
-        (
             lambda b, s, o: b.bind_output("sum", element_type=np.int8, shape=[2, 4]),
             TypeError,
             "output 'sum': expected dtype float32",

@@ -47,7 +47,7 @@ SESSION_METHODS = {
     "get_modelmeta": [],
     "get_providers": [],
     "io_binding": [],
-    "run_with_iobinding": ["iobinding", "run_options"],
+    "run_with_iobinding": ["iobinding", "run_options", "io_binding"],
     "close": [],
 }
 

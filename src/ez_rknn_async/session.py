@@ -165,15 +165,28 @@ class InferenceSession:
         self._check_open()
         return SessionIOBinding(self)
 
-    def run_with_iobinding(self, iobinding: SessionIOBinding, run_options: Any = None) -> None:
+    def run_with_iobinding(
+        self,
+        iobinding: Optional[SessionIOBinding] = None,
+        run_options: Any = None,
+        *,
+        io_binding: Optional[SessionIOBinding] = None,
+    ) -> None:
         """Run one inference on the values bound in ``iobinding``; the outputs land in its bound
         output values. Like ``run``, it takes a worker slot (on the calling thread when one is
-        idle), so it never races the workers."""
+        idle), so it never races the workers. ``io_binding=`` is the original library's name
+        for the same argument (``iobinding`` is onnxruntime's)."""
         engine = self._check_open()
+        if (iobinding is None) == (io_binding is None):
+            raise TypeError(
+                "run_with_iobinding takes one IOBinding, as iobinding (onnxruntime's name) or "
+                "io_binding (the original's)"
+            )
+        binding = iobinding if iobinding is not None else io_binding
         _reject_dispatch_batch("run_with_iobinding", run_options)
         launch(
             self._zero_copy,
-            iobinding,
+            binding,
             "run_with_iobinding",
             lambda flight: engine.run_inline(flight, (), method=_RUN_BINDING),
         )

@@ -273,6 +273,14 @@ class Runner(ABC):
         around their own CPU reads and writes."""
         raise NotImplementedError(f"{type(self).__name__} does not support I/O binding (zero copy)")
 
+    def run_buffers_sizing(
+        self, inputs: Sequence[DeviceBuffer], outputs: Sequence[Optional[DeviceBuffer]]
+    ) -> list[Optional[np.ndarray]]:
+        """``run_buffers`` where an output may be ``None`` (bound without a shape): the runtime
+        sizes it, and the result holds its array at that position (``Backend.adopt`` wraps it).
+        Called only when the backend ``sizes_outputs_at_run``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot size outputs at run time")
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the runner owns. Called once, after its last ``run``."""
 
@@ -299,6 +307,9 @@ class Backend(ABC):
 
     #: What zero-copy values report as ``device_name()``.
     device_type: str = "cpu"
+    #: The runtime allocates an output bound without a shape at run time (onnxruntime's
+    #: ``bind_output(name)`` on a dynamic output); RKNN needs every size up front.
+    sizes_outputs_at_run: bool = False
 
     @property
     def zero_copy_inputs(self) -> Sequence[TensorSpec]:
@@ -315,6 +326,10 @@ class Backend(ABC):
     def allocate(self, request: BufferRequest) -> DeviceBuffer:
         """A new zero-filled buffer for ``request``."""
         raise NotImplementedError(f"the {self.name} backend does not support zero-copy buffers")
+
+    def adopt(self, request: BufferRequest, array: np.ndarray) -> DeviceBuffer:
+        """A buffer over ``array``, an output the runtime sized (``sizes_outputs_at_run``)."""
+        raise NotImplementedError(f"the {self.name} backend sizes no outputs at run time")
 
     def import_dmabuf(
         self, fd: int, request: BufferRequest, *, size: int, offset: int, virt_addr: Optional[int]

@@ -5,9 +5,9 @@ with ``intra_op_num_threads=1`` (tp_mode asks for more), so N slots keep N cores
 frames. onnxruntime's ``InferenceSession.run`` is thread-safe, so slots that need the same thread
 count share one onnxruntime session (one copy of the weights); only the engine decides who runs.
 
-Zero copy runs on host memory standing in for device memory: a buffer is a numpy array (or an
-mmap of an imported fd, so a memfd plays the part of a dma-buf) wrapped, without a copy, in an
-onnxruntime ``OrtValue``, and a binding run is onnxruntime's own ``run_with_iobinding``.
+Zero copy runs on host memory standing in for device memory (``host.py``): a buffer is a numpy
+array wrapped, without a copy, in an onnxruntime ``OrtValue``, and a binding run is onnxruntime's
+own ``run_with_iobinding`` (an output bound without a shape is allocated by onnxruntime).
 
 onnxruntime's own exceptions never reach users: ``translate_errors`` is the one place they become
 ours (``ValueError`` for an invalid argument or model, ``InferenceError`` for a failed run).
@@ -16,8 +16,6 @@ ours (``ValueError`` for an invalid argument or model, ``InferenceError`` for a 
 from __future__ import annotations
 
 import contextlib
-import mmap
-import os
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any, Optional
@@ -39,8 +37,9 @@ from .base import (
     SlotSpec,
     usable_cpus,
 )
+from .host import HostBuffer, HostMemory
 
-__all__ = ["OnnxRuntimeBackend", "HostBuffer", "load", "translate_errors"]
+__all__ = ["OnnxRuntimeBackend", "OrtBuffer", "load", "translate_errors"]
 
 _CPU = "CPUExecutionProvider"
 #: Every exception type onnxruntime's native layer raises (Fail, InvalidArgument, EPFail...).
@@ -108,50 +107,18 @@ def _threads(sess_options: Any, intra: int) -> Iterator[Any]:
         sess_options.intra_op_num_threads, sess_options.inter_op_num_threads = saved
 
 
-class HostBuffer(DeviceBuffer):
-    """Host memory as a device buffer: ``array`` is allocated here or maps an imported fd, and
-    ``ort_value`` is onnxruntime's zero-copy view of it, which binding runs bind directly."""
+class OrtBuffer(HostBuffer):
+    """A host buffer with onnxruntime's zero-copy view of it, which binding runs bind directly."""
 
     def __init__(
-        self,
-        request: BufferRequest,
-        tracker: BufferTracker,
-        array: np.ndarray,
-        mapping: Optional[mmap.mmap] = None,
-        fd: int = -1,
-        offset: int = 0,
+        self, request: BufferRequest, tracker: BufferTracker, array: np.ndarray, *args: Any
     ) -> None:
-        self._array = array
         self.ort_value: Optional[ort.OrtValue] = ort.OrtValue.ortvalue_from_numpy(array)
-        self._mapping = mapping
-        self._fd = fd
-        self._offset = offset
-        super().__init__(request, tracker)
+        super().__init__(request, tracker, array, *args)
 
     def _free(self) -> None:
         self.ort_value = None
-        del self._array  # the last views of the mapping go, so it can be unmapped
-        if self._mapping is not None:
-            self._mapping.close()
-            os.close(self._fd)
-
-    def read(self) -> np.ndarray:
-        return self._array.copy()
-
-    def write(self, array: np.ndarray) -> None:
-        np.copyto(self._array, array)
-
-    @property
-    def data_ptr(self) -> int:
-        return int(self._array.ctypes.data)
-
-    def memory_info(self) -> dict[str, Any]:
-        return {
-            "size": self._array.nbytes,
-            "fd": self._fd,
-            "offset": self._offset,
-            "dmabuf_backed": self._mapping is not None,
-        }
+        super()._free()
 
 
 class _OrtRunner(Runner):
@@ -172,17 +139,28 @@ class _OrtRunner(Runner):
             )
 
     def run_buffers(self, inputs: Sequence[DeviceBuffer], outputs: Sequence[DeviceBuffer]) -> None:
+        self.run_buffers_sizing(inputs, outputs)
+
+    def run_buffers_sizing(
+        self, inputs: Sequence[DeviceBuffer], outputs: Sequence[Optional[DeviceBuffer]]
+    ) -> list[Optional[np.ndarray]]:
         binding = self._session.io_binding()
         for name, buffer in zip(self._input_names, inputs):
             binding.bind_ortvalue_input(name, buffer.ort_value)  # type: ignore[attr-defined]
-        for name, buffer in zip(self._output_names, outputs):
-            binding.bind_ortvalue_output(name, buffer.ort_value)  # type: ignore[attr-defined]
+        for name, out in zip(self._output_names, outputs):
+            if out is None:
+                binding.bind_output(name, "cpu")  # onnxruntime sizes and allocates it
+            else:
+                binding.bind_ortvalue_output(name, out.ort_value)  # type: ignore[attr-defined]
         with translate_errors(self._what):
             self._session.run_with_iobinding(binding)
+        values = binding.get_outputs()
+        return [values[k].numpy() if out is None else None for k, out in enumerate(outputs)]
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(HostMemory, Backend):
     name = "onnxruntime"
+    buffer_type = OrtBuffer
 
     def __init__(
         self,
@@ -229,34 +207,6 @@ class OnnxRuntimeBackend(Backend):
 
     def open_runner(self, slot: SlotSpec) -> Runner:
         return _OrtRunner(self._session(slot.intra_op_threads))
-
-    def allocate(self, request: BufferRequest) -> DeviceBuffer:
-        return HostBuffer(request, self.buffers, np.zeros(request.shape, request.dtype))
-
-    def import_dmabuf(
-        self, fd: int, request: BufferRequest, *, size: int, offset: int, virt_addr: Optional[int]
-    ) -> DeviceBuffer:
-        """Maps the fd itself (``virt_addr`` is not needed). Any mappable fd works: a memfd
-        stands in for a dma-buf in tests."""
-        available = os.fstat(fd).st_size
-        if offset + size > available:
-            raise ValueError(
-                f"fd {fd} holds {available} bytes; offset {offset} + size {size} goes past its end"
-            )
-        start = offset - offset % mmap.ALLOCATIONGRANULARITY
-        count = int(np.prod(request.shape, dtype=np.int64))
-        with contextlib.ExitStack() as undo:
-            own_fd = os.dup(fd)
-            undo.callback(os.close, own_fd)
-            mapping = mmap.mmap(own_fd, offset + size - start, offset=start)
-            undo.callback(mapping.close)
-            array = np.frombuffer(mapping, request.dtype, count, offset - start)
-            buffer = HostBuffer(
-                request, self.buffers, array.reshape(request.shape), mapping, own_fd, offset
-            )
-            del array
-            undo.pop_all()
-        return buffer
 
     def close(self) -> None:
         self.buffers.release_all()

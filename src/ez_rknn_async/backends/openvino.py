@@ -3,7 +3,7 @@
 The model is compiled once with one CPU stream per worker slot; each slot owns an infer request
 (one stream's worth of threads), so the engine's slots map onto OpenVINO's own throughput
 streams. ``tp_mode`` gives one request the whole machine instead. ``precision`` sets
-``INFERENCE_PRECISION_HINT``.
+``INFERENCE_PRECISION_HINT``. Zero copy runs on host memory (``host.py``).
 
 OpenVINO raises plain ``RuntimeError`` for everything; ``translate_errors`` is the one place that
 becomes ours (``ValueError`` for a model or a tensor it cannot take, ``InferenceError`` for a
@@ -23,7 +23,8 @@ from ..errors import InferenceError
 from ..options import ProviderOptions
 from ..tensors import ModelMetadata, TensorSpec, type_string
 from . import ModelSource
-from .base import Backend, Runner, SlotSpec, usable_cpus
+from .base import Backend, BufferTracker, DeviceBuffer, Runner, SlotSpec, usable_cpus
+from .host import HostMemory, run_host_buffers
 
 __all__ = ["OpenVinoBackend", "load", "translate_errors"]
 
@@ -83,8 +84,16 @@ class _OpenVinoRunner(Runner):
             results = self._request.infer(list(inputs))  # copies outputs out of the request
         return [np.array(results[self._ports[i]]) for i in output_indices]
 
+    def run_buffers(self, inputs: Sequence[DeviceBuffer], outputs: Sequence[DeviceBuffer]) -> None:
+        run_host_buffers(self, inputs, outputs)
 
-class OpenVinoBackend(Backend):
+    def run_buffers_sizing(
+        self, inputs: Sequence[DeviceBuffer], outputs: Sequence[Optional[DeviceBuffer]]
+    ) -> list[Optional[np.ndarray]]:
+        return run_host_buffers(self, inputs, outputs)
+
+
+class OpenVinoBackend(HostMemory, Backend):
     name = "openvino"
     providers = ["OpenVINOExecutionProvider"]
 
@@ -95,6 +104,7 @@ class OpenVinoBackend(Backend):
             self._model = self._core.read_model(source.path if source.path else source.data)
         self._options = options
         self._compiled: Optional[Any] = None
+        self.buffers = BufferTracker()
         self.inputs = [_spec(port) for port in self._model.inputs]
         self.outputs = [_spec(port) for port in self._model.outputs]
         self.metadata = ModelMetadata(graph_name=self._model.friendly_name)
@@ -124,4 +134,5 @@ class OpenVinoBackend(Backend):
             return self._core.compile_model(self._model, "CPU", config)
 
     def close(self) -> None:
+        self.buffers.release_all()
         self._compiled = None
