@@ -25,6 +25,9 @@ ERRORS = {
 PUBLIC = ERRORS | {
     "InferenceSession",
     "make_provider_options",
+    "make_rknpu2_provider_options",
+    "RknnProviderOptions",
+    "Rknpu2ProviderOptions",
     "NodeArg",
     "ModelMetadata",
     "OrtValue",
@@ -46,6 +49,7 @@ SESSION_METHODS = {
     "get_native_outputs": [],
     "get_modelmeta": [],
     "get_providers": [],
+    "get_provider_options": [],
     "io_binding": [],
     "run_with_iobinding": ["iobinding", "run_options", "io_binding"],
     "close": [],

@@ -19,7 +19,12 @@ from .errors import (
     ValueReleasedError,
 )
 from .iobinding import IOBinding, OrtValue, SessionIOBinding
-from .options import make_provider_options
+from .options import (
+    RknnProviderOptions,
+    Rknpu2ProviderOptions,
+    make_provider_options,
+    make_rknpu2_provider_options,
+)
 from .session import InferenceSession
 from .tensors import ModelMetadata, NodeArg
 
@@ -28,6 +33,9 @@ __version__ = "0.1.0"
 __all__ = [
     "InferenceSession",
     "make_provider_options",
+    "make_rknpu2_provider_options",
+    "RknnProviderOptions",
+    "Rknpu2ProviderOptions",
     "RKNNError",
     "RuntimeNotFoundError",
     "InferenceError",
@@ -50,6 +58,10 @@ __all__ = [
 for _name in (
     "InferenceSession",
     "make_provider_options",
+    "Rknpu2ProviderOptions",
+    "make_rknpu2_provider_options",
+    "RknnProviderOptions",
+    "Rknpu2ProviderOptions",
     "NodeArg",
     "ModelMetadata",
     "OrtValue",

@@ -23,7 +23,7 @@ from .engine.pipeline import Pipeline
 from .errors import SessionClosedError
 from .feeds import copy_for_async, normalize_feed, resolve_outputs, run_option, split_batch
 from .iobinding import SessionIOBinding, SessionMemory, launch
-from .options import ProviderOptions, parse_bool, parse_provider_options
+from .options import ProviderOptions, parse_bool, parse_provider_options, provider_options_of
 from .tensors import ModelMetadata, NodeArg
 
 __all__ = ["InferenceSession"]
@@ -217,8 +217,10 @@ class InferenceSession:
     def get_providers(self) -> list[str]:
         return list(self._backend.providers)
 
-    def get_provider_options(self) -> ProviderOptions:
-        return self._options
+    def get_provider_options(self) -> dict[str, dict[str, Any]]:
+        """onnxruntime's shape, ``{provider: {option: value}}`` with plain values: the options
+        in force (validated, defaults filled in) under the provider that runs."""
+        return provider_options_of(self.get_providers(), self._options)
 
     @property
     def input_names(self) -> list[str]:

@@ -214,7 +214,9 @@ class OnnxRuntimeBackend(HostMemory, Backend):
 
 
 def _usable_providers(providers: Optional[Sequence[Any]]) -> list[Any]:
-    """The caller's providers that this onnxruntime build has (RKNN names are dropped), else CPU."""
+    """The caller's providers that this onnxruntime build has, else CPU. Names it lacks are
+    dropped without onnxruntime's warning: a drop-in list such as ``["RKNPU2ExecutionProvider",
+    "CPUExecutionProvider"]`` is expected to run anywhere."""
     available = set(ort.get_available_providers())
     chosen = [
         p for p in providers or () if (p[0] if isinstance(p, (tuple, list)) else p) in available

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from typing import Any, Optional
 
 from ..backends import ModelSource
+from ..tensors import UNDEFINED_LAYOUT
 from .errors import user_input
 from .report import format_table
 
@@ -32,7 +33,7 @@ def guess_layout(node: Any) -> str:
     """The node's own layout if it reports one (RKNN native tensors), else a guess from a 4-D
     shape: channels (1, 3 or 4) next to the batch is NCHW, last is NHWC; ``*`` marks a guess."""
     layout = getattr(node, "layout", None)
-    if layout:
+    if layout and layout != UNDEFINED_LAYOUT:
         return str(layout)
     shape = list(node.shape)
     if len(shape) != 4:

@@ -255,7 +255,7 @@ def _provider_options(args: argparse.Namespace) -> dict[str, Any]:
     wanted = {"schedule": args.schedule, "threads_per_core": args.threads, "backend": args.backend}
     wanted = {key: value for key, value in wanted.items() if value is not None}
     try:
-        made = make_provider_options(**wanted)
+        made: dict[str, Any] = dict(make_provider_options(**wanted))
     except ValueError as exc:
         raise UsageError(str(exc), hint="for example --schedule 0,1,2 --threads 2") from exc
     return {key: made[key] for key in wanted}

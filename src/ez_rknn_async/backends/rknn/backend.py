@@ -38,7 +38,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ...errors import BackendClosedError
-from ...options import ProviderOptions
+from ...options import RKNPU2_PROVIDER, ProviderOptions
 from ...tensors import ModelMetadata, TensorSpec
 from ..base import (
     MEM_CACHEABLE,
@@ -107,7 +107,7 @@ class RknnBackend(Backend):
         options: ProviderOptions,
         share_with: Optional[RknnBackend] = None,
     ) -> None:
-        self.providers = ["RKNNExecutionProvider"]
+        self.providers = [RKNPU2_PROVIDER]
         self.soc = soc
         self.library_path = lib.path
         self._lib = lib
