@@ -68,9 +68,23 @@ class InferenceSession:
             providers=providers,
             share_with=None if use_weight_from is None else use_weight_from._backend,
         )
+        self._start(backend, options, use_weight_from)
+
+    @classmethod
+    def _on_backend(cls, backend: Backend, provider_options: Any = None) -> InferenceSession:
+        """A session on a backend made by the caller (``testing.FakeBackend``, a backend under
+        development): everything but the model loading. The session closes the backend."""
+        session = cls.__new__(cls)
+        session._engine = None
+        session._start(backend, parse_provider_options(provider_options), None)
+        return session
+
+    def _start(
+        self, backend: Backend, options: ProviderOptions, weights_from: Optional[InferenceSession]
+    ) -> None:
         self._backend: Backend = backend
         self._options = options
-        self._weights_from = use_weight_from  # the owner of shared weights outlives this session
+        self._weights_from = weights_from  # the owner of shared weights outlives this session
         self._zero_copy = SessionMemory(backend)
         self._engine = _start_engine(backend, options)
         self._pipeline = Pipeline()
