@@ -439,7 +439,8 @@ def test_arun_waits_for_queue_space_without_holding_the_binding(add_mul_path, ga
 
         async def main():
             waiting = asyncio.ensure_future(sess.arun(None, bindings[2]))
-            await asyncio.sleep(0.05)
+            while sess.stats().waiting_submitters == 0:  # parked on the loop, queue full
+                await asyncio.sleep(0)
             assert not waiting.done()
             opened.set()
             return await waiting

@@ -217,7 +217,8 @@ def test_cancelling_arun_cancels_a_queued_inference(add_mul_path, monkeypatch):
         while sess.stats().queued != 1 or sess.stats().running != 1:
             await asyncio.sleep(0.001)
         second.cancel()
-        await asyncio.sleep(0.01)
+        while not second.done():  # the cancellation reaches the queued inference
+            await asyncio.sleep(0)
         gate.set()
         result = await first
         with pytest.raises(asyncio.CancelledError):
