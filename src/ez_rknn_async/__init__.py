@@ -5,19 +5,8 @@ The public names of API.md; everything else is internal.
 
 from __future__ import annotations
 
-from .errors import (
-    BackendClosedError,
-    BindingClosedError,
-    BindingInFlightError,
-    InferenceError,
-    IOBindingError,
-    RKNNError,
-    RuntimeNotFoundError,
-    SessionBrokenError,
-    SessionClosedError,
-    SubmitTimeoutError,
-    ValueReleasedError,
-)
+from . import errors
+from .errors import *  # noqa: F403 - every typed error is public (errors.__all__)
 from .iobinding import IOBinding, OrtValue, SessionIOBinding
 from .options import (
     RknnProviderOptions,
@@ -36,17 +25,7 @@ __all__ = [
     "make_rknpu2_provider_options",
     "RknnProviderOptions",
     "Rknpu2ProviderOptions",
-    "RKNNError",
-    "RuntimeNotFoundError",
-    "InferenceError",
-    "SessionClosedError",
-    "BackendClosedError",
-    "SessionBrokenError",
-    "SubmitTimeoutError",
-    "IOBindingError",
-    "BindingInFlightError",
-    "BindingClosedError",
-    "ValueReleasedError",
+    *errors.__all__,
     "NodeArg",
     "ModelMetadata",
     "OrtValue",

@@ -94,17 +94,6 @@ class ValueReleasedError(IOBindingError):
     """The OrtValue was released (or a binding holds one that was); its buffer is gone."""
 
 
-for _cls in (
-    RKNNError,
-    RuntimeNotFoundError,
-    InferenceError,
-    SessionClosedError,
-    BackendClosedError,
-    SessionBrokenError,
-    SubmitTimeoutError,
-    IOBindingError,
-    BindingInFlightError,
-    BindingClosedError,
-    ValueReleasedError,
-):
-    _cls.__module__ = "ez_rknn_async"
+for _name in __all__:
+    globals()[_name].__module__ = "ez_rknn_async"  # where users import them from
+del _name

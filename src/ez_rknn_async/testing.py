@@ -24,8 +24,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .backends.base import Backend, BufferTracker, DeviceBuffer, Runner, SlotSpec
-from .backends.host import HostMemory, run_host_buffers
+from .backends.base import Backend, BufferTracker, Runner, SlotSpec
+from .backends.host import HostMemory, HostRunner
 from .errors import InferenceError
 from .tensors import ModelMetadata, TensorSpec
 
@@ -44,7 +44,7 @@ def _translate_errors() -> Iterator[None]:
         raise InferenceError(f"fake runtime failed: {type(exc).__name__}: {exc}") from exc
 
 
-class _FunctionRunner(Runner):
+class _FunctionRunner(HostRunner):
     """One slot: calls the backend's function; counts its calls."""
 
     def __init__(self, backend: FakeBackend, slot: SlotSpec) -> None:
@@ -65,14 +65,6 @@ class _FunctionRunner(Runner):
             backend.calls += 1
         outputs = backend.outputs
         return [np.array(results[i], dtype=outputs[i].dtype) for i in output_indices]
-
-    def run_buffers(self, inputs: Sequence[DeviceBuffer], outputs: Sequence[DeviceBuffer]) -> None:
-        run_host_buffers(self, inputs, outputs)
-
-    def run_buffers_sizing(
-        self, inputs: Sequence[DeviceBuffer], outputs: Sequence[Optional[DeviceBuffer]]
-    ) -> list[Optional[np.ndarray]]:
-        return run_host_buffers(self, inputs, outputs)
 
     def close(self) -> None:
         self.closed = True

@@ -2,8 +2,8 @@
 
 A ``HostBuffer`` is a numpy array standing in for device memory: allocated here, or an mmap of an
 imported fd (so a memfd plays the part of a dma-buf). ``HostMemory`` gives a backend
-``allocate`` / ``import_dmabuf`` / ``adopt`` over such buffers. ``run_host_buffers`` (what
-``Runner.run_buffers_sizing`` of such a backend calls) runs a binding through the plain ``run``:
+``allocate`` / ``import_dmabuf`` / ``adopt`` over such buffers. ``run_host_buffers`` (what a
+``HostRunner``'s binding runs call) runs a binding through the runner's plain ``run``:
 the inputs are read in place, the outputs copied into their buffers, and an output bound without
 a shape (``None``) is returned as the runtime sized it. onnxruntime binds its buffers natively
 instead (``onnxruntime.py``).
@@ -21,7 +21,7 @@ import numpy as np
 
 from .base import BufferRequest, BufferTracker, DeviceBuffer, Runner
 
-__all__ = ["HostBuffer", "HostMemory", "run_host_buffers"]
+__all__ = ["HostBuffer", "HostMemory", "HostRunner", "run_host_buffers"]
 
 
 class HostBuffer(DeviceBuffer):
@@ -125,3 +125,15 @@ def run_host_buffers(
             buffer.write(result)
             sized.append(None)
     return sized
+
+
+class HostRunner(Runner):
+    """A runner whose runtime has no binding API: binding runs go through ``run``."""
+
+    def run_buffers(self, inputs: Sequence[DeviceBuffer], outputs: Sequence[DeviceBuffer]) -> None:
+        run_host_buffers(self, inputs, outputs)
+
+    def run_buffers_sizing(
+        self, inputs: Sequence[DeviceBuffer], outputs: Sequence[Optional[DeviceBuffer]]
+    ) -> list[Optional[np.ndarray]]:
+        return run_host_buffers(self, inputs, outputs)

@@ -23,8 +23,8 @@ from ..errors import InferenceError
 from ..options import ProviderOptions
 from ..tensors import ModelMetadata, TensorSpec, type_string
 from . import ModelSource
-from .base import Backend, BufferTracker, DeviceBuffer, Runner, SlotSpec, usable_cpus
-from .host import HostMemory, run_host_buffers
+from .base import Backend, BufferTracker, Runner, SlotSpec, usable_cpus
+from .host import HostMemory, HostRunner
 
 __all__ = ["OpenVinoBackend", "load", "translate_errors"]
 
@@ -71,7 +71,7 @@ def _spec(port: Any) -> TensorSpec:
     return TensorSpec(port.get_any_name(), dims, dtype, type_string(dtype))
 
 
-class _OpenVinoRunner(Runner):
+class _OpenVinoRunner(HostRunner):
     __slots__ = ("_request", "_ports", "_what")
 
     def __init__(self, request: Any, ports: Sequence[Any], input_names: Sequence[str]) -> None:
@@ -83,14 +83,6 @@ class _OpenVinoRunner(Runner):
         with translate_errors(self._what):
             results = self._request.infer(list(inputs))  # copies outputs out of the request
         return [np.array(results[self._ports[i]]) for i in output_indices]
-
-    def run_buffers(self, inputs: Sequence[DeviceBuffer], outputs: Sequence[DeviceBuffer]) -> None:
-        run_host_buffers(self, inputs, outputs)
-
-    def run_buffers_sizing(
-        self, inputs: Sequence[DeviceBuffer], outputs: Sequence[Optional[DeviceBuffer]]
-    ) -> list[Optional[np.ndarray]]:
-        return run_host_buffers(self, inputs, outputs)
 
 
 class OpenVinoBackend(HostMemory, Backend):
