@@ -8,6 +8,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from ez_rknn_async import InferenceSession, make_provider_options
+from ez_rknn_async.tensors import TensorSpec
+from ez_rknn_async.testing import FakeBackend
 
 CPU = ["CPUExecutionProvider"]
 A = np.arange(8, dtype=np.float32).reshape(2, 4)
@@ -122,3 +124,17 @@ def test_run_with_iobinding_takes_the_originals_keyword_too(pair):
     with pytest.raises(TypeError, match="takes one IOBinding"):
         ours.run_with_iobinding()
     binding.close()
+
+
+def test_a_runtime_that_needs_sizes_up_front_keeps_the_clear_error():
+    """RKNN's case (its backend does not size outputs at run time): bind_output asks for shape=."""
+    specs = [TensorSpec(name, (None, 4), np.float32) for name in ("a", "b")]
+    outputs = [TensorSpec(name, (None, 4), np.float32) for name in ("sum", "prod")]
+    backend = FakeBackend(lambda xs: [xs[0] + xs[1], xs[0] * xs[1]], specs, outputs)
+    backend.sizes_outputs_at_run = False
+    with backend.session() as sess, sess.io_binding() as binding:
+        with pytest.raises(
+            ValueError, match=r"output 'sum' has the dynamic shape \[\?, 4\]; pass shape="
+        ):
+            binding.bind_output("sum")
+        binding.bind_output("sum", shape=[2, 4])  # with a shape it binds

@@ -17,14 +17,13 @@ The conformance suite (``tests/test_conformance.py``) runs it next to the real b
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .backends.base import Backend, BufferTracker, Runner, SlotSpec
+from .backends.base import Backend, BufferTracker, ErrorBoundary, Runner, SlotSpec
 from .backends.host import HostMemory, HostRunner
 from .errors import InferenceError
 from .tensors import ModelMetadata, TensorSpec
@@ -35,13 +34,16 @@ __all__ = ["FakeBackend", "InferenceFunction"]
 InferenceFunction = Callable[[list[np.ndarray]], Sequence[Any]]
 
 
-@contextlib.contextmanager
-def _translate_errors() -> Iterator[None]:
-    """The fake runtime's error boundary: what ``fn`` raises is a failed inference."""
-    try:
-        yield
-    except Exception as exc:
-        raise InferenceError(f"fake runtime failed: {type(exc).__name__}: {exc}") from exc
+class _FakeErrors(ErrorBoundary):
+    """The fake runtime's error boundary: whatever ``fn`` raises is a failed inference."""
+
+    __slots__ = ()
+
+    def translate(self, exc: Exception) -> Optional[Exception]:
+        return InferenceError(f"fake runtime failed on {self.what}: {type(exc).__name__}: {exc}")
+
+
+_ERRORS = _FakeErrors("the inputs")
 
 
 class _FunctionRunner(HostRunner):
@@ -54,7 +56,7 @@ class _FunctionRunner(HostRunner):
 
     def run(self, inputs: Sequence[np.ndarray], output_indices: Sequence[int]) -> list[np.ndarray]:
         backend = self._backend
-        with _translate_errors():
+        with _ERRORS:
             results = list(backend.fn(list(inputs)))
         if len(results) != len(backend.outputs):
             raise InferenceError(

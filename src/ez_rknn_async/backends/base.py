@@ -37,7 +37,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol
+from typing import Any, Literal, Optional, Protocol
 
 import numpy as np
 
@@ -45,6 +45,7 @@ from ..tensors import ModelMetadata, TensorSpec
 
 __all__ = [
     "usable_cpus",
+    "ErrorBoundary",
     "SlotSpec",
     "Runner",
     "Backend",
@@ -71,6 +72,33 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+class ErrorBoundary:
+    """The one place a backend's runtime errors become ours (as httpx's
+    ``map_httpcore_exceptions``), chained ``from`` the original. A plain reusable context
+    manager rather than a generator, since a runner enters it on every inference: subclasses
+    say in ``translate`` what a runtime exception becomes (None: not the runtime's, let it pass).
+    ``what`` names the model or the inputs in the messages."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> Literal[False]:
+        if exc is None or not isinstance(exc, Exception):
+            return False
+        ours = self.translate(exc)
+        if ours is None:
+            return False
+        raise ours from exc
+
+    def translate(self, exc: Exception) -> Optional[Exception]:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)

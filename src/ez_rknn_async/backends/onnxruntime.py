@@ -33,6 +33,7 @@ from .base import (
     BufferRequest,
     BufferTracker,
     DeviceBuffer,
+    ErrorBoundary,
     Runner,
     SlotSpec,
     usable_cpus,
@@ -58,17 +59,18 @@ _ORT_INVALID = (
 )
 
 
-@contextlib.contextmanager
-def translate_errors(what: str) -> Iterator[None]:
+class translate_errors(ErrorBoundary):  # noqa: N801 - used like a function: with translate_errors(...)
     """The backend's one error boundary: onnxruntime's exceptions become ``ValueError`` (an
-    invalid argument or model: ``what`` names the inputs or the model) or ``InferenceError``
-    (the run failed), chained ``from`` the original. Anything else passes untouched."""
-    try:
-        yield
-    except _ORT_INVALID as exc:
-        raise ValueError(f"onnxruntime rejected {what}: {_message(exc)}") from exc
-    except _ORT_ERRORS as exc:
-        raise InferenceError(f"onnxruntime failed on {what}: {_message(exc)}") from exc
+    invalid argument or model) or ``InferenceError`` (the run failed); anything else passes."""
+
+    __slots__ = ()
+
+    def translate(self, exc: Exception) -> Optional[Exception]:
+        if isinstance(exc, _ORT_INVALID):
+            return ValueError(f"onnxruntime rejected {self.what}: {_message(exc)}")
+        if isinstance(exc, _ORT_ERRORS):
+            return InferenceError(f"onnxruntime failed on {self.what}: {_message(exc)}")
+        return None
 
 
 def _message(exc: BaseException) -> str:
@@ -122,18 +124,18 @@ class OrtBuffer(HostBuffer):
 
 
 class _OrtRunner(Runner):
-    __slots__ = ("_session", "_run", "_input_names", "_output_names", "_what")
+    __slots__ = ("_session", "_run", "_input_names", "_output_names", "_errors")
 
     def __init__(self, session: ort.InferenceSession) -> None:
         self._session = session
         self._run = session.run
         self._input_names = [arg.name for arg in session.get_inputs()]
         self._output_names = [arg.name for arg in session.get_outputs()]
-        self._what = f"the inputs {self._input_names}"
+        self._errors = translate_errors(f"the inputs {self._input_names}")
 
     def run(self, inputs: Sequence[np.ndarray], output_indices: Sequence[int]) -> list[np.ndarray]:
         names = self._output_names
-        with translate_errors(self._what):
+        with self._errors:
             return self._run(
                 [names[i] for i in output_indices], dict(zip(self._input_names, inputs))
             )
@@ -152,7 +154,7 @@ class _OrtRunner(Runner):
                 binding.bind_output(name, "cpu")  # onnxruntime sizes and allocates it
             else:
                 binding.bind_ortvalue_output(name, out.ort_value)  # type: ignore[attr-defined]
-        with translate_errors(self._what):
+        with self._errors:
             self._session.run_with_iobinding(binding)
         values = binding.get_outputs()
         return [values[k].numpy() if out is None else None for k, out in enumerate(outputs)]

@@ -12,8 +12,7 @@ failed run), with OpenVINO's source-location lines dropped from the message.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Optional
 
 import numpy as np
@@ -23,7 +22,7 @@ from ..errors import InferenceError
 from ..options import ProviderOptions
 from ..tensors import ModelMetadata, TensorSpec, type_string
 from . import ModelSource
-from .base import Backend, BufferTracker, Runner, SlotSpec, usable_cpus
+from .base import Backend, BufferTracker, ErrorBoundary, Runner, SlotSpec, usable_cpus
 from .host import HostMemory, HostRunner
 
 __all__ = ["OpenVinoBackend", "load", "translate_errors"]
@@ -32,18 +31,24 @@ __all__ = ["OpenVinoBackend", "load", "translate_errors"]
 _INVALID_MARKERS = ("ParameterMismatch", "is incompatible with")
 
 
-@contextlib.contextmanager
-def translate_errors(what: str, *, invalid: bool = False) -> Iterator[None]:
+class translate_errors(ErrorBoundary):  # noqa: N801 - used like a function: with translate_errors(...)
     """The backend's one error boundary. ``invalid=True`` (reading a model) makes every OpenVINO
     error a ``ValueError``; during a run only a tensor that does not fit is one, anything else is
-    an ``InferenceError``. Chained ``from`` the original; ``what`` names the model or inputs."""
-    try:
-        yield
-    except RuntimeError as exc:
+    an ``InferenceError``."""
+
+    __slots__ = ("invalid",)
+
+    def __init__(self, what: str, *, invalid: bool = False) -> None:
+        super().__init__(what)
+        self.invalid = invalid
+
+    def translate(self, exc: Exception) -> Optional[Exception]:
+        if not isinstance(exc, RuntimeError):
+            return None
         message = _message(exc)
-        if invalid or any(marker in message for marker in _INVALID_MARKERS):
-            raise ValueError(f"OpenVINO rejected {what}: {message}") from exc
-        raise InferenceError(f"OpenVINO failed on {what}: {message}") from exc
+        if self.invalid or any(marker in message for marker in _INVALID_MARKERS):
+            return ValueError(f"OpenVINO rejected {self.what}: {message}")
+        return InferenceError(f"OpenVINO failed on {self.what}: {message}")
 
 
 def _message(exc: BaseException) -> str:
@@ -72,15 +77,15 @@ def _spec(port: Any) -> TensorSpec:
 
 
 class _OpenVinoRunner(HostRunner):
-    __slots__ = ("_request", "_ports", "_what")
+    __slots__ = ("_request", "_ports", "_errors")
 
     def __init__(self, request: Any, ports: Sequence[Any], input_names: Sequence[str]) -> None:
         self._request = request
         self._ports = ports
-        self._what = f"the inputs {list(input_names)}"
+        self._errors = translate_errors(f"the inputs {list(input_names)}")
 
     def run(self, inputs: Sequence[np.ndarray], output_indices: Sequence[int]) -> list[np.ndarray]:
-        with translate_errors(self._what):
+        with self._errors:
             results = self._request.infer(list(inputs))  # copies outputs out of the request
         return [np.array(results[self._ports[i]]) for i in output_indices]
 
