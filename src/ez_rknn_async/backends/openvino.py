@@ -12,7 +12,9 @@ failed run), with OpenVINO's source-location lines dropped from the message.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import ctypes
+from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
 import numpy as np
@@ -49,6 +51,40 @@ class translate_errors(ErrorBoundary):  # noqa: N801 - used like a function: wit
         if self.invalid or any(marker in message for marker in _INVALID_MARKERS):
             return ValueError(f"OpenVINO rejected {self.what}: {message}")
         return InferenceError(f"OpenVINO failed on {self.what}: {message}")
+
+
+class _SignalStack(ctypes.Structure):
+    """``stack_t`` of sigaltstack(2)."""
+
+    _fields_ = [
+        ("ss_sp", ctypes.c_void_p),
+        ("ss_flags", ctypes.c_int),
+        ("ss_size", ctypes.c_size_t),
+    ]
+
+
+@contextlib.contextmanager
+def _keep_signal_stack() -> Iterator[None]:
+    """Put the calling thread's alternate signal stack back after an OpenVINO call.
+
+    ``compile_model`` points the calling thread's sigaltstack at memory of its own and frees
+    that memory later (when its objects go, possibly on another thread), which leaves the
+    thread's alternate stack dangling: Python runs its SIGINT handler there, so the next Ctrl-C
+    crashed the interpreter (SIGSEGV). Where the C library has no sigaltstack, nothing to do.
+    """
+    try:
+        sigaltstack = ctypes.CDLL(None).sigaltstack
+    except (AttributeError, OSError):  # not a POSIX libc
+        yield
+        return
+    saved = _SignalStack()
+    if sigaltstack(None, ctypes.byref(saved)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        sigaltstack(ctypes.byref(saved), None)
 
 
 def _message(exc: BaseException) -> str:
@@ -127,7 +163,7 @@ class OpenVinoBackend(HostMemory, Backend):
         config = {"NUM_STREAMS": str(streams), "INFERENCE_NUM_THREADS": str(threads * streams)}
         if options.precision is not None:
             config["INFERENCE_PRECISION_HINT"] = options.precision
-        with translate_errors("the model", invalid=True):
+        with _keep_signal_stack(), translate_errors("the model", invalid=True):
             return self._core.compile_model(self._model, "CPU", config)
 
     def close(self) -> None:
