@@ -60,9 +60,8 @@ class _Flight:
         self._inputs = inputs
         self._outputs = outputs  # None: sized by the runtime during the run
         self._order = order  # model output indices in first-bind order (``get_outputs()``'s)
-        self.results: list[Optional[OrtValue]] = [
-            None if buffer is None else binding._outputs[i].value
-            for i, buffer in ((i, outputs[i]) for i in order)
+        self.results: list[Optional[OrtValue]] = [  # sized outputs: filled in by the run
+            None if outputs[i] is None else binding._outputs[i].value for i in order
         ]
 
     def run_on(self, runner: Runner) -> list[Optional[OrtValue]]:
@@ -319,8 +318,8 @@ class SessionIOBinding:
                     )
                 for i in range(len(specs)):
                     bound = slots[i]
-                    if bound.sized_at_run or bound.value is None:
-                        buffers.append(None)
+                    if bound.value is None or bound.sized_at_run:
+                        buffers.append(None)  # the runtime sizes it during the run
                         continue
                     buffer = bound.value._buffer
                     if buffer.released:
