@@ -59,7 +59,11 @@ def complete(binding):
     "make, error, message",
     [
         (lambda s: OrtValue.ortvalue_from_numpy([1, 2]), TypeError, "takes a numpy array"),
-        (lambda s: OrtValue.ortvalue_from_numpy(A, "cuda"), ValueError, "'cpu' or 'rknpu2'"),
+        (
+            lambda s: OrtValue.ortvalue_from_numpy(A, "cuda"),
+            ValueError,
+            "'cpu', 'rknpu2' or 'rknpu3'",
+        ),
         (lambda s: OrtValue.ortvalue_from_numpy(A, "cpu", 1), ValueError, "device_id must be 0"),
         (lambda s: OrtValue.ortvalue_from_numpy(A, layout="nchw"), ValueError, "layout must be"),
         (
@@ -262,7 +266,7 @@ def test_update_inplace_takes_the_exact_shape_and_dtype(sess):
         (
             lambda b, s, o: b.bind_output("sum", "gpu", shape=[2, 4]),
             ValueError,
-            "device_type must be 'cpu' or 'rknpu2'",
+            "device_type must be 'cpu', 'rknpu2' or 'rknpu3'",
         ),
         (
             lambda b, s, o: b.bind_output("nope", shape=[2, 4]),

@@ -12,6 +12,7 @@ from ez_rknn_async import InferenceSession, SessionClosedError, SubmitTimeoutErr
 ERRORS = {
     "RKNNError",
     "RuntimeNotFoundError",
+    "RunTimeoutError",
     "InferenceError",
     "SessionClosedError",
     "BackendClosedError",
@@ -26,8 +27,10 @@ PUBLIC = ERRORS | {
     "InferenceSession",
     "make_provider_options",
     "make_rknpu2_provider_options",
+    "make_rknpu3_provider_options",
     "RknnProviderOptions",
     "Rknpu2ProviderOptions",
+    "Rknpu3ProviderOptions",
     "NodeArg",
     "ModelMetadata",
     "OrtValue",

@@ -11,8 +11,10 @@ from .iobinding import IOBinding, OrtValue, SessionIOBinding
 from .options import (
     RknnProviderOptions,
     Rknpu2ProviderOptions,
+    Rknpu3ProviderOptions,
     make_provider_options,
     make_rknpu2_provider_options,
+    make_rknpu3_provider_options,
 )
 from .session import InferenceSession
 from .tensors import ModelMetadata, NodeArg
@@ -23,8 +25,10 @@ __all__ = [
     "InferenceSession",
     "make_provider_options",
     "make_rknpu2_provider_options",
+    "make_rknpu3_provider_options",
     "RknnProviderOptions",
     "Rknpu2ProviderOptions",
+    "Rknpu3ProviderOptions",
     *errors.__all__,
     "NodeArg",
     "ModelMetadata",
@@ -37,10 +41,9 @@ __all__ = [
 for _name in (
     "InferenceSession",
     "make_provider_options",
+    "make_rknpu3_provider_options",
     "Rknpu2ProviderOptions",
-    "make_rknpu2_provider_options",
-    "RknnProviderOptions",
-    "Rknpu2ProviderOptions",
+    "Rknpu3ProviderOptions",
     "NodeArg",
     "ModelMetadata",
     "OrtValue",

@@ -3,6 +3,7 @@
     RuntimeError
      +-- RKNNError                  librknnrt returned an error code: ``.code``, ``.name``
      |    +-- RuntimeNotFoundError  no loadable librknnrt: ``.what`` was tried, ``.fix`` says how
+     |    +-- RunTimeoutError       an RKNPU3 run exceeded ``run_timeout_ms`` (a TimeoutError)
      +-- InferenceError             onnxruntime / OpenVINO failed an inference (their message,
      |                              the runtime's exception chained as ``__cause__``)
      +-- SessionClosedError         *you* closed the session; every later call raises this at once
@@ -25,6 +26,7 @@ from __future__ import annotations
 __all__ = [
     "RKNNError",
     "RuntimeNotFoundError",
+    "RunTimeoutError",
     "InferenceError",
     "SessionClosedError",
     "BackendClosedError",
@@ -53,6 +55,14 @@ class RuntimeNotFoundError(RKNNError):
         super().__init__(f"{what}. Fix: {fix}.", -3, "RKNN_ERR_DEVICE_UNAVAILABLE")
         self.what = what
         self.fix = fix
+
+
+class RunTimeoutError(RKNNError, TimeoutError):
+    """An RKNPU3 inference took longer than ``run_timeout_ms`` (``RKNN3_ERR_TIMEOUT``, -7); the
+    session goes on."""
+
+    def __str__(self) -> str:  # OSError's would read "[Errno ...]"
+        return str(self.args[0]) if self.args else ""
 
 
 class InferenceError(RuntimeError):

@@ -234,7 +234,8 @@ class InferenceSession:
     def get_provider_options(self) -> dict[str, dict[str, Any]]:
         """onnxruntime's shape, ``{provider: {option: value}}`` with plain values: the options
         in force (validated, defaults filled in) under the provider that runs."""
-        return provider_options_of(self.get_providers(), self._options)
+        rknpu3 = self._backend.name == "rknn3"
+        return provider_options_of(self.get_providers(), self._options, rknpu3=rknpu3)
 
     @property
     def input_names(self) -> list[str]:

@@ -52,6 +52,7 @@ __all__ = [
     "BindingJob",
     "BufferRequest",
     "DeviceBuffer",
+    "HostArrayBuffer",
     "BufferTracker",
     "MEM_DEFAULT",
     "MEM_CACHEABLE",
@@ -226,6 +227,25 @@ class DeviceBuffer(ABC):
     @abstractmethod
     def memory_info(self) -> dict[str, Any]:
         """Backend details for ``OrtValue.memory_info()`` (size, fd, offset, strides...)."""
+
+
+class HostArrayBuffer(DeviceBuffer):
+    """Host memory (a numpy array) standing in for a device buffer, for backends whose runtime
+    reads host memory: subclasses add ``_free`` and ``memory_info``."""
+
+    def __init__(self, request: BufferRequest, tracker: BufferTracker, array: np.ndarray) -> None:
+        self._array = array
+        super().__init__(request, tracker)
+
+    def read(self) -> np.ndarray:
+        return self._array.copy()
+
+    def write(self, array: np.ndarray) -> None:
+        np.copyto(self._array, array)
+
+    @property
+    def data_ptr(self) -> int:
+        return int(self._array.ctypes.data)
 
 
 class BufferTracker:

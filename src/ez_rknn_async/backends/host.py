@@ -19,12 +19,12 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .base import BufferRequest, BufferTracker, DeviceBuffer, Runner
+from .base import BufferRequest, BufferTracker, DeviceBuffer, HostArrayBuffer, Runner
 
 __all__ = ["HostBuffer", "HostMemory", "HostRunner", "run_host_buffers"]
 
 
-class HostBuffer(DeviceBuffer):
+class HostBuffer(HostArrayBuffer):
     """Host memory as a device buffer: ``array`` is allocated here, adopted from a run, or maps
     an imported fd."""
 
@@ -37,31 +37,25 @@ class HostBuffer(DeviceBuffer):
         fd: int = -1,
         offset: int = 0,
     ) -> None:
-        self.array = array
         self._mapping = mapping
         self._fd = fd
         self._offset = offset
-        super().__init__(request, tracker)
+        super().__init__(request, tracker, array)
+
+    @property
+    def array(self) -> np.ndarray:
+        """The memory itself (no copy): what a run reads and writes."""
+        return self._array
 
     def _free(self) -> None:
-        del self.array  # the last views of the mapping go, so it can be unmapped
+        del self._array  # the last views of the mapping go, so it can be unmapped
         if self._mapping is not None:
             self._mapping.close()
             os.close(self._fd)
 
-    def read(self) -> np.ndarray:
-        return self.array.copy()
-
-    def write(self, array: np.ndarray) -> None:
-        np.copyto(self.array, array)
-
-    @property
-    def data_ptr(self) -> int:
-        return int(self.array.ctypes.data)
-
     def memory_info(self) -> dict[str, Any]:
         return {
-            "size": self.array.nbytes,
+            "size": self._array.nbytes,
             "fd": self._fd,
             "offset": self._offset,
             "dmabuf_backed": self._mapping is not None,

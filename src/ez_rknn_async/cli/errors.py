@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
+from ..backends.rknn.kernel import NpuFileError
 from ..errors import (
     InferenceError,
     RKNNError,
@@ -52,6 +53,8 @@ class ExitCode(enum.IntEnum):
     NOT_FOUND = 3  #: the model or an input file does not exist
     PROBLEMS = 4  #: ``ez-rknn doctor`` found problems
     MISSING_DEPENDENCY = 5  #: an optional package is needed; the pip command is printed
+    MISMATCH = 6  #: ``ez-rknn compare``: an output's cosine similarity is below --min-cosine
+    NO_NPU = 7  #: ``ez-rknn top``: the NPU's load cannot be read (not a board, not root)
     INTERRUPTED = 130  #: Ctrl-C, as shells report SIGINT
 
 
@@ -64,6 +67,8 @@ EXIT_CODE_HELP = "\n".join(
         (ExitCode.NOT_FOUND, "the model or an input file does not exist"),
         (ExitCode.PROBLEMS, "doctor found problems (each printed with its fix)"),
         (ExitCode.MISSING_DEPENDENCY, "an optional package is missing (pip command printed)"),
+        (ExitCode.MISMATCH, "compare: an output is below --min-cosine (or not comparable)"),
+        (ExitCode.NO_NPU, "top: no NPU load to read (not a board, not root, rocket driver)"),
         (ExitCode.INTERRUPTED, "interrupted (Ctrl-C)"),
     )
 )
@@ -127,6 +132,7 @@ _TABLE: tuple[KnownError, ...] = (
     KnownError(UsageError, ExitCode.USAGE, _own_hint("see `ez-rknn bench --help`")),
     KnownError(MissingDependencyError, ExitCode.MISSING_DEPENDENCY, _own_hint("")),
     KnownError(RejectedInputError, ExitCode.ERROR, _own_hint("")),
+    KnownError(NpuFileError, ExitCode.NO_NPU, _own_hint("run `ez-rknn doctor`")),
     KnownError(
         FileNotFoundError,
         ExitCode.NOT_FOUND,

@@ -1,4 +1,4 @@
-"""The ``ez-rknn`` command: ``info``, ``bench``, ``doctor``, ``demo``.
+"""The ``ez-rknn`` command: ``info``, ``bench``, ``compare``, ``top``, ``doctor``, ``demo``.
 
 ``main(argv)`` parses, runs one command and returns the exit code (``errors.ExitCode``). Known
 errors become ``error: ...`` plus ``hint: ...`` on stderr through the one table in ``errors``;
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import traceback
@@ -30,6 +31,10 @@ _MAIN_EPILOG = f"""\
 commands:
   info MODEL     inputs, outputs, native tensors, metadata; which backend runs it and why
   bench MODEL    fps and latency of every calling mode, optionally next to onnxruntime/OpenVINO
+  compare MODEL REFERENCE
+                 the same inputs through two models (.rknn on the NPU vs .onnx on the CPU):
+                 cosine, errors, mismatches, top-k agreement per output; a CI check
+  top            live per-core NPU load, frequency and SRAM (Rockchip boards, as root)
   doctor         which runtime library, SoC and NPU cores this machine has, and what to fix
   demo           YOLOv8n on the CPU: run / run_async / run_pipeline vs plain onnxruntime
 
@@ -37,6 +42,52 @@ exit codes:
 {EXIT_CODE_HELP}
 
 Set {DEBUG_ENV}=1 to see the traceback behind an error.
+"""
+
+_DOCTOR_EPILOG = """\
+known-incompatible combinations it names:
+  librknnrt older (major.minor) than the rknn-toolkit2 that built the model (the runtime rejects
+    the file: "Invalid RKNN model version")
+  librknnrt 2.x on an rknpu driver older than 0.9.2 (RKNN SDK 2.x user guide)
+  a model converted for another SoC (RKNN_ERR_TARGET_PLATFORM_UNMATCH)
+  the mainline 'rocket' driver (Linux 6.18+, /dev/accel/accel*): librknnrt cannot drive it
+  librknnrt older than the 2.4.1 this library was written against
+"""
+
+_COMPARE_DESCRIPTION = """\
+Feed the same inputs to MODEL and REFERENCE (any two models our backends load: typically
+model.rknn on the NPU and model.onnx on the CPU) and report, per output, how far MODEL is from
+REFERENCE. Inputs and outputs are paired by name, or by position when the names differ.
+
+inputs: random by default (seeded: --seed, then seed + 1 ... for each further --runs), in each
+input's dtype: floats in [0, 1), int8/uint8 over their whole range, other integers in [0, 10).
+--input NAME=FILE feeds a .npy array, a .npz archive (arrays named after the inputs; NAME may be
+left out) or an image (Pillow; resized to the input's H x W; uint8 inputs get 0-255, float inputs
+0-1). Data is made in MODEL's dtypes (REFERENCE's float type where MODEL reports a quantised one,
+as an .rknn does) and shapes (dynamic dims that REFERENCE fixes taken from it; others need
+--shape), then cast to REFERENCE's dtypes where they differ. When the .rknn was converted with
+mean/std values, the ONNX reference must do the same normalisation.
+
+per output:
+  cosine      cosine similarity over the elements finite on both sides (scale-blind)
+  max abs     max |x - ref|
+  max rel     max |x - ref| / |ref| over the elements where |ref| > atol
+  mismatched  elements with |x - ref| > atol + rtol * |ref| (and differing NaN/inf)
+  top-1/top-5 classifier-shaped outputs ([classes], [rows, classes], size-1 dims ignored): share
+              of rows whose argmax agrees / whose reference argmax is in the top five
+  NaN/inf     counts in MODEL's output (and REFERENCE's, when it has any)
+With --runs N the worst cosine and largest errors of the N runs are reported, counts are summed."""
+
+_COMPARE_EPILOG = f"""\
+exit codes: 0 when done (and, with --min-cosine, every output passed); {int(ExitCode.MISMATCH)} when
+an output's cosine is below --min-cosine or it cannot be compared (different sizes, nothing
+finite); the usual codes otherwise (see ez-rknn --help).
+
+examples:
+  ez-rknn compare model.rknn model.onnx                       random inputs, one run
+  ez-rknn compare model.rknn model.onnx --input images=cat.jpg --runs 5
+  ez-rknn compare model.rknn model.onnx --min-cosine 0.999 --json   in CI
+  ez-rknn compare model.onnx model.onnx --reference-backend openvino
 """
 
 _BENCH_DESCRIPTION = """\
@@ -68,17 +119,40 @@ examples:
 """
 
 
-def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+def _number(kind: Callable[[str], Any], minimum: float, strict: bool) -> Callable[[str], Any]:
+    """An argparse type: a finite ``kind`` above ``minimum`` (or at it, unless ``strict``)."""
+
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if value < minimum or (strict and value == minimum):
+            bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
         return value
 
     return parse
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    return _number(kind, 0, strict=True)
+
+
+def _non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    return _number(kind, 0, strict=False)
+
+
+def _cosine_bound(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a cosine is between -1 and 1, got {text}")
+    return value
 
 
 def _warmup(text: str) -> Optional[int]:
@@ -100,6 +174,25 @@ def _backend_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -
         "--backend",
         choices=("onnxruntime", "rknn", "openvino"),
         help="force a backend (default: from the model: .rknn -> rknn, ONNX -> onnxruntime)",
+    )
+
+
+def _input_options(group: argparse._ArgumentGroup, shape_example: str) -> None:
+    """``--input`` and ``--shape``, as ``bench`` and ``compare`` take them."""
+    group.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="[NAME=]FILE",
+        help="feed this .npy, .npz or image to input NAME (repeatable; NAME optional for one "
+        "input)",
+    )
+    group.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="[NAME=]DIMS",
+        help=f"shape for random data, e.g. {shape_example} (sets dynamic dims; repeatable)",
     )
 
 
@@ -144,20 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LIST",
         help="comparators to run side by side, or all (default: none)",
     )
-    what.add_argument(
-        "--input",
-        action="append",
-        default=[],
-        metavar="[NAME=]FILE.npy",
-        help="feed this array to input NAME (repeatable; NAME optional for one input)",
-    )
-    what.add_argument(
-        "--shape",
-        action="append",
-        default=[],
-        metavar="[NAME=]DIMS",
-        help="shape for random data, e.g. images=1x3x640x640 (sets dynamic dims; repeatable)",
-    )
+    _input_options(what, "images=1x3x640x640")
     how = bench.add_argument_group("how long")
     how.add_argument(
         "--time",
@@ -207,15 +287,84 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("-q", "--quiet", action="store_true", help="no table, no progress bar")
     bench.set_defaults(func=_cmd_bench)
 
+    compare = commands.add_parser(
+        "compare",
+        help="the same inputs through two models: how far apart each output is",
+        description=_COMPARE_DESCRIPTION,
+        epilog=_COMPARE_EPILOG,
+        formatter_class=raw,
+    )
+    compare.add_argument("model", metavar="MODEL", help="the model to check (.rknn, .onnx)")
+    compare.add_argument("reference", metavar="REFERENCE", help="the model taken as truth")
+    feeds = compare.add_argument_group("inputs")
+    _input_options(feeds, "x=1x3x48x320")
+    feeds.add_argument(
+        "--runs", type=_positive(int), default=1, metavar="N", help="input sets to run (default 1)"
+    )
+    feeds.add_argument(
+        "--seed", type=_non_negative(int), default=0, metavar="S", help="first seed (default 0)"
+    )
+    checks = compare.add_argument_group("tolerance and verdict")
+    checks.add_argument(
+        "--atol", type=_non_negative(float), default=1e-3, help="absolute tolerance (default 1e-3)"
+    )
+    checks.add_argument(
+        "--rtol", type=_non_negative(float), default=1e-2, help="relative tolerance (default 1e-2)"
+    )
+    checks.add_argument(
+        "--min-cosine",
+        type=_cosine_bound,
+        metavar="X",
+        help=f"fail (exit code {int(ExitCode.MISMATCH)}) when an output's cosine is below X",
+    )
+    compare.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    _backend_option(compare)
+    compare.add_argument(
+        "--reference-backend",
+        choices=("onnxruntime", "rknn", "openvino"),
+        help="force REFERENCE's backend (default: from the model)",
+    )
+    compare.set_defaults(func=_cmd_compare)
+
     doctor = commands.add_parser(
         "doctor",
-        help="check the runtime, SoC and NPU cores",
-        description="Probe the RKNN runtime library, the SoC and its NPU cores, and the optional "
-        f"packages; print each problem with its fix. Exit code {int(ExitCode.PROBLEMS)} when "
-        "there are problems, 0 otherwise.",
+        help="check the kernel driver, runtime, SoC and NPU cores",
+        description="Probe the NPU's kernel driver (Rockchip's rknpu, or the mainline 'rocket' "
+        "that librknnrt cannot use), the RKNN runtime library, the SoC and its NPU cores, and the "
+        "optional packages; print each problem with its fix. Given an .rknn MODEL, also check "
+        "the version triangle: kernel driver, librknnrt, and the rknn-toolkit2 that built the "
+        f"model. Exit code {int(ExitCode.PROBLEMS)} when there are problems, 0 otherwise.",
+        epilog=_DOCTOR_EPILOG,
+        formatter_class=raw,
+    )
+    doctor.add_argument(
+        "model", nargs="?", metavar="MODEL", help=".rknn file whose toolkit version to check"
     )
     doctor.add_argument("--json", action="store_true", help="print JSON instead of tables")
     doctor.set_defaults(func=_cmd_doctor)
+
+    top = commands.add_parser(
+        "top",
+        help="live per-core NPU load, frequency and SRAM",
+        description="Sample the NPU every --interval seconds: per-core load, clock and voltage, "
+        "devfreq range and governor, SRAM use. A table redrawn in place on a terminal; one "
+        "JSON line per sample with --json. Ctrl-C stops it. Exit code "
+        f"{int(ExitCode.NO_NPU)} when the load cannot be read (not a board, not root).",
+        epilog=_top_files_help(),
+        formatter_class=raw,
+    )
+    top.add_argument(
+        "--interval",
+        type=_positive(float),
+        default=1.0,
+        metavar="SECONDS",
+        help="time between samples (default: 1; the driver averages load over about 1 s)",
+    )
+    top.add_argument(
+        "--count", type=_positive(int), metavar="N", help="stop after N samples (default: never)"
+    )
+    top.add_argument("--json", action="store_true", help="one JSON object per line per sample")
+    top.set_defaults(func=_cmd_top)
 
     demo = commands.add_parser(
         "demo",
@@ -302,13 +451,53 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import ComparePlan, compare_json, compare_table, run_compare
+    from .report import Output
+    from .similarity import Tolerance
+
+    plan = ComparePlan(
+        model=args.model,
+        reference=args.reference,
+        backend=args.backend,
+        reference_backend=args.reference_backend,
+        files=[parse_input_spec(text) for text in args.input],
+        shapes=[parse_shape_spec(text) for text in args.shape],
+        runs=args.runs,
+        seed=args.seed,
+        tolerance=Tolerance(atol=args.atol, rtol=args.rtol),
+        min_cosine=args.min_cosine,
+    )
+    out = Output("json" if args.json else "human")
+    result = run_compare(plan)
+    for note in result.notes:
+        out.note(note)
+    out.result(compare_table(result), compare_json(result))
+    return ExitCode.MISMATCH if result.passed is False else ExitCode.OK
+
+
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import collect, exit_code, render
     from .report import Output
 
-    report = collect()
+    if args.model is not None:
+        _require_file(args.model)
+    report = collect(args.model)
     Output("json" if args.json else "human").result(render(report), report)
     return exit_code(report)
+
+
+def _top_files_help() -> str:
+    from .top import FILES_HELP
+
+    return FILES_HELP
+
+
+def _cmd_top(args: argparse.Namespace) -> int:
+    from .top import run_top
+
+    run_top(sys.stdout, interval=args.interval, count=args.count, as_json=args.json)
+    return ExitCode.OK
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

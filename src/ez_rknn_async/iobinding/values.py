@@ -38,7 +38,7 @@ __all__ = [
     "check_device",
 ]
 
-_DEVICE_TYPES = ("cpu", "rknpu2")
+_DEVICE_TYPES = ("cpu", "rknpu2", "rknpu3")  # the NPU names both mean session memory
 _LAYOUTS = ("onnx", "native")
 _MEM_FLAGS = {
     "default": MEM_DEFAULT,
@@ -110,7 +110,7 @@ def check_device(device_type: Any, device_id: Any) -> str:
     """The lower-cased device type; a session is one device, so ``device_id`` must be 0."""
     kind = device_type.lower() if isinstance(device_type, str) else device_type
     if kind not in _DEVICE_TYPES:
-        raise ValueError(f"device_type must be 'cpu' or 'rknpu2', got {device_type!r}")
+        raise ValueError(f"device_type must be 'cpu', 'rknpu2' or 'rknpu3', got {device_type!r}")
     if device_id != 0:
         raise ValueError(f"device_id must be 0 (one device per session), got {device_id!r}")
     return kind
