@@ -13,6 +13,7 @@ ERRORS = {
     "RKNNError",
     "RuntimeNotFoundError",
     "RunTimeoutError",
+    "UnsupportedRuntimeError",
     "InferenceError",
     "SessionClosedError",
     "BackendClosedError",
@@ -22,6 +23,7 @@ ERRORS = {
     "BindingInFlightError",
     "BindingClosedError",
     "ValueReleasedError",
+    "ZeroCopyUnavailableError",
 }
 PUBLIC = ERRORS | {
     "InferenceSession",
@@ -74,7 +76,8 @@ def test_every_typed_error_lives_in_errors_and_its_tree_is_documented():
         assert f"+-- {name} " in errors.__doc__, f"{name} is missing from the tree"
     assert issubclass(errors.RuntimeNotFoundError, errors.RKNNError)
     assert issubclass(errors.BackendClosedError, SessionClosedError)
-    for name in ("BindingInFlightError", "BindingClosedError", "ValueReleasedError"):
+    binding_errors = ("BindingInFlightError", "BindingClosedError", "ValueReleasedError")
+    for name in (*binding_errors, "ZeroCopyUnavailableError"):
         assert issubclass(getattr(errors, name), errors.IOBindingError)
 
 

@@ -16,6 +16,7 @@ from ez_rknn_async import (
     OrtValue,
     SessionClosedError,
     ValueReleasedError,
+    ZeroCopyUnavailableError,
     make_provider_options,
 )
 from ez_rknn_async.backends.rknn.abi import CONTEXT_TYPE, Query, RknnTensorAttr
@@ -158,7 +159,7 @@ def test_after_close_everything_raises_and_nothing_leaks(npu):
 
 def test_contexts_from_separate_inits_refuse_zero_copy(npu):
     options = make_provider_options(disable_dup_context=True)
-    needs_dup = pytest.raises(RuntimeError, match="zero copy needs rknn_dup_context")
+    needs_dup = pytest.raises(ZeroCopyUnavailableError, match="zero copy needs rknn_dup_context")
     with InferenceSession(MODEL.data(), provider_options=options) as sess, needs_dup:
         image_value(sess)
 

@@ -1,20 +1,24 @@
 """Every exception ez-rknn-async raises on purpose, in one place.
 
     RuntimeError
-     +-- RKNNError                  librknnrt returned an error code: ``.code``, ``.name``
-     |    +-- RuntimeNotFoundError  no loadable librknnrt: ``.what`` was tried, ``.fix`` says how
-     |    +-- RunTimeoutError       an RKNPU3 run exceeded ``run_timeout_ms`` (a TimeoutError)
-     +-- InferenceError             onnxruntime / OpenVINO failed an inference (their message,
-     |                              the runtime's exception chained as ``__cause__``)
-     +-- SessionClosedError         *you* closed the session; every later call raises this at once
-     |    +-- BackendClosedError    a backend call raced the session's close()
-     +-- SessionBrokenError         a worker could not be stopped within close()'s deadline: it was
-     |                              leaked on purpose and the session refuses every call
-     +-- SubmitTimeoutError         the queue stayed full for ``submit_timeout_ms`` (a TimeoutError)
-     +-- IOBindingError             zero copy: a binding or value in a state the call cannot use
-          +-- BindingInFlightError  the IOBinding's run has not finished
-          +-- BindingClosedError    the IOBinding was closed
-          +-- ValueReleasedError    the OrtValue (or one bound) was released; its buffer is gone
+     +-- RKNNError                     the runtime (librknnrt, librknn3_api) returned an error
+     |    |                            code: ``.code``, ``.name``
+     |    +-- RuntimeNotFoundError     no loadable runtime: ``.what`` was tried, ``.fix`` says how
+     |    +-- UnsupportedRuntimeError  a runtime library of an ABI version we do not know
+     |    +-- RunTimeoutError          an RKNPU3 run exceeded ``run_timeout_ms`` (a TimeoutError)
+     +-- InferenceError                onnxruntime / OpenVINO failed an inference (its message,
+     |                                 the runtime's exception chained as ``__cause__``)
+     +-- SessionClosedError            *you* closed the session; every later call raises at once
+     |    +-- BackendClosedError       a backend call raced the session's close()
+     +-- SessionBrokenError            a worker could not be stopped within close()'s deadline:
+     |                                 leaked on purpose, the session refuses every call
+     +-- SubmitTimeoutError            the queue stayed full for ``submit_timeout_ms``
+     |                                 (a TimeoutError too)
+     +-- IOBindingError                zero copy: a binding or value in a state the call cannot use
+          +-- BindingInFlightError     the IOBinding's run has not finished
+          +-- BindingClosedError       the IOBinding was closed
+          +-- ValueReleasedError       the OrtValue (or one bound) was released: its buffer is gone
+          +-- ZeroCopyUnavailableError this session's configuration cannot bind device memory
 
 Bad arguments raise the builtin ``ValueError`` / ``TypeError`` with a message that names the input,
 option key or argument that was wrong (each backend translates its runtime's invalid-argument
@@ -27,6 +31,7 @@ __all__ = [
     "RKNNError",
     "RuntimeNotFoundError",
     "RunTimeoutError",
+    "UnsupportedRuntimeError",
     "InferenceError",
     "SessionClosedError",
     "BackendClosedError",
@@ -36,6 +41,7 @@ __all__ = [
     "BindingInFlightError",
     "BindingClosedError",
     "ValueReleasedError",
+    "ZeroCopyUnavailableError",
 ]
 
 
@@ -49,12 +55,19 @@ class RKNNError(RuntimeError):
 
 
 class RuntimeNotFoundError(RKNNError):
-    """No loadable librknnrt: ``what`` was tried, ``fix`` says what to do."""
+    """No loadable runtime library (librknnrt, librknn3_api): ``what`` was tried, ``fix`` says
+    what to do; ``code``/``name`` are that runtime's "device unavailable"."""
 
-    def __init__(self, what: str, fix: str) -> None:
-        super().__init__(f"{what}. Fix: {fix}.", -3, "RKNN_ERR_DEVICE_UNAVAILABLE")
+    def __init__(
+        self, what: str, fix: str, code: int = -3, name: str = "RKNN_ERR_DEVICE_UNAVAILABLE"
+    ) -> None:
+        super().__init__(f"{what}. Fix: {fix}.", code, name)
         self.what = what
         self.fix = fix
+
+
+class UnsupportedRuntimeError(RKNNError):
+    """The library is the runtime, but of an ABI version this binding does not know."""
 
 
 class RunTimeoutError(RKNNError, TimeoutError):
@@ -102,6 +115,11 @@ class BindingClosedError(IOBindingError):
 
 class ValueReleasedError(IOBindingError):
     """The OrtValue was released (or a binding holds one that was); its buffer is gone."""
+
+
+class ZeroCopyUnavailableError(IOBindingError):
+    """Device buffers cannot serve this session as configured (e.g. RKNN worker contexts from
+    separate ``rknn_init`` calls cannot share tensor mems); the message says what to change."""
 
 
 for _name in __all__:

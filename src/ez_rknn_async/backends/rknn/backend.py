@@ -37,7 +37,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ...errors import BackendClosedError
+from ...errors import BackendClosedError, ZeroCopyUnavailableError
 from ...options import RKNPU2_PROVIDER, ProviderOptions
 from ...tensors import ModelMetadata, TensorSpec
 from ..base import (
@@ -338,7 +338,7 @@ class RknnBackend(Backend):
                 if self._zero_copy_only:
                     self._memory_context = self._origin
                 elif self._fresh_contexts:
-                    raise RuntimeError(_NO_DUP)
+                    raise ZeroCopyUnavailableError(_NO_DUP)
                 else:
                     self._memory_context = self._dup_context()
             return self._memory_context
@@ -669,7 +669,7 @@ class RknnRunner(Runner):
             for buffer, attr in zip((*inputs, *outputs), self._io_attrs):
                 assert isinstance(buffer, RknnBuffer), "check_binding admits RknnBuffers only"
                 if buffer.family is not context.family:
-                    raise RuntimeError(
+                    raise ZeroCopyUnavailableError(
                         "this worker's context comes from its own rknn_init, and the buffer "
                         "lives in the first context's memory; run zero copy on one worker "
                         "(schedule=[0]) with this runtime"
