@@ -28,9 +28,10 @@ from ez_rknn_async.tensors import TensorSpec
 from ez_rknn_async.testing import FakeBackend
 
 from onnx_models import add_mul_model
+from rknn3_emu import Model3, Tensor3
 from rknn_emu import EmuModel, EmuTensor, reference
 
-pytest_plugins = ("rknn_fixtures",)
+pytest_plugins = ("rknn_fixtures", "rknn3_fixtures")
 
 TIMEOUT = 30
 
@@ -98,6 +99,28 @@ def rknn_case(request) -> Case:
     )
 
 
+#: The RKNPU3 emulator runs the same network (rknn3_emu.Model3.reference), batch 1, one core.
+EMU3_MODEL = Model3(
+    inputs=[Tensor3("a", "float32", (1, 4)), Tensor3("b", "float32", (1, 4))],
+    outputs=[Tensor3("sum", "float32", (1, 4)), Tensor3("prod", "float32", (1, 4))],
+    gain=0.5,
+)
+
+
+def rknn3_case(request) -> Case:
+    npu3 = request.getfixturevalue("npu3_11")
+    npu3.use(devices=1, cores=2)
+    path = str(EMU3_MODEL.write(request.getfixturevalue("tmp_path")))
+    return Case(
+        open=lambda **o: InferenceSession(path, provider_options=o or None),
+        expect=lambda feed: _per_sample(EMU3_MODEL.reference, feed),
+        extra_dtypes=(np.float16, np.uint8, np.int8),
+        fail=lambda: (npu3.inject("rknn3_run", -5), feed())[1],
+        failure=RKNNError,
+        rtol=1e-6,
+    )
+
+
 def _per_sample(fn: Callable, feed: Sequence[np.ndarray]) -> list[np.ndarray]:
     """A batch-1 model's reference over a batch: one sample at a time, joined on axis 0."""
     parts = [fn([x[i : i + 1] for x in feed]) for i in range(len(feed[0]))]
@@ -110,6 +133,7 @@ CASES = {
     "onnxruntime": onnx_case("onnxruntime"),
     "openvino": onnx_case("openvino"),
     "rknn": rknn_case,
+    "rknn3": rknn3_case,
 }
 
 
