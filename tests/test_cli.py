@@ -368,3 +368,14 @@ def test_a_failed_inference_is_exit_1_with_the_runtimes_message(capsys, tmp_path
     assert code == ExitCode.ERROR
     assert err.startswith("error: onnxruntime failed on the inputs ['a', 'b']")
     assert "hint: the runtime failed" in err and "Traceback" not in err
+
+
+def test_a_model_the_runtime_rejects_is_exit_1_with_a_model_hint(capsys, tmp_path):
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x01 not a model")
+    for command in ("info", "bench"):
+        code, out, err = run_cli(capsys, command, garbage)
+        assert code == ExitCode.ERROR and out == ""
+        first, hint = err.strip().splitlines()
+        assert first.startswith(f"error: onnxruntime rejected the model {garbage}")
+        assert hint.startswith("hint: check MODEL")

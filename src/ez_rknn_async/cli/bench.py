@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .errors import UsageError, user_input
+from .errors import MODEL_HINT, UsageError, user_input
 from .models import InputSpec, ShapeSpec, build_feed
 from .stats import LatencyStats, autorange, summarize, unstable, window_rates
 
@@ -446,7 +446,7 @@ class _Sessions:
         depth = self._plan.depth
         queue: dict[str, Any] = {} if depth is None else {"max_queue_size": max(3, depth)}
         options = make_provider_options(**queue, **self._plan.provider_options)
-        with user_input():
+        with user_input(MODEL_HINT):
             session = InferenceSession(self._plan.model, provider_options=options)
         self._stack.callback(session.close)
         return session

@@ -21,7 +21,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..tensors import ONNX_TYPE_TO_DTYPE, NodeArg
-from .errors import UsageError, user_input
+from .errors import MODEL_HINT, UsageError, user_input
 from .models import Feed, InputSpec, ShapeSpec, build_feed
 from .report import format_table
 from .similarity import OutputComparison, Tolerance, compare_arrays
@@ -121,7 +121,7 @@ def _open(path: str, backend: Optional[str], stack: contextlib.ExitStack) -> Any
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model not found: {path}")
-    with user_input():
+    with user_input(MODEL_HINT):
         session = InferenceSession(path, provider_options=make_provider_options(backend=backend))
     stack.callback(session.close)
     return session

@@ -38,6 +38,8 @@ __all__ = [
     "MissingDependencyError",
     "RejectedInputError",
     "user_input",
+    "MODEL_HINT",
+    "FEED_HINT",
     "KnownError",
     "explain",
     "EXIT_CODE_HELP",
@@ -99,19 +101,23 @@ class MissingDependencyError(CliError, ImportError):
 class RejectedInputError(CliError):
     """The library refused what the user handed it (its ValueError / TypeError, chained)."""
 
-    hint = "compare --input / --shape with `ez-rknn info MODEL`"
+
+#: What to check, by what was handed over (``user_input``'s argument).
+MODEL_HINT = "check MODEL (.onnx/.rknn) and --schedule/--backend against `ez-rknn doctor`"
+FEED_HINT = "compare --input / --shape with `ez-rknn info MODEL`"
 
 
 @contextlib.contextmanager
-def user_input() -> Iterator[None]:
+def user_input(hint: str = FEED_HINT) -> Iterator[None]:
     """Wrap the call that hands the user's model, options or feed to the library: a ValueError
-    or TypeError raised there is the user's, and becomes a ``RejectedInputError``."""
+    or TypeError raised there is the user's, and becomes a ``RejectedInputError`` with ``hint``
+    (``MODEL_HINT`` around loading, ``FEED_HINT`` around a run)."""
     try:
         yield
     except CliError:
         raise
     except (ValueError, TypeError) as exc:
-        raise RejectedInputError(str(exc)) from exc
+        raise RejectedInputError(str(exc), hint=hint) from exc
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any, Optional
 from ..backends import ModelSource
 from ..backends.rknn3 import model as rknpu3_model
 from ..tensors import UNDEFINED_LAYOUT
-from .errors import user_input
+from .errors import MODEL_HINT, user_input
 from .report import format_table
 
 __all__ = ["backend_reason", "guess_layout", "describe", "render"]
@@ -62,7 +62,7 @@ def describe(model: str, backend: Optional[str] = None) -> dict[str, Any]:
     from .. import InferenceSession, make_provider_options
 
     source = ModelSource.from_user(model)
-    with user_input():
+    with user_input(MODEL_HINT):
         session = InferenceSession(model, provider_options=make_provider_options(backend=backend))
     with session:
         meta = session.get_modelmeta()
