@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ..errors import InferenceError
 from .errors import MODEL_HINT, UsageError, user_input
 from .models import InputSpec, ShapeSpec, build_feed
 from .stats import LatencyStats, autorange, summarize, unstable, window_rates
@@ -162,7 +163,7 @@ class AsyncDriver(Driver):
     def _raise_error(self) -> None:
         if self._error:
             error, self._error = self._error, ""
-            raise RuntimeError(f"run_async failed: {error}")
+            raise InferenceError(f"run_async failed: {error}")  # a callback has only the text
 
     def issue(self, index: int) -> None:
         self._slots.acquire()
