@@ -20,9 +20,9 @@ __all__ = [
     "mixed_types_model",
     "dynamic_hw_model",
     "small_types_model",
-    "gather_model",
     "emulator_network_model",
     "fp16_activations_copy",
+    "broadcast_model",
     "save",
 ]
 
@@ -137,16 +137,17 @@ def small_types_model() -> bytes:
     )
 
 
-def gather_model() -> bytes:
-    """data float[N], idx int64[K] -> picked = data[idx]: an index out of range fails inside
-    onnxruntime's run (past every check of the feed)."""
+def broadcast_model() -> bytes:
+    """y = a + b with a[N] and b[M]: valid feeds per our checks, but the runtime fails at run
+    time unless N == M (or one is 1), which gives real errors from inside a task."""
+    t = TensorProto.FLOAT
     return _model(
-        [helper.make_node("Gather", ["data", "idx"], ["picked"], axis=0)],
+        [helper.make_node("Add", ["a", "b"], ["y"])],
         [
-            helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N"]),
-            helper.make_tensor_value_info("idx", TensorProto.INT64, ["K"]),
+            helper.make_tensor_value_info("a", t, ["N"]),
+            helper.make_tensor_value_info("b", t, ["M"]),
         ],
-        [helper.make_tensor_value_info("picked", TensorProto.FLOAT, ["K"])],
+        [helper.make_tensor_value_info("y", t, ["K"])],
     )
 
 

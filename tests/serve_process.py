@@ -165,6 +165,8 @@ class ServerProcess:
             self.process.wait()
             raise
         self._reader.join(timeout)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
         return code
 
     def __enter__(self) -> ServerProcess:

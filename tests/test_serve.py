@@ -30,7 +30,7 @@ from ez_rknn_async.cli.main import TOKEN_ENV, main, serve_token
 from fake_board import FakeBoard
 from onnx_models import (
     add_mul_model,
-    gather_model,
+    broadcast_model,
     mixed_types_model,
     save,
     small_types_model,
@@ -63,7 +63,7 @@ def models(tmp_path_factory):
         "add_mul": save(folder, "add_mul.onnx", add_mul_model()),
         "mixed": save(folder, "mixed.onnx", mixed_types_model()),
         "types": save(folder, "types.onnx", small_types_model()),
-        "gather": save(folder, "gather.onnx", gather_model()),
+        "broadcast": save(folder, "broadcast.onnx", broadcast_model()),
         "emu": str(EMU.write(folder / "emu.rknn")),
     }
     config = folder / "serve.json"
@@ -88,7 +88,7 @@ def board(tmp_path_factory) -> FakeBoard:
 def server(models, emulator, board):
     """onnxruntime and RKNN (emulated) models in one server, started as a user would."""
     args = ["--config", models["config"]] + [
-        f"{name}={models[name]}" for name in ("mixed", "types", "gather", "emu")
+        f"{name}={models[name]}" for name in ("mixed", "types", "broadcast", "emu")
     ]
     env = {**emu_env(emulator), "EZ_RKNN_SYSFS_ROOT": str(board.root)}
     process = ServerProcess(args, env=env)
@@ -133,7 +133,7 @@ def test_health_and_metadata_over_http(server, http):
     metadata = http.get_server_metadata()
     assert metadata["name"] == "ez-rknn-async"
     assert "binary_tensor_data" in metadata["extensions"]
-    for name in ("add_mul", "mixed", "types", "gather", "emu"):
+    for name in ("add_mul", "mixed", "types", "broadcast", "emu"):
         assert http.is_model_ready(name)
         assert http.is_model_ready(name, "1")
     assert http.get_model_metadata("mixed") == {
@@ -362,19 +362,20 @@ def test_unknown_model_and_endpoint_get_404(server):
 
 
 def test_a_failed_inference_gets_500_with_the_backends_message(server, grpc_client):
-    document = {"inputs": [tensor("data", [1.0, 2.0], (2,)), tensor("idx", [99], (1,), "INT64")]}
-    status, _, message = post_infer(server, "gather", document)
-    assert status == 500 and "inference failed" in message and "idx=99" in message
+    """a[2] + b[3] passes every check of the feed and fails inside onnxruntime's run."""
+    document = {"inputs": [tensor("a", [1.0, 2.0], (2,)), tensor("b", [1.0, 2.0, 3.0], (3,))]}
+    status, _, message = post_infer(server, "broadcast", document)
+    assert status == 500 and "inference failed" in message and "broadcast" in message
     inputs = [
-        infer_input(tgrpc, "data", np.ones(2, np.float32), "FP32"),
-        infer_input(tgrpc, "idx", np.array([99], np.int64), "INT64"),
+        infer_input(tgrpc, "a", np.ones(2, np.float32), "FP32"),
+        infer_input(tgrpc, "b", np.ones(3, np.float32), "FP32"),
     ]
     with pytest.raises(InferenceServerException) as info:
-        grpc_client.infer("gather", inputs)
-    assert "INTERNAL" in info.value.status() and "idx=99" in info.value.message()
+        grpc_client.infer("broadcast", inputs)
+    assert "INTERNAL" in info.value.status() and "broadcast" in info.value.message()
     # and the model keeps working
-    inputs[1] = infer_input(tgrpc, "idx", np.array([1], np.int64), "INT64")
-    np.testing.assert_array_equal(grpc_client.infer("gather", inputs).as_numpy("picked"), [1.0])
+    inputs[1] = infer_input(tgrpc, "b", np.full(2, 3, np.float32), "FP32")
+    np.testing.assert_array_equal(grpc_client.infer("broadcast", inputs).as_numpy("y"), [4, 4])
 
 
 def test_grpc_invalid_argument_and_not_found(grpc_client):
@@ -710,6 +711,14 @@ def test_serve_reports_a_taken_port(models, capsys, option, other):
     assert code == 1
     err = capsys.readouterr().err
     assert f"127.0.0.1:{port}" in err and "--grpc-port" in err  # the hint names both
+
+
+def test_serve_refuses_a_model_it_cannot_load(tmp_path, capsys):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    assert main(["serve", str(broken), "--port", "0", "--grpc-port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "error:" in err and "hint: check MODEL" in err
 
 
 def test_serve_refuses_a_model_whose_warm_up_fails(tmp_path, npu, capsys):

@@ -510,7 +510,7 @@ def _provider_options(args: argparse.Namespace) -> dict[str, Any]:
     wanted = {"schedule": args.schedule, "threads_per_core": args.threads, "backend": args.backend}
     wanted = {key: value for key, value in wanted.items() if value is not None}
     try:
-        made = make_provider_options(**wanted)
+        made: dict[str, Any] = dict(make_provider_options(**wanted))
     except ValueError as exc:
         raise UsageError(str(exc), hint="for example --schedule 0,1,2 --threads 2") from exc
     return {key: made[key] for key in wanted}
@@ -633,10 +633,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
     from ..backends.rknn.kernel import read_core_loads
-    from .errors import MissingDependencyError
+    from .errors import MODEL_HINT, MissingDependencyError, RejectedInputError, user_input
 
     try:
         from ..serve.config import ConfigError, model_specs
+        from ..serve.repository import WarmupError
         from ..serve.server import LOGGER, ServerOptions, serve
     except ImportError as exc:
         raise MissingDependencyError(
@@ -653,7 +654,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(str(exc), hint="see `ez-rknn serve --help`") from exc
     for spec in specs:
         _require_file(spec.path)
-    handler = logging.StreamHandler()
+    handler = logging.StreamHandler()  # this run's stderr: removed when the run ends
     handler.setFormatter(logging.Formatter("%(asctime)s ez-rknn serve %(message)s"))
     LOGGER.addHandler(handler)
     LOGGER.setLevel(logging.INFO)
@@ -664,8 +665,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         token=serve_token(args.token),
         shutdown_timeout=args.shutdown_timeout,
     )
-    # per-core NPU load for /metrics, read at each scrape where the board exposes it
-    asyncio.run(serve(specs, options, npu_load=read_core_loads))
+    try:
+        with user_input(MODEL_HINT):  # a model or option the library refuses
+            # per-core NPU load for /metrics, read at each scrape where the board exposes it
+            asyncio.run(serve(specs, options, npu_load=read_core_loads))
+    except WarmupError as exc:
+        raise RejectedInputError(str(exc), hint=exc.hint) from exc
+    finally:
+        LOGGER.removeHandler(handler)
     return ExitCode.OK
 
 

@@ -44,9 +44,9 @@ __all__ = [
 MODEL_VERSION = "1"
 
 
-class WarmupError(ValueError):
-    """A model's warm-up inference failed; ``hint`` says how to give it shapes (the CLI
-    prints it)."""
+class WarmupError(RuntimeError):
+    """A model's warm-up inference failed (its error chained); ``hint`` says how to give it
+    shapes (the CLI prints it)."""
 
     hint = 'give the shapes of its dynamic inputs: "warmup_shapes" in --config'
 

@@ -37,7 +37,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ...options import ProviderOptions
+from ...errors import BackendClosedError, ZeroCopyUnavailableError
+from ...options import RKNPU2_PROVIDER, ProviderOptions
 from ...tensors import ModelMetadata, TensorSpec
 from ..base import (
     MEM_CACHEABLE,
@@ -106,7 +107,7 @@ class RknnBackend(Backend):
         options: ProviderOptions,
         share_with: Optional[RknnBackend] = None,
     ) -> None:
-        self.providers = ["RKNNExecutionProvider"]
+        self.providers = [RKNPU2_PROVIDER]
         self.soc = soc
         self.library_path = lib.path
         self._lib = lib
@@ -332,12 +333,12 @@ class RknnBackend(Backend):
         wait for runs), made on first use."""
         with self._lock:
             if self._closed:
-                raise RuntimeError("the RKNN backend is closed")
+                raise BackendClosedError("the RKNN backend is closed")
             if self._memory_context is None:
                 if self._zero_copy_only:
                     self._memory_context = self._origin
                 elif self._fresh_contexts:
-                    raise RuntimeError(_NO_DUP)
+                    raise ZeroCopyUnavailableError(_NO_DUP)
                 else:
                     self._memory_context = self._dup_context()
             return self._memory_context
@@ -509,7 +510,7 @@ class RknnBackend(Backend):
         mask = None if slot.core_mask is None else self.soc.core_mask(slot.core_mask)
         with self._lock:
             if self._closed:
-                raise RuntimeError("the RKNN backend is closed")
+                raise BackendClosedError("the RKNN backend is closed")
             reuse_origin = not self._origin_taken
             self._origin_taken = True
         if reuse_origin:
@@ -668,7 +669,7 @@ class RknnRunner(Runner):
             for buffer, attr in zip((*inputs, *outputs), self._io_attrs):
                 assert isinstance(buffer, RknnBuffer), "check_binding admits RknnBuffers only"
                 if buffer.family is not context.family:
-                    raise RuntimeError(
+                    raise ZeroCopyUnavailableError(
                         "this worker's context comes from its own rknn_init, and the buffer "
                         "lives in the first context's memory; run zero copy on one worker "
                         "(schedule=[0]) with this runtime"
