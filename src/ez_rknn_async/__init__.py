@@ -5,9 +5,17 @@ The public names of API.md; everything else is internal.
 
 from __future__ import annotations
 
-from .errors import RKNNError, RunTimeoutError, SessionClosedError, SubmitTimeoutError
+from . import errors
+from .errors import *  # noqa: F403 - every typed error is public (errors.__all__)
 from .iobinding import IOBinding, OrtValue, SessionIOBinding
-from .options import Rknpu3ProviderOptions, make_provider_options, make_rknpu3_provider_options
+from .options import (
+    RknnProviderOptions,
+    Rknpu2ProviderOptions,
+    Rknpu3ProviderOptions,
+    make_provider_options,
+    make_rknpu2_provider_options,
+    make_rknpu3_provider_options,
+)
 from .session import InferenceSession
 from .tensors import ModelMetadata, NodeArg
 
@@ -16,12 +24,12 @@ __version__ = "0.1.0"
 __all__ = [
     "InferenceSession",
     "make_provider_options",
+    "make_rknpu2_provider_options",
     "make_rknpu3_provider_options",
+    "RknnProviderOptions",
+    "Rknpu2ProviderOptions",
     "Rknpu3ProviderOptions",
-    "RKNNError",
-    "RunTimeoutError",
-    "SessionClosedError",
-    "SubmitTimeoutError",
+    *errors.__all__,
     "NodeArg",
     "ModelMetadata",
     "OrtValue",
@@ -34,6 +42,7 @@ for _name in (
     "InferenceSession",
     "make_provider_options",
     "make_rknpu3_provider_options",
+    "Rknpu2ProviderOptions",
     "Rknpu3ProviderOptions",
     "NodeArg",
     "ModelMetadata",
