@@ -274,14 +274,14 @@ COMPARATORS: dict[str, Comparator] = {
         "OpenVINO AsyncInferQueue (CPU, THROUGHPUT hint)", "openvino", "pip install openvino"
     ),
     "ztu": Comparator(
-        "the original C++ library, in our modes",
+        "the original C++ library (.rknn), one row per --mode",
         "ztu_somemodelruntime_ez_rknn_async",
         "pip install ztu-somemodelruntime-ez-rknn-async",
         model="rknn",
         per_mode=True,
     ),
     "rknnlite": Comparator(
-        "Rockchip RKNNLite inference",
+        "Rockchip RKNNLite inference (.rknn, boards)",
         "rknnlite",
         "pip install rknn-toolkit-lite2 on the board",
         model="rknn",
