@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_zero_copy.py
 	$(BIN)/python benchmarks/bench_vs_ztu.py
 	$(BIN)/python benchmarks/bench_native_sequence.py
+	$(BIN)/python benchmarks/bench_serve.py
 	$(BIN)/python benchmarks/soak.py --seconds 60
 
 clean:

@@ -19,8 +19,10 @@ __all__ = [
     "add_mul_model",
     "mixed_types_model",
     "dynamic_hw_model",
+    "small_types_model",
     "emulator_network_model",
     "fp16_activations_copy",
+    "broadcast_model",
     "save",
 ]
 
@@ -107,6 +109,45 @@ def dynamic_hw_model() -> bytes:
             helper.make_tensor_value_info("pooled", t, ["N", 3, 1, 1]),
             helper.make_tensor_value_info("total", t, []),
         ],
+    )
+
+
+def small_types_model() -> bytes:
+    """flag bool[N] -> flipped = not flag; i8 int8[N] -> i8_out; u8 uint8[N] -> u8_out
+    (identities); i32 int32[N] -> i32_twice = i32 + i32."""
+    return _model(
+        [
+            helper.make_node("Not", ["flag"], ["flipped"]),
+            helper.make_node("Identity", ["i8"], ["i8_out"]),
+            helper.make_node("Identity", ["u8"], ["u8_out"]),
+            helper.make_node("Add", ["i32", "i32"], ["i32_twice"]),
+        ],
+        [
+            helper.make_tensor_value_info("flag", TensorProto.BOOL, ["N"]),
+            helper.make_tensor_value_info("i8", TensorProto.INT8, ["N"]),
+            helper.make_tensor_value_info("u8", TensorProto.UINT8, ["N"]),
+            helper.make_tensor_value_info("i32", TensorProto.INT32, ["N"]),
+        ],
+        [
+            helper.make_tensor_value_info("flipped", TensorProto.BOOL, ["N"]),
+            helper.make_tensor_value_info("i8_out", TensorProto.INT8, ["N"]),
+            helper.make_tensor_value_info("u8_out", TensorProto.UINT8, ["N"]),
+            helper.make_tensor_value_info("i32_twice", TensorProto.INT32, ["N"]),
+        ],
+    )
+
+
+def broadcast_model() -> bytes:
+    """y = a + b with a[N] and b[M]: valid feeds per our checks, but the runtime fails at run
+    time unless N == M (or one is 1), which gives real errors from inside a task."""
+    t = TensorProto.FLOAT
+    return _model(
+        [helper.make_node("Add", ["a", "b"], ["y"])],
+        [
+            helper.make_tensor_value_info("a", t, ["N"]),
+            helper.make_tensor_value_info("b", t, ["M"]),
+        ],
+        [helper.make_tensor_value_info("y", t, ["K"])],
     )
 
 

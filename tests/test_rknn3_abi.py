@@ -7,7 +7,12 @@ import ctypes
 
 import pytest
 
-from ez_rknn_async import RKNNError, RunTimeoutError
+from ez_rknn_async import (
+    RKNNError,
+    RuntimeNotFoundError,
+    RunTimeoutError,
+    UnsupportedRuntimeError,
+)
 from ez_rknn_async.backends.rknn3 import abi, library
 
 from rknn3_emu import emulator3_build
@@ -106,14 +111,14 @@ def test_the_loaded_library_shows_its_abi_and_stubs_the_other_versions_functions
 
 def test_a_library_without_a_known_abi_is_refused_naming_the_supported_versions(npu):
     """The RKNPU2 emulator exports no librknn3_api symbols at all."""
-    with pytest.raises(library.UnsupportedRuntimeError) as caught:
+    with pytest.raises(UnsupportedRuntimeError) as caught:
         library.load_library(str(npu.paths.library))
     assert "supported librknn3_api ABI versions: 1.0, 1.1" in str(caught.value)
     assert "exports none of the version markers" in str(caught.value)
 
 
 def test_detect_abi_refuses_a_library_with_both_markers():
-    with pytest.raises(library.UnsupportedRuntimeError, match="exports all of"):
+    with pytest.raises(UnsupportedRuntimeError, match="exports all of"):
         library.detect_abi(lambda name: True, "/x/librknn3_api.so")
     assert library.version_of("1.1.0 (af2989a1)") == "1.1"
     assert library.version_of("unknown") is None
@@ -121,7 +126,7 @@ def test_detect_abi_refuses_a_library_with_both_markers():
 
 def test_missing_library_says_how_to_fix_it(tmp_path):
     environ = {library.ENV_VAR: str(tmp_path / "nowhere" / "librknn3_api.so")}
-    with pytest.raises(library.Runtime3NotFoundError) as caught:
+    with pytest.raises(RuntimeNotFoundError) as caught:
         library.load_library(environ=environ)
     message = str(caught.value)
     assert "EZ_RKNN3_RUNTIME_LIB=" in message and "no such file" in message

@@ -345,3 +345,24 @@ def test_a_hanging_init_is_abandoned_after_the_timeout(emulator3, monkeypatch, t
     finally:
         npu.release_hang()  # the abandoned thread returns (-13) and ends
     assert npu.calls("rknn3_init") == 1 and npu.live_contexts == 0 and npu.violations == 0
+
+
+def test_native_node_args_name_the_runtimes_layout(npu3_11, tmp_path):
+    npu3_11.use(devices=1, cores=2)
+    with InferenceSession(str(MODEL.write(tmp_path))) as sess:
+        natives = {arg.name: arg for arg in sess.get_native_inputs() + sess.get_native_outputs()}
+    for name, arg in natives.items():
+        assert arg.layout in ("NCHW", "NHWC", "NC1HWC2", "UNDEFINED"), name
+        dense = [int(np.prod(arg.shape[k + 1 :])) for k in range(len(arg.shape))]
+        assert arg.strides == dense, name  # librknn3_api pads no rows
+    assert natives["image"].layout != "UNDEFINED"  # a 4-D input has a native layout
+
+
+def test_provider_options_come_in_onnxruntimes_shape_with_the_rknpu3_keys(npu3_11, tmp_path):
+    npu3_11.use(devices=1, cores=2)
+    with InferenceSession(str(MODEL.write(tmp_path)), provider_options=options(priority=2)) as sess:
+        got = sess.get_provider_options()
+    assert list(got) == ["RKNPU3ExecutionProvider"]
+    values = got["RKNPU3ExecutionProvider"]
+    assert values["priority"] == 2 and values["run_timeout_ms"] == 0
+    assert values["max_queue_size"] == 3 and "runtime_library" not in values  # unset: left out

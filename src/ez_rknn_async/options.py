@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Optional, TypedDict, Union
+from dataclasses import asdict, dataclass
+from typing import Any, Optional, TypedDict, Union, cast
 
 __all__ = [
     "ProviderOptions",
+    "Rknpu2ProviderOptions",
+    "RknnProviderOptions",
+    "RKNPU2_PROVIDER",
+    "RKNN_PROVIDER_NAMES",
     "make_provider_options",
+    "make_rknpu2_provider_options",
     "make_rknpu3_provider_options",
     "Rknpu3ProviderOptions",
     "parse_provider_options",
@@ -22,6 +27,11 @@ __all__ = [
     "TP_MODE_MASKS",
     "SUPPORTED_KEYS",
 ]
+
+#: What ``get_providers()`` names the librknnrt backend (as the original 0.11 does).
+RKNPU2_PROVIDER = "RKNPU2ExecutionProvider"
+#: Names ``providers=[...]`` accepts for it (the second is the original's older name).
+RKNN_PROVIDER_NAMES = (RKNPU2_PROVIDER, "RKNNExecutionProvider")
 
 #: tp_mode strings and the core mask each stands for (SPEC.md 3.2).
 TP_MODE_MASKS: dict[str, int] = {
@@ -94,6 +104,40 @@ class ProviderOptions:
     def tp_mask(self) -> Optional[int]:
         """The core mask of ``tp_mode`` (None when tp_mode is not set)."""
         return None if self.tp_mode is None else TP_MODE_MASKS[self.tp_mode]
+
+    def as_dict(self, *, rknpu3: bool = False) -> dict[str, Any]:
+        """Plain values (lists, not tuples) for ``get_provider_options()``; unset keys left out,
+        and the RKNPU3 keys unless ``rknpu3`` (they mean nothing to other backends)."""
+        plain = {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(self).items()}
+        return {
+            key: v
+            for key, v in plain.items()
+            if (v is not None or key not in _OPTIONAL) and (rknpu3 or key not in _RKNPU3_KEYS)
+        }
+
+
+class Rknpu2ProviderOptions(TypedDict, total=False):
+    """The dict ``make_provider_options`` returns, for type checkers (the original 0.11's name;
+    ``backend`` and ``precision`` are ours)."""
+
+    layout: str
+    max_queue_size: int
+    threads_per_core: int
+    submit_timeout_ms: int
+    sequential_callbacks: bool
+    schedule: list[int]
+    tp_mode: str
+    enable_pacing: bool
+    disable_dup_context: bool
+    custom_op_paths: list[str]
+    custom_op_default_path: bool
+    zero_copy_layout: str
+    backend: str
+    precision: str
+
+
+#: The original 0.11's other name for the same dict.
+RknnProviderOptions = Rknpu2ProviderOptions
 
 
 _RKNPU3_KEYS = (
@@ -313,7 +357,7 @@ def make_provider_options(
     backend: Optional[str] = None,
     precision: Optional[str] = None,
     **unknown: Any,
-) -> dict[str, Any]:
+) -> Rknpu2ProviderOptions:
     """Build the ``provider_options`` dict for ``InferenceSession``, validating every value now.
 
     Unknown keywords and bad values raise ValueError naming the key. Keys whose value is None
@@ -348,7 +392,20 @@ def make_provider_options(
         result["schedule"] = list(result["schedule"])
     if "custom_op_paths" in result:
         result["custom_op_paths"] = list(result["custom_op_paths"])
-    return result
+    return cast(Rknpu2ProviderOptions, result)
+
+
+#: The original 0.11's name for ``make_provider_options`` (RKNPU2 is librknnrt's NPU family).
+make_rknpu2_provider_options = make_provider_options
+
+
+def provider_options_of(
+    providers: Sequence[str], options: ProviderOptions, *, rknpu3: bool = False
+) -> dict[str, Any]:
+    """onnxruntime's ``get_provider_options()`` shape: ``{provider: {option: value}}``; the
+    engine's options belong to the provider that runs (the first)."""
+    plain = options.as_dict(rknpu3=rknpu3)
+    return {name: plain if i == 0 else {} for i, name in enumerate(providers)}
 
 
 class Rknpu3ProviderOptions(TypedDict, total=False):

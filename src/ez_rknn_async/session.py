@@ -25,7 +25,7 @@ from .engine.stats import SessionStats
 from .errors import SessionClosedError
 from .feeds import copy_for_async, normalize_feed, resolve_outputs, run_option, split_batch
 from .iobinding import SessionIOBinding, SessionMemory, launch
-from .options import ProviderOptions, parse_bool, parse_provider_options
+from .options import ProviderOptions, parse_bool, parse_provider_options, provider_options_of
 from .tensors import ModelMetadata, NodeArg
 
 __all__ = ["InferenceSession"]
@@ -70,9 +70,23 @@ class InferenceSession:
             providers=providers,
             share_with=None if use_weight_from is None else use_weight_from._backend,
         )
+        self._start(backend, options, use_weight_from)
+
+    @classmethod
+    def _on_backend(cls, backend: Backend, provider_options: Any = None) -> InferenceSession:
+        """A session on a backend made by the caller (``testing.FakeBackend``, a backend under
+        development): everything but the model loading. The session closes the backend."""
+        session = cls.__new__(cls)
+        session._engine = None
+        session._start(backend, parse_provider_options(provider_options), None)
+        return session
+
+    def _start(
+        self, backend: Backend, options: ProviderOptions, weights_from: Optional[InferenceSession]
+    ) -> None:
         self._backend: Backend = backend
         self._options = options
-        self._weights_from = use_weight_from  # the owner of shared weights outlives this session
+        self._weights_from = weights_from  # the owner of shared weights outlives this session
         self._zero_copy = SessionMemory(backend)
         self._engine = _start_engine(backend, options)
         self._pipeline = Pipeline()
@@ -167,15 +181,28 @@ class InferenceSession:
         self._check_open()
         return SessionIOBinding(self)
 
-    def run_with_iobinding(self, iobinding: SessionIOBinding, run_options: Any = None) -> None:
+    def run_with_iobinding(
+        self,
+        iobinding: Optional[SessionIOBinding] = None,
+        run_options: Any = None,
+        *,
+        io_binding: Optional[SessionIOBinding] = None,
+    ) -> None:
         """Run one inference on the values bound in ``iobinding``; the outputs land in its bound
         output values. Like ``run``, it takes a worker slot (on the calling thread when one is
-        idle), so it never races the workers."""
+        idle), so it never races the workers. ``io_binding=`` is the original library's name
+        for the same argument (``iobinding`` is onnxruntime's)."""
         engine = self._check_open()
+        if (iobinding is None) == (io_binding is None):
+            raise TypeError(
+                "run_with_iobinding takes one IOBinding, as iobinding (onnxruntime's name) or "
+                "io_binding (the original's)"
+            )
+        binding = iobinding if iobinding is not None else io_binding
         _reject_dispatch_batch("run_with_iobinding", run_options)
         launch(
             self._zero_copy,
-            iobinding,
+            binding,
             "run_with_iobinding",
             lambda flight: engine.run_inline(flight, (), method=_RUN_BINDING),
         )
@@ -206,8 +233,11 @@ class InferenceSession:
     def get_providers(self) -> list[str]:
         return list(self._backend.providers)
 
-    def get_provider_options(self) -> ProviderOptions:
-        return self._options
+    def get_provider_options(self) -> dict[str, dict[str, Any]]:
+        """onnxruntime's shape, ``{provider: {option: value}}`` with plain values: the options
+        in force (validated, defaults filled in) under the provider that runs."""
+        rknpu3 = self._backend.name == "rknn3"
+        return provider_options_of(self.get_providers(), self._options, rknpu3=rknpu3)
 
     @property
     def input_names(self) -> list[str]:

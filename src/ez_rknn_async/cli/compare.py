@@ -21,7 +21,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..tensors import ONNX_TYPE_TO_DTYPE, NodeArg
-from .errors import UsageError
+from .errors import MODEL_HINT, UsageError, user_input
 from .models import Feed, InputSpec, ShapeSpec, build_feed
 from .report import format_table
 from .similarity import OutputComparison, Tolerance, compare_arrays
@@ -121,7 +121,8 @@ def _open(path: str, backend: Optional[str], stack: contextlib.ExitStack) -> Any
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model not found: {path}")
-    session = InferenceSession(path, provider_options=make_provider_options(backend=backend))
+    with user_input(MODEL_HINT):
+        session = InferenceSession(path, provider_options=make_provider_options(backend=backend))
     stack.callback(session.close)
     return session
 
@@ -190,8 +191,11 @@ def run_compare(plan: ComparePlan) -> CompareResult:
             made = build_feed(inputs, plan.shapes, plan.files, seed=plan.seed + run)
             if first is None:
                 first = made
-            ours = model.run(out_names, made.arrays)
-            theirs = reference.run(ref_out_names, _reference_feed(made.arrays, in_pairs, ref_types))
+            with user_input():  # the user's data (or shapes) handed to both models
+                ours = model.run(out_names, made.arrays)
+                theirs = reference.run(
+                    ref_out_names, _reference_feed(made.arrays, in_pairs, ref_types)
+                )
             for index, ((name, ref), a, b) in enumerate(zip(out_pairs, ours, theirs)):
                 one = compare_arrays(name, a, b, plan.tolerance, reference_name=ref)
                 earlier = results[index]

@@ -9,6 +9,8 @@ from typing import Any, Optional
 
 from ..backends import ModelSource
 from ..backends.rknn3 import model as rknpu3_model
+from ..tensors import UNDEFINED_LAYOUT
+from .errors import MODEL_HINT, user_input
 from .report import format_table
 
 __all__ = ["backend_reason", "guess_layout", "describe", "render"]
@@ -36,7 +38,7 @@ def guess_layout(node: Any) -> str:
     """The node's own layout if it reports one (RKNN native tensors), else a guess from a 4-D
     shape: channels (1, 3 or 4) next to the batch is NCHW, last is NHWC; ``*`` marks a guess."""
     layout = getattr(node, "layout", None)
-    if layout:
+    if layout and layout != UNDEFINED_LAYOUT:
         return str(layout)
     shape = list(node.shape)
     if len(shape) != 4:
@@ -60,8 +62,9 @@ def describe(model: str, backend: Optional[str] = None) -> dict[str, Any]:
     from .. import InferenceSession, make_provider_options
 
     source = ModelSource.from_user(model)
-    options = make_provider_options(backend=backend)
-    with InferenceSession(model, provider_options=options) as session:
+    with user_input(MODEL_HINT):
+        session = InferenceSession(model, provider_options=make_provider_options(backend=backend))
+    with session:
         meta = session.get_modelmeta()
         native_in, native_out = session.get_native_inputs(), session.get_native_outputs()
         info = {

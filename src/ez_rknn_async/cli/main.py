@@ -1,4 +1,5 @@
-"""The ``ez-rknn`` command: ``info``, ``bench``, ``compare``, ``top``, ``doctor``, ``demo``.
+"""The ``ez-rknn`` command: ``info``, ``bench``, ``compare``, ``top``, ``doctor``, ``demo``,
+``serve``.
 
 ``main(argv)`` parses, runs one command and returns the exit code (``errors.ExitCode``). Known
 errors become ``error: ...`` plus ``hint: ...`` on stderr through the one table in ``errors``;
@@ -21,7 +22,7 @@ from .bench import COMPARATORS, MODES, Budget, Plan, parse_compare, parse_modes,
 from .errors import EXIT_CODE_HELP, ExitCode, UsageError, explain
 from .models import parse_input_spec, parse_shape_spec
 
-__all__ = ["main", "build_parser", "DEBUG_ENV"]
+__all__ = ["main", "build_parser", "serve_token", "DEBUG_ENV", "TOKEN_ENV"]
 
 #: Set to 1 to print the traceback of known errors too.
 DEBUG_ENV = "EZ_RKNN_DEBUG"
@@ -37,6 +38,7 @@ commands:
   top            live per-core NPU load, frequency and SRAM (Rockchip boards, as root)
   doctor         which runtime library, SoC and NPU cores this machine has, and what to fix
   demo           YOLOv8n on the CPU: run / run_async / run_pipeline vs plain onnxruntime
+  serve MODEL..  an inference server (KServe v2 / Triton protocol) over HTTP and gRPC
 
 exit codes:
 {EXIT_CODE_HELP}
@@ -377,7 +379,111 @@ def build_parser() -> argparse.ArgumentParser:
         "--time", type=_positive(float), default=None, metavar="SECONDS", help="seconds per row"
     )
     demo.set_defaults(func=_cmd_demo)
+    _serve_parser(commands)
     return parser
+
+
+#: The environment variable ``serve`` reads its bearer token from (``--token`` wins).
+TOKEN_ENV = "EZ_RKNN_SERVE_TOKEN"
+
+_SERVE_DESCRIPTION = """\
+Serve models over the Open Inference Protocol (KServe v2, the protocol of Triton), so existing
+clients work unchanged: tritonclient (HTTP and gRPC), KServe clients, curl.
+
+  HTTP  GET  /v2/health/live  /v2/health/ready  /v2  /v2/models/NAME  /v2/models/NAME/ready
+        POST /v2/models/NAME/infer   (JSON tensors, or the binary tensor data extension)
+        GET  /metrics                (Prometheus)
+  gRPC  inference.GRPCInferenceService: ServerLive, ServerReady, ModelReady, ServerMetadata,
+        ModelMetadata, ModelInfer
+
+Each MODEL is [NAME=]PATH (NAME defaults to the file's stem) and gets its own session.
+Ready means every model is loaded and has run one warm-up inference. Requests run through
+the session's asyncio path; at most --max-inflight per model are admitted, others wait up to
+the model's submit_timeout_ms and then get 503 + Retry-After (gRPC UNAVAILABLE). SIGTERM or
+SIGINT: stop accepting, answer every request in flight, close the sessions, exit 0.
+"""
+
+_SERVE_EPILOG = f"""\
+config file (--config, JSON), per-model options:
+  {{"models": {{"detector": {{"path": "yolov8n.rknn", "schedule": [0, 1, 2],
+                            "max_queue_size": 6, "submit_timeout_ms": 2000,
+                            "max_inflight": 48, "max_request_bytes": 16777216,
+                            "warmup_shapes": {{"images": [1, 3, 640, 640]}}}}}}}}
+  keys: path, any make_provider_options key (backend, schedule, threads_per_core, ...),
+  max_inflight, max_request_bytes, warmup_shapes (for dynamic inputs)
+
+security: binds 127.0.0.1 unless --host says otherwise; with --token (or {TOKEN_ENV})
+every endpoint but /v2/health/* needs "Authorization: Bearer TOKEN" (gRPC: metadata
+"authorization"); no path from a request is ever opened.
+
+exit codes:
+    0  stopped by SIGTERM or SIGINT after answering every request in flight
+    1  a model failed to load or to run its warm-up inference, or a port is taken
+    2  bad command line or --config (the message names the model and the key)
+    3  a model file does not exist
+    5  the [serve] extra is missing (pip command printed)
+
+examples:
+  ez-rknn serve yolov8n.rknn
+  ez-rknn serve det=yolov8n.rknn cls=mobilenet.onnx --host 0.0.0.0 --port 8000
+  ez-rknn serve --config models.json --token "$(cat /etc/ez-rknn/token)"
+"""
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0..65535 (0: any free port), got {value}")
+    return value
+
+
+def _serve_parser(commands: Any) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="serve models over HTTP and gRPC (KServe v2 / Triton protocol)",
+        description=_SERVE_DESCRIPTION,
+        epilog=_SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "models", nargs="*", metavar="[NAME=]MODEL", help=".onnx or .rknn files to serve"
+    )
+    serve.add_argument("--config", metavar="FILE", help="JSON file of models and their options")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=_port, default=8000, help="HTTP port (default: 8000; 0: any free port)"
+    )
+    serve.add_argument(
+        "--grpc-port", type=_port, default=8001, help="gRPC port (default: 8001; 0: any free)"
+    )
+    serve.add_argument(
+        "--token", help=f"bearer token required on every endpoint but health (or {TOKEN_ENV})"
+    )
+    serve.add_argument(
+        "--max-inflight",
+        type=_positive(int),
+        default=64,
+        metavar="N",
+        help="requests admitted at once per model (default: 64; config: max_inflight)",
+    )
+    serve.add_argument(
+        "--max-request-mb",
+        type=_positive(float),
+        default=64.0,
+        metavar="MB",
+        help="largest request body per model (default: 64; config: max_request_bytes)",
+    )
+    serve.add_argument(
+        "--shutdown-timeout",
+        type=_positive(float),
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a stop waits for requests in flight (default: 30)",
+    )
+    serve.set_defaults(func=_cmd_serve)
 
 
 # --- commands ----------------------------------------------------------------------------------
@@ -405,7 +511,7 @@ def _provider_options(args: argparse.Namespace) -> dict[str, Any]:
     wanted = {"schedule": args.schedule, "threads_per_core": args.threads, "backend": args.backend}
     wanted = {key: value for key, value in wanted.items() if value is not None}
     try:
-        made = make_provider_options(**wanted)
+        made: dict[str, Any] = dict(make_provider_options(**wanted))
     except ValueError as exc:
         raise UsageError(str(exc), hint="for example --schedule 0,1,2 --threads 2") from exc
     return {key: made[key] for key in wanted}
@@ -514,6 +620,60 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
     result = run_plan(plan, out.progress())
     out.result(f"{bench_header(result)}\n\n{bench_table(result, DEMO_COLUMNS)}", None)
+    return ExitCode.OK
+
+
+def serve_token(option: Optional[str]) -> Optional[str]:
+    """The bearer token: ``--token``, else ``$EZ_RKNN_SERVE_TOKEN``, else none; an empty value
+    counts as none (``Environment=EZ_RKNN_SERVE_TOKEN=`` in a unit file)."""
+    return option or os.environ.get(TOKEN_ENV) or None
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from ..backends.rknn.kernel import read_core_loads
+    from .errors import MODEL_HINT, MissingDependencyError, RejectedInputError, user_input
+
+    try:
+        from ..serve.config import ConfigError, model_specs
+        from ..serve.repository import WarmupError
+        from ..serve.server import LOGGER, ServerOptions, serve
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"the server's packages ({exc.name})", "pip install 'ez-rknn-async[serve]'"
+        ) from exc
+    try:
+        specs = model_specs(
+            args.models,
+            args.config,
+            max_inflight=args.max_inflight,
+            max_request_bytes=int(args.max_request_mb * 1024 * 1024),
+        )
+    except ConfigError as exc:
+        raise UsageError(str(exc), hint="see `ez-rknn serve --help`") from exc
+    for spec in specs:
+        _require_file(spec.path)
+    handler = logging.StreamHandler()  # this run's stderr: removed when the run ends
+    handler.setFormatter(logging.Formatter("%(asctime)s ez-rknn serve %(message)s"))
+    LOGGER.addHandler(handler)
+    LOGGER.setLevel(logging.INFO)
+    options = ServerOptions(
+        host=args.host,
+        port=args.port,
+        grpc_port=args.grpc_port,
+        token=serve_token(args.token),
+        shutdown_timeout=args.shutdown_timeout,
+    )
+    try:
+        with user_input(MODEL_HINT):  # a model or option the library refuses
+            # per-core NPU load for /metrics, read at each scrape where the board exposes it
+            asyncio.run(serve(specs, options, npu_load=read_core_loads))
+    except WarmupError as exc:
+        raise RejectedInputError(str(exc), hint=exc.hint) from exc
+    finally:
+        LOGGER.removeHandler(handler)
     return ExitCode.OK
 
 

@@ -22,6 +22,7 @@ from ..backends.base import (
     BufferRequest,
     DeviceBuffer,
 )
+from ..errors import ValueReleasedError
 from ..feeds import format_shape
 from ..tensors import ONNX_TYPE_TO_DTYPE, type_string
 from .memory import SessionMemory, memory_of
@@ -439,7 +440,7 @@ class DeviceValue(OrtValue):
     def _check(self) -> None:
         self._memory.check_open()
         if self._buffer.released:
-            raise RuntimeError("the OrtValue was released; its buffer is gone")
+            raise ValueReleasedError("the OrtValue was released; its buffer is gone")
 
     @contextmanager
     def _using(self) -> Iterator[DeviceBuffer]:
@@ -448,7 +449,7 @@ class DeviceValue(OrtValue):
         self._memory.check_open()
         buffer = self._buffer
         if not buffer.pin():
-            raise RuntimeError("the OrtValue was released; its buffer is gone")
+            raise ValueReleasedError("the OrtValue was released; its buffer is gone")
         try:
             yield buffer
         finally:

@@ -12,7 +12,7 @@ import ctypes
 from collections.abc import Mapping
 from typing import Optional
 
-from ...errors import RKNNError
+from ...errors import RKNNError, RuntimeNotFoundError
 from ..native import LibraryFinder, NativeLibrary, Signature
 from .abi import (
     CONTEXT_TYPE,
@@ -55,15 +55,6 @@ FIX = (
     f"install the board's librknnrt.so (rknpu2 runtime from rknn-toolkit2) into /usr/lib, "
     f"or set {ENV_VAR} to its path"
 )
-
-
-class RuntimeNotFoundError(RKNNError):
-    """No loadable librknnrt: ``what`` was tried, ``fix`` says what to do."""
-
-    def __init__(self, what: str) -> None:
-        super().__init__(f"{what}. Fix: {FIX}.", -3, "RKNN_ERR_DEVICE_UNAVAILABLE")
-        self.what = what
-        self.fix = FIX
 
 
 _ctx = CONTEXT_TYPE
@@ -176,5 +167,5 @@ def load_library(environ: Optional[Mapping[str, str]] = None) -> Library:
     """The runtime library (loaded once per path); RKNNError with the fix when there is none."""
     library, why = _FINDER.load(Library, environ)
     if library is None:
-        raise RuntimeNotFoundError(f"librknnrt not found ({why})")
+        raise RuntimeNotFoundError(f"librknnrt not found ({why})", FIX)
     return library

@@ -28,10 +28,9 @@ _DTYPES: dict[int, np.dtype] = {
     if t != TensorType.INT4
 }
 _FLOAT32 = np.dtype(np.float32)
-#: Feeds taken as they are; each is converted through float64, as the reference does.
-_ACCEPTS = tuple(
-    np.dtype(t) for t in (np.float32, np.float64, np.float16, np.uint8, np.int8, np.int32)
-)
+#: Feeds taken as they are; each is converted through float64, as the reference does. Not
+#: float64 itself: no backend casts silently (onnxruntime and the original refuse it too).
+_ACCEPTS = tuple(np.dtype(t) for t in (np.float32, np.float16, np.uint8, np.int8, np.int32))
 
 
 def text(raw: bytes) -> str:
@@ -78,6 +77,14 @@ class TensorCodec:
         return self.decode(self.layout.read(raw))
 
 
+def _layout_name(native: Any) -> str:
+    """The runtime's name of a native attr's layout (NHWC, NC1HWC2...), for ``NodeArg.layout``."""
+    try:
+        return Layout(native.layout).name
+    except ValueError:
+        return Layout.UNDEFINED.name
+
+
 def _layout(native: Any, shape: tuple[int, ...], dtype: np.dtype, name: str) -> NativeLayout:
     native_dims = dims(native)
     if native.layout == Layout.NC1HWC2 and len(shape) == 4 and len(native_dims) == 5:
@@ -103,7 +110,7 @@ def codec(origin: Any, native: Any, fallback: str, is_input: bool) -> TensorCode
     quantized = native.qnt_type != 0 and dtype.kind in "iu"
     type_name = type_string(dtype)
     spec = TensorSpec(name, shape, _FLOAT32, type=type_name, accepts=_ACCEPTS if is_input else ())
-    native_spec = TensorSpec(name, dims(native), dtype, type=type_name)
+    native_spec = TensorSpec(name, dims(native), dtype, type=type_name, layout=_layout_name(native))
     layout = _layout(native, shape, dtype, name)
     if layout.size > native.aligned_size:
         raise ValueError(

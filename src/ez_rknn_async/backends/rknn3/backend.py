@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ...errors import RKNNError, RunTimeoutError
+from ...errors import BackendClosedError, RKNNError, RunTimeoutError
 from ...options import ProviderOptions
 from ...tensors import ModelMetadata, TensorSpec
 from ..base import (
@@ -38,7 +38,7 @@ from ..rknn.memory import map_bytes
 from . import attrs
 from .abi import CONTEXT_TYPE, Abi, Query
 from .devices import Device, Route, find_devices, plan_routes, select_devices
-from .library import Library3, UnsupportedRuntimeError, check, load_library, version_of
+from .library import Library3, check, load_library, unsupported, version_of
 from .memory import NativeHostBuffer
 from .model import PROVIDER, read_weight
 from .shapes import ModelShape, Shapes
@@ -223,7 +223,7 @@ class Rknn3Backend(Backend):
         self.api_version = attrs.text(versions.api_version)
         self.driver_version = attrs.text(versions.drv_version)
         if version_of(self.api_version) != self.abi.version:
-            raise UnsupportedRuntimeError(
+            raise unsupported(
                 f"{self.library_path} reports version {self.api_version!r} but exports the "
                 f"symbols of ABI {self.abi.version}"
             )
@@ -283,7 +283,7 @@ class Rknn3Backend(Backend):
             )
         with self._lock:
             if self._closed:
-                raise RuntimeError("the RKNPU3 backend is closed")
+                raise BackendClosedError("the RKNPU3 backend is closed")
             return NativeHostBuffer(request, self.buffers)
 
     # ------------------------------------------------------------------ slots
@@ -305,7 +305,7 @@ class Rknn3Backend(Backend):
         route = self.routes[(slot.core or 0) % len(self.routes)]
         with self._lock:
             if self._closed:
-                raise RuntimeError("the RKNPU3 backend is closed")
+                raise BackendClosedError("the RKNPU3 backend is closed")
             context, self._origin = (
                 (self._origin, None)
                 if self._origin is not None and self._origin.route == route

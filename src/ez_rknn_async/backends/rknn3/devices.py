@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
+from ...errors import RKNNError
 from .abi import Abi
 from .library import check
 
@@ -63,9 +64,11 @@ def find_devices(lib: Any, abi: Abi) -> list[Device]:
 def select_devices(found: Sequence[Device], wanted: Optional[Sequence[str]]) -> list[Device]:
     """The devices ``device_id`` names (all found when it is None), in its order."""
     if not found:
-        raise RuntimeError(
+        raise RKNNError(
             "no RKNPU3 device found (rknn3_find_devices listed none): check the card, its "
-            "driver and that rknn3_transfer_proxy (or rknn3-server on RK3572) is running"
+            "driver and that rknn3_transfer_proxy (or rknn3-server on RK3572) is running",
+            -10,
+            "RKNN3_ERR_DEVICE_UNAVAILABLE",
         )
     if wanted is None:
         return list(found)

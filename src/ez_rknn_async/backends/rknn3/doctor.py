@@ -22,6 +22,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Optional
 
+from ...errors import RuntimeNotFoundError
 from . import library
 from .abi import CONTEXT_TYPE, Query, error_name
 from .devices import find_devices
@@ -167,7 +168,7 @@ def collect(
                     "(rknn3-server on RK3572)",
                 }
             )
-    except library.Runtime3NotFoundError as exc:
+    except RuntimeNotFoundError as exc:
         if environ.get(library.ENV_VAR, "").strip():
             problems.append({"what": exc.what, "fix": exc.fix})
     except Exception as exc:  # a doctor reports, it does not crash

@@ -16,9 +16,8 @@ import re
 from collections.abc import Mapping
 from typing import Callable, Optional
 
-from ...errors import RKNNError, RunTimeoutError
+from ...errors import RKNNError, RuntimeNotFoundError, RunTimeoutError, UnsupportedRuntimeError
 from ..native import LibraryFinder, NativeLibrary, Signature
-from ..rknn.library import RuntimeNotFoundError
 from .abi import ABIS, CONTEXT_TYPE, ERRORS, SUPPORTED, TIMEOUT, Abi, error_name
 
 __all__ = [
@@ -26,8 +25,7 @@ __all__ = [
     "FIX",
     "SYSTEM_CANDIDATES",
     "SIGNATURES",
-    "Runtime3NotFoundError",
-    "UnsupportedRuntimeError",
+    "unsupported",
     "Library3",
     "candidates",
     "load_library",
@@ -52,24 +50,13 @@ FIX = (
 )
 
 
-class Runtime3NotFoundError(RuntimeNotFoundError):
-    """No loadable librknn3_api: ``what`` was tried, ``fix`` says what to do."""
-
-    def __init__(self, what: str) -> None:
-        RKNNError.__init__(self, f"{what}. Fix: {FIX}.", -10, "RKNN3_ERR_DEVICE_UNAVAILABLE")
-        self.what = what
-        self.fix = FIX
-
-
-class UnsupportedRuntimeError(RKNNError):
-    """The library is librknn3_api, but of an ABI version this binding does not know."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(
-            f"{message}; supported librknn3_api ABI versions: {', '.join(SUPPORTED)}",
-            -1,
-            "RKNN3_ERR_FAIL",
-        )
+def unsupported(message: str) -> UnsupportedRuntimeError:
+    """The error for a librknn3_api of an ABI this binding does not know (naming the known)."""
+    return UnsupportedRuntimeError(
+        f"{message}; supported librknn3_api ABI versions: {', '.join(SUPPORTED)}",
+        -1,
+        "RKNN3_ERR_FAIL",
+    )
 
 
 _ctx = CONTEXT_TYPE
@@ -132,7 +119,7 @@ def detect_abi(has: Callable[[str], bool], path: str) -> Abi:
     found = [abi for abi in ABIS.values() if has(abi.marker)]
     if len(found) != 1:
         markers = ", ".join(f"{abi.marker} ({abi.version})" for abi in ABIS.values())
-        raise UnsupportedRuntimeError(
+        raise unsupported(
             f"{path} exports {'none' if not found else 'all'} of the version markers {markers}, "
             "so its ABI version is unknown"
         )
@@ -175,5 +162,7 @@ def load_library(
     environ = {ENV_VAR: path} if path else environ
     library, why = _FINDER.load(Library3, environ)
     if library is None:
-        raise Runtime3NotFoundError(f"librknn3_api not found ({why})")
+        raise RuntimeNotFoundError(
+            f"librknn3_api not found ({why})", FIX, -10, "RKNN3_ERR_DEVICE_UNAVAILABLE"
+        )
     return library
