@@ -21,6 +21,7 @@ from ez_rknn_async import (
     InferenceError,
     InferenceSession,
     RKNNError,
+    SessionBrokenError,
     SessionClosedError,
     make_provider_options,
 )
@@ -334,6 +335,42 @@ def test_close_is_idempotent_and_every_later_call_raises(case):
         with pytest.raises(SessionClosedError):
             call()
     assert sess.input_names == ["a", "b"]  # description stays readable
+
+
+def test_a_hung_inference_at_close_breaks_the_session_and_nothing_is_lost(case, monkeypatch):
+    """close() returns at its deadline although one inference never returns: the inference's
+    callback gets the error, the backend is not freed under it, every later call raises."""
+    sess = case.open(schedule=[0, 1])
+    engine = sess._engine
+    runner_type = type(engine._workers[0].runner)
+    entered, release = threading.Event(), threading.Event()
+    real_run = runner_type.run
+
+    def hang_once(self, inputs, indices):
+        if not entered.is_set():
+            entered.set()
+            release.wait(TIMEOUT)
+        return real_run(self, inputs, indices)
+
+    monkeypatch.setattr(runner_type, "run", hang_once)
+    errors, delivered = [], threading.Event()
+    sess.run_async(None, feed(), lambda results, data, err: (errors.append(err), delivered.set()))
+    assert entered.wait(TIMEOUT)
+    with pytest.warns(RuntimeWarning, match="leaked on purpose"):
+        sess.close(timeout=0.2)
+    assert delivered.wait(TIMEOUT) and "abandoned" in errors[0]
+    with pytest.raises(SessionBrokenError):
+        sess.run(None, feed())
+    release.set()
+    threads = [worker.thread for worker in engine._workers] + [engine._callbacks.thread]
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert not any(thread.is_alive() for thread in threads) and len(errors) == 1
+    # Free by hand what close() leaked on purpose, now that nothing runs inside it (the
+    # emulator fixtures check that nothing is left).
+    for worker in engine._workers:
+        worker.runner.close()
+    sess._backend.close()
 
 
 # -- the fake itself -----------------------------------------------------------------------------
