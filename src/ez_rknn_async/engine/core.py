@@ -334,7 +334,7 @@ class Engine:
         )
         with self._lock:
             self._state = State.BROKEN
-        warnings.warn(self._refusal, RuntimeWarning, stacklevel=4)
+        warnings.warn(self._refusal, RuntimeWarning, stacklevel=5)  # session.close's caller
 
     def _check_open(self) -> None:
         if self._state is not State.OPEN:
@@ -418,7 +418,7 @@ def _slot_stats(worker: Worker, now: float) -> SlotStats:
 
 def _check_timeout(timeout: Any) -> float:
     if timeout is None:
-        return DEFAULT_CLOSE_TIMEOUT_S
+        return lifecycle.DEFAULT_CLOSE_TIMEOUT_S  # read now: one knob for close() and exit
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(
             f"close(timeout=) must be a number of seconds, got {type(timeout).__name__}"
