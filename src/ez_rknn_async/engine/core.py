@@ -32,8 +32,8 @@ from ..backends.base import Runner, SlotSpec
 from ..errors import SessionBrokenError, SessionClosedError, SubmitTimeoutError
 from . import lifecycle
 from .admission import CALLBACK_BACKLOG, Admission, SpaceWaiter
-from .lifecycle import DEFAULT_CLOSE_TIMEOUT_S, State, join_until
-from .stats import SessionStats, SlotStats
+from .lifecycle import DEFAULT_CLOSE_TIMEOUT_S, State, close_timeout, join_until
+from .stats import SessionStats, snapshot
 from .tasks import Task
 from .workers import Slot, Worker, worker_loop
 
@@ -184,24 +184,8 @@ class Engine:
         if self._inherited:
             self.check_open()  # a parent thread may have held the lock at fork()
         with self._lock:
-            admission = self._admission
-            now = time.monotonic()
-            slots = tuple(_slot_stats(worker, now) for worker in self._workers)
-            return SessionStats(
-                state=self._state.value,
-                queued=len(admission.queue),
-                peak_queued=admission.peak,
-                running=sum(slot.state != "idle" for slot in slots),
-                callback_backlog=self._callbacks.backlog,
-                waiting_submitters=admission.waiters,
-                submitted=admission.submitted,
-                inline_runs=self._inline,
-                completed=sum(slot.completed for slot in slots),
-                failed=sum(slot.failed for slot in slots),
-                queue_wait_s=admission.wait_total,
-                queue_waits=admission.waits,
-                queue_wait_peak_s=admission.wait_peak,
-                slots=slots,
+            return snapshot(
+                self._state.value, self._admission, self._workers, self._inline, time.monotonic()
             )
 
     def timeout_error(self, api: str) -> SubmitTimeoutError:
@@ -223,7 +207,7 @@ class Engine:
         close is under way returns once that close is over (its caller may then free what the
         running tasks use); from an engine thread or the closing thread itself, at once.
         """
-        deadline = time.monotonic() + _check_timeout(timeout)
+        deadline = time.monotonic() + close_timeout(timeout)
         if self._inherited:
             return False
         if self.begin_close():
@@ -397,35 +381,6 @@ class Engine:
     def _on_engine_thread(self, thread: threading.Thread) -> bool:
         """Whether ``thread`` is one that ``close()`` joins (a worker or the callback thread)."""
         return thread is self._callbacks.thread or any(w.thread is thread for w in self._workers)
-
-
-_SLOT_STATES = {Slot.RUNNING: "running", Slot.BORROWED: "inline"}
-
-
-def _slot_stats(worker: Worker, now: float) -> SlotStats:
-    state = _SLOT_STATES.get(worker.state, "idle")
-    spec = worker.spec
-    return SlotStats(
-        index=spec.index,
-        core=spec.core,
-        core_mask=spec.core_mask,
-        state=state,
-        busy_s=worker.busy + (now - worker.since if state != "idle" else 0.0),
-        completed=worker.completed,
-        failed=worker.failed,
-    )
-
-
-def _check_timeout(timeout: Any) -> float:
-    if timeout is None:
-        return lifecycle.DEFAULT_CLOSE_TIMEOUT_S  # read now: one knob for close() and exit
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(
-            f"close(timeout=) must be a number of seconds, got {type(timeout).__name__}"
-        )
-    if not timeout >= 0:
-        raise ValueError(f"close(timeout=) must be >= 0 seconds, got {timeout}")
-    return float(timeout)
 
 
 def _message(exc: BaseException) -> str:

@@ -22,9 +22,16 @@ import os
 import threading
 import time
 import weakref
-from typing import Protocol
+from typing import Any, Protocol
 
-__all__ = ["State", "DEFAULT_CLOSE_TIMEOUT_S", "join_until", "register", "unregister"]
+__all__ = [
+    "State",
+    "DEFAULT_CLOSE_TIMEOUT_S",
+    "close_timeout",
+    "join_until",
+    "register",
+    "unregister",
+]
 
 #: How long ``close()`` (and interpreter exit, for all sessions together) waits for running
 #: inferences and callbacks before it abandons their threads and leaves the session BROKEN.
@@ -55,6 +62,20 @@ def register(engine: _Closable) -> None:
 
 def unregister(engine: _Closable) -> None:
     _LIVE.discard(engine)
+
+
+def close_timeout(timeout: Any) -> float:
+    """``close(timeout=)`` checked, in seconds; None: ``DEFAULT_CLOSE_TIMEOUT_S`` (read now, so
+    one setting serves close() and interpreter exit)."""
+    if timeout is None:
+        return DEFAULT_CLOSE_TIMEOUT_S
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(
+            f"close(timeout=) must be a number of seconds, got {type(timeout).__name__}"
+        )
+    if not timeout >= 0:
+        raise ValueError(f"close(timeout=) must be >= 0 seconds, got {timeout}")
+    return float(timeout)
 
 
 def join_until(thread: threading.Thread, deadline: float) -> bool:

@@ -8,10 +8,17 @@ snapshot is taken under the engine's lock, so its numbers agree with each other.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-__all__ = ["SessionStats", "SlotStats"]
+from .workers import Slot
+
+if TYPE_CHECKING:
+    from .admission import Admission
+    from .workers import Worker
+
+__all__ = ["SessionStats", "SlotStats", "snapshot"]
 
 
 @dataclass(frozen=True)
@@ -68,3 +75,43 @@ class SessionStats:
     queue_wait_peak_s: float
     #: Per slot, in slot order.
     slots: tuple[SlotStats, ...]
+
+
+_SLOT_STATES = {Slot.RUNNING: "running", Slot.BORROWED: "inline"}
+
+
+def snapshot(
+    state: str, admission: Admission, workers: Sequence[Worker], inline_runs: int, now: float
+) -> SessionStats:
+    """The record of an engine (its lock held by the caller)."""
+    slots = tuple(_slot(worker, now) for worker in workers)
+    return SessionStats(
+        state=state,
+        queued=len(admission.queue),
+        peak_queued=admission.peak,
+        running=sum(slot.state != "idle" for slot in slots),
+        callback_backlog=admission.callbacks.backlog,
+        waiting_submitters=admission.waiters,
+        submitted=admission.submitted,
+        inline_runs=inline_runs,
+        completed=sum(slot.completed for slot in slots),
+        failed=sum(slot.failed for slot in slots),
+        queue_wait_s=admission.wait_total,
+        queue_waits=admission.waits,
+        queue_wait_peak_s=admission.wait_peak,
+        slots=slots,
+    )
+
+
+def _slot(worker: Worker, now: float) -> SlotStats:
+    state = _SLOT_STATES.get(worker.state, "idle")
+    spec = worker.spec
+    return SlotStats(
+        index=spec.index,
+        core=spec.core,
+        core_mask=spec.core_mask,
+        state=state,
+        busy_s=worker.busy + (now - worker.since if state != "idle" else 0.0),
+        completed=worker.completed,
+        failed=worker.failed,
+    )
