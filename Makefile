@@ -6,8 +6,9 @@ STAMP  := $(VENV)/.installed-stamp
 # Boards run NumPy 1.x or 2.x: `make test` runs the suite on both.
 VENV1  := .venv-numpy1
 STAMP1 := $(VENV1)/.installed-stamp
-# nudenet ships the YOLOv8n 320n.onnx the demo and tests run; its own deps are not needed.
-NUDENET := nudenet
+# nudenet ships the YOLOv8n 320n.onnx the demo and tests run; rapidocr-onnxruntime the PP-OCRv4
+# models `ez-rknn compare` is tested on. Their own deps (opencv...) are not needed.
+MODEL_WHEELS := nudenet rapidocr-onnxruntime==1.4.4
 # The tests build a C emulator of the NPU runtime: they need a C compiler.
 NEED_GCC := @command -v gcc >/dev/null || (apt-get update -qq && apt-get install -y -qq gcc)
 
@@ -18,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test,dev]"
-	$(BIN)/python -m pip install --quiet --no-deps $(NUDENET)
+	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_WHEELS)
 	touch $@
 
 $(STAMP1): pyproject.toml Makefile
@@ -26,7 +27,7 @@ $(STAMP1): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV1)
 	$(VENV1)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV1)/bin/python -m pip install --quiet -e ".[test]" "numpy<2"
-	$(VENV1)/bin/python -m pip install --quiet --no-deps $(NUDENET)
+	$(VENV1)/bin/python -m pip install --quiet --no-deps $(MODEL_WHEELS)
 	touch $@
 
 demo: $(STAMP)
@@ -48,9 +49,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_engine.py
 	$(BIN)/python benchmarks/bench_rknn_emulator.py
+	$(BIN)/python benchmarks/bench_rknn3_emulator.py
 	$(BIN)/python benchmarks/bench_zero_copy.py
 	$(BIN)/python benchmarks/bench_vs_ztu.py
 	$(BIN)/python benchmarks/bench_native_sequence.py
+	$(BIN)/python benchmarks/bench_serve.py
 	$(BIN)/python benchmarks/soak.py --seconds 60
 
 clean:

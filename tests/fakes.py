@@ -61,16 +61,28 @@ def make_engine(
 
 
 class Gate:
-    """A runner function that blocks until ``open()``: lets a test hold workers busy."""
+    """A runner function that blocks until ``open()``: lets a test hold workers busy (a hung
+    inference, when the test closes the engine before opening the gate)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: float = 10.0) -> None:
         self.started = threading.Event()
         self._open = threading.Event()
+        self._entered = threading.Condition()
+        self.entered = 0  # calls that reached the gate
+        self.limit = limit  # the longest a call waits (a test that forgets to open ends anyway)
 
     def __call__(self, inputs, output_indices):
+        with self._entered:
+            self.entered += 1
+            self._entered.notify_all()
         self.started.set()
-        self._open.wait(10)
+        self._open.wait(self.limit)
         return [inputs[0] for _ in output_indices]
+
+    def wait_entered(self, n: int, timeout: float = 5.0) -> bool:
+        """Wait until ``n`` calls are blocked at (or went through) the gate."""
+        with self._entered:
+            return self._entered.wait_for(lambda: self.entered >= n, timeout)
 
     def open(self) -> None:
         self._open.set()

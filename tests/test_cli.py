@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 
 from ez_rknn_async.cli import main as cli_main
-from ez_rknn_async.cli.errors import ExitCode
+from ez_rknn_async.cli import report as cli_report
+from ez_rknn_async.cli.errors import ExitCode, explain
 from ez_rknn_async.cli.main import main
 from ez_rknn_async.cli.report import JSON_SCHEMA
+
+from onnx_models import broadcast_model, save
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LATENCY_KEYS = {"median", "avg", "min", "max", "p90", "p99"}
@@ -343,3 +346,36 @@ def test_subprocess_exit_codes_and_json(add_mul_path):
     )
     assert done.returncode == ExitCode.NOT_FOUND
     assert done.stderr.startswith("error: model not found: missing.onnx")
+
+
+def test_a_value_error_of_ours_keeps_its_traceback(capsys, add_mul_path, monkeypatch):
+    """Only typed errors print one line: a builtin ValueError outside the hand-over of the
+    user's model, options and feed is a bug, and must not pass for bad input."""
+
+    def broken_table(*args, **kwargs):
+        raise ValueError("a bug in the report")
+
+    monkeypatch.setattr(cli_report, "bench_table", broken_table)
+    with pytest.raises(ValueError, match="a bug in the report"):
+        main(["bench", add_mul_path, "--frames", "2", "--mode", "run"])
+    assert explain(ValueError("x")) is None and explain(TypeError("x")) is None
+
+
+def test_a_failed_inference_is_exit_1_with_the_runtimes_message(capsys, tmp_path):
+    """The user's feed passes our checks, the runtime fails: InferenceError, one line."""
+    path = save(tmp_path, "bcast.onnx", broadcast_model())
+    code, _, err = run_cli(capsys, "bench", path, "--shape", "a=2", "--shape", "b=3", "--frames", 1)
+    assert code == ExitCode.ERROR
+    assert err.startswith("error: onnxruntime failed on the inputs ['a', 'b']")
+    assert "hint: the runtime failed" in err and "Traceback" not in err
+
+
+def test_a_model_the_runtime_rejects_is_exit_1_with_a_model_hint(capsys, tmp_path):
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x01 not a model")
+    for command in ("info", "bench"):
+        code, out, err = run_cli(capsys, command, garbage)
+        assert code == ExitCode.ERROR and out == ""
+        first, hint = err.strip().splitlines()
+        assert first.startswith(f"error: onnxruntime rejected the model {garbage}")
+        assert hint.startswith("hint: check MODEL")

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from ez_rknn_async import NodeArg
+from ez_rknn_async import InferenceError, NodeArg
 from ez_rknn_async.cli.bench import (
     AsyncDriver,
     Budget,
@@ -252,7 +252,7 @@ def test_pipeline_latency_includes_the_frames_it_waits_behind():
 
 
 def test_async_driver_raises_the_callback_error():
-    with pytest.raises(RuntimeError, match="run_async failed: boom"):
+    with pytest.raises(InferenceError, match="run_async failed: boom"):
         measure(AsyncDriver(SlowSession(fail_at=2), FEED, depth=2), Budget(frames=4))
 
 

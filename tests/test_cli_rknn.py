@@ -31,7 +31,7 @@ def test_info_shows_the_rknn_backend_native_tensors_and_custom_string(npu, tmp_p
     doc = json.loads(capsys.readouterr().out)
     assert doc["backend"]["name"] == "rknn"
     assert doc["backend"]["reason"] == "the file name ends in .rknn"
-    assert doc["backend"]["providers"] == ["RKNNExecutionProvider"]
+    assert doc["backend"]["providers"] == ["RKNPU2ExecutionProvider"]
     assert doc["backend"]["workers"] == 3  # an RK3588 has three NPU cores
     assert doc["inputs"][0]["shape"] == [1, 3, 8, 8]  # NCHW for the user
     assert doc["native_inputs"][0]["shape"] == [1, 8, 8, 3]  # NHWC for the runtime

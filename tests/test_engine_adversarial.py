@@ -61,10 +61,22 @@ def test_concurrent_session_close_does_not_close_the_backend_under_a_running_tas
         memory_close()
 
     monkeypatch.setattr(sess._zero_copy, "close", rendezvous)
+    engine_close = sess._engine.close
+    in_engine_close = threading.Semaphore(0)
+
+    def entered_engine_close(*args):
+        in_engine_close.release()
+        return engine_close(*args)
+
+    monkeypatch.setattr(sess._engine, "close", entered_engine_close)
     closers = [threading.Thread(target=sess.close) for _ in range(2)]
     for closer in closers:
         closer.start()
-    time.sleep(0.2)  # give a wrongly early closer time to close the backend
+    for _ in closers:  # both closers are in engine.close, where they must wait for the task
+        assert in_engine_close.acquire(timeout=10)
+    for closer in closers:
+        closer.join(0.05)  # neither may return (nor free the backend) while the task runs
+        assert closer.is_alive()
     gate.set()
     for closer in closers:
         closer.join(10)

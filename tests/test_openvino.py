@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -131,3 +134,40 @@ def test_default_slots_are_the_requests_openvino_recommends(dynamic_path, add_mu
             assert len(sess.worker_slots) == want
         with InferenceSession(path, provider_options=openvino(schedule=[0])) as sess:
             assert len(sess.worker_slots) == 1
+
+
+CTRL_C_AFTER_A_SESSION = """
+import gc, signal, sys, threading
+import numpy as np
+from ez_rknn_async import InferenceSession, make_provider_options
+sys.path.insert(0, sys.argv[1])
+from onnx_models import add_mul_model
+
+sess = InferenceSession(add_mul_model(), provider_options=make_provider_options(backend="openvino"))
+a = np.ones((1, 4), np.float32)
+sess.run(None, [a, a])
+sess.close()
+holder = [sess]
+del sess
+dropper = threading.Thread(target=lambda: (holder.clear(), gc.collect()))  # OpenVINO frees here
+dropper.start()
+dropper.join()
+try:
+    signal.raise_signal(signal.SIGINT)
+except KeyboardInterrupt:
+    print("interrupted cleanly")
+"""
+
+
+def test_ctrl_c_after_an_openvino_session_is_a_keyboard_interrupt_not_a_crash():
+    """compile_model left the compiling thread's sigaltstack on memory OpenVINO freed later
+    (from the thread that dropped the session); Python's SIGINT handler ran there: SIGSEGV."""
+    tests = str(Path(__file__).resolve().parent)
+    result = subprocess.run(
+        [sys.executable, "-c", CTRL_C_AFTER_A_SESSION, tests],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert result.stdout.strip() == "interrupted cleanly"

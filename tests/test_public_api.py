@@ -7,16 +7,36 @@ import subprocess
 import sys
 
 import ez_rknn_async
-from ez_rknn_async import InferenceSession, SessionClosedError, SubmitTimeoutError
+from ez_rknn_async import InferenceSession, SessionClosedError, SubmitTimeoutError, errors
 
-PUBLIC = {
+ERRORS = {
+    "RKNNError",
+    "RuntimeNotFoundError",
+    "RunTimeoutError",
+    "UnsupportedRuntimeError",
+    "InferenceError",
+    "SessionClosedError",
+    "BackendClosedError",
+    "SessionBrokenError",
+    "SubmitTimeoutError",
+    "IOBindingError",
+    "BindingInFlightError",
+    "BindingClosedError",
+    "ValueReleasedError",
+    "ZeroCopyUnavailableError",
+}
+PUBLIC = ERRORS | {
     "InferenceSession",
     "make_provider_options",
-    "RKNNError",
-    "SessionClosedError",
-    "SubmitTimeoutError",
+    "make_rknpu2_provider_options",
+    "make_rknpu3_provider_options",
+    "RknnProviderOptions",
+    "Rknpu2ProviderOptions",
+    "Rknpu3ProviderOptions",
     "NodeArg",
     "ModelMetadata",
+    "SessionStats",
+    "SlotStats",
     "OrtValue",
     "IOBinding",
     "SessionIOBinding",
@@ -36,9 +56,10 @@ SESSION_METHODS = {
     "get_native_outputs": [],
     "get_modelmeta": [],
     "get_providers": [],
+    "get_provider_options": [],
     "io_binding": [],
-    "run_with_iobinding": ["iobinding", "run_options"],
-    "close": [],
+    "run_with_iobinding": ["iobinding", "run_options", "io_binding"],
+    "close": ["timeout"],
 }
 
 
@@ -46,6 +67,20 @@ def test_namespace_is_exactly_the_contract():
     assert set(ez_rknn_async.__all__) == PUBLIC
     for name in PUBLIC - {"__version__"}:
         assert getattr(ez_rknn_async, name).__module__ == "ez_rknn_async", name
+
+
+def test_every_typed_error_lives_in_errors_and_its_tree_is_documented():
+    assert set(errors.__all__) == ERRORS
+    for name in ERRORS:
+        cls = getattr(errors, name)
+        assert getattr(ez_rknn_async, name) is cls
+        assert issubclass(cls, RuntimeError), name
+        assert f"+-- {name} " in errors.__doc__, f"{name} is missing from the tree"
+    assert issubclass(errors.RuntimeNotFoundError, errors.RKNNError)
+    assert issubclass(errors.BackendClosedError, SessionClosedError)
+    binding_errors = ("BindingInFlightError", "BindingClosedError", "ValueReleasedError")
+    for name in (*binding_errors, "ZeroCopyUnavailableError"):
+        assert issubclass(getattr(errors, name), errors.IOBindingError)
 
 
 def test_session_signatures_follow_onnxruntime():

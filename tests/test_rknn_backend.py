@@ -128,7 +128,7 @@ def test_inputs_outputs_show_the_models_internal_types(npu):
             ("boxes", [1, 4, 3, 5], "tensor(int8)"),
             ("scores", [12], "tensor(float16)"),
         ]
-        assert sess.get_providers() == ["RKNNExecutionProvider"]
+        assert sess.get_providers() == ["RKNPU2ExecutionProvider"]
 
 
 def test_unnamed_tensors_get_positional_names(npu):

@@ -8,6 +8,7 @@ failing call), so every later run on every slot works and the emulator sees no b
 
 from __future__ import annotations
 
+import ctypes
 import signal
 
 import numpy as np
@@ -27,12 +28,28 @@ MODEL = EmuModel(
 SCHEDULE = make_provider_options(schedule=[0, 1, 2])
 
 
+class _SignalStack(ctypes.Structure):
+    """``stack_t`` of sigaltstack(2)."""
+
+    _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+
+
+_SS_DISABLE = 2
+
+
 @pytest.fixture
 def ctrl_c_raises():
-    """Python's own SIGINT handler (KeyboardInterrupt), whatever the test runner installed."""
+    """Python's own SIGINT handler (KeyboardInterrupt), whatever the test runner installed, run
+    on the thread's own stack. Why the latter: Python installs its handler with SA_ONSTACK, and
+    OpenVINO's CPU plugin (2026.4, earlier tests of this process) can leave the main thread's
+    alternate signal stack pointing at memory it freed: a signal then kills the process."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    off, saved = _SignalStack(flags=_SS_DISABLE), _SignalStack()
+    assert libc.sigaltstack(ctypes.byref(off), ctypes.byref(saved)) == 0
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, previous)
+    libc.sigaltstack(ctypes.byref(saved), None)
 
 
 def frames(count: int) -> list[np.ndarray]:

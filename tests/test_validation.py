@@ -131,8 +131,10 @@ def test_constructor_errors(tmp_path, add_mul_path):
         InferenceSession(add_mul_path, use_weight_from="other")
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x08\x01 not a model")
-    with pytest.raises(Exception, match="(?i)protobuf|invalid|load"):
+    with pytest.raises(ValueError, match="(?i)protobuf|invalid|load") as info:
         InferenceSession(str(garbage))
+    assert str(garbage) in str(info.value)
+    assert type(info.value.__cause__).__module__.startswith("onnxruntime")
 
 
 def test_every_call_raises_after_close(add_mul_path):

@@ -10,18 +10,18 @@ import gc
 import os
 import random
 import threading
-import time
 from typing import Any
 
 import numpy as np
 import pytest
 
-from ez_rknn_async import InferenceSession, OrtValue, SessionClosedError
+from ez_rknn_async import InferenceSession, OrtValue, SessionClosedError, ValueReleasedError
 from ez_rknn_async.backends.rknn.abi import TensorFormat
 from ez_rknn_async.backends.rknn.context import Context
 from ez_rknn_async.backends.rknn.library import RKNNError
 from ez_rknn_async.backends.rknn.memory import NativeLayout, RknnBuffer
 
+from fakes import wait_for
 from rknn_emu import EmuModel, EmuTensor
 
 pytest_plugins = ("rknn_fixtures",)
@@ -189,6 +189,12 @@ def test_a_failed_binding_run_unpins_and_the_binding_runs_again(npu, api):
         assert npu.live_mems == 0 and npu.violations == 0
 
 
+def pinned(value: OrtValue):
+    """A predicate: a run has pinned the value's buffer (it may be released under it now)."""
+    buffer = value._buffer
+    return lambda: buffer._pins > 0
+
+
 def test_values_released_and_collected_mid_run_free_after_it(npu):
     npu.use("rk3588", compute_us=20000)
     with InferenceSession(MODEL.data(), provider_options=THREE_CORES) as sess:
@@ -197,13 +203,13 @@ def test_values_released_and_collected_mid_run_free_after_it(npu):
         binding.bind_ortvalue_input("image", value)
         busy = [sess.submit(None, complete(sess)) for _ in range(2)]  # the other cores
         future = sess.submit(None, binding)
-        time.sleep(0.005)
+        assert wait_for(pinned(value))  # the run holds it now
         value.release()
         binding.close()  # frees its own output after the run
         del value
         gc.collect()
         (score,) = future.result(10)
-        with pytest.raises(RuntimeError, match="released"):
+        with pytest.raises(ValueReleasedError, match="released"):
             score.numpy()
         for other in busy:
             other.result(10)
@@ -236,7 +242,7 @@ def test_stress_random_releases_across_three_cores(npu):
             for future in futures:
                 try:
                     future.result(10)
-                except RuntimeError as exc:
+                except ValueReleasedError as exc:
                     assert "released" in str(exc)
     assert npu.violations == 0
 
@@ -272,20 +278,25 @@ def test_close_while_other_threads_read_values(npu):
     sess = InferenceSession(MODEL.data(), provider_options=THREE_CORES)
     values = [image_value(sess) for _ in range(20)]
     stop = threading.Event()
+    reading = threading.Barrier(4)  # three readers, each through every value once, and us
 
     def read() -> None:
+        first = True
         while True:
             for value in values:
                 try:
                     np.testing.assert_array_equal(value.numpy(), IMAGE)
-                except (SessionClosedError, RuntimeError):
+                except (SessionClosedError, ValueReleasedError):
                     if stop.is_set():
                         return
+            if first:
+                first = False
+                reading.wait(10)
 
     readers = [threading.Thread(target=read) for _ in range(3)]
     for reader in readers:
         reader.start()
-    time.sleep(0.03)
+    reading.wait(10)
     sess.close()
     stop.set()
     for reader in readers:

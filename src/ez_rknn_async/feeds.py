@@ -84,13 +84,19 @@ def normalize_feed(input_feed: Any, inputs: Sequence[TensorSpec]) -> list[np.nda
 
 
 def _from_mapping(feed: Mapping, inputs: Sequence[TensorSpec]) -> list[Any]:
+    """Values in input order. Every input must be given and nothing else (onnxruntime raises
+    ``Invalid input name`` for an extra key: a typo must not pass silently)."""
     try:
-        return [feed[spec.name] for spec in inputs]
+        values = [feed[spec.name] for spec in inputs]
     except KeyError:
-        pass
+        values = None
+    if values is not None and len(feed) == len(inputs):
+        return values
     names = [spec.name for spec in inputs]
     missing = [name for name in names if name not in feed]
     unknown = [name for name in feed if name not in names]
+    if not missing:
+        raise ValueError(f"Unknown input name(s) {unknown}; the model's inputs are {names}")
     message = f"Required inputs {missing} are missing from input feed {list(feed)}"
     if unknown:
         message += f"; unknown input names {unknown}; the model's inputs are {names}"
@@ -98,9 +104,22 @@ def _from_mapping(feed: Mapping, inputs: Sequence[TensorSpec]) -> list[Any]:
 
 
 def check_array(value: Any, spec: TensorSpec, *, role: str = "input") -> np.ndarray:
-    """``value`` as an array the backend accepts for ``spec``, or a ValueError/TypeError."""
+    """``value`` as an array the backend accepts for ``spec``, or a ValueError/TypeError.
+
+    None and bare bools are refused as onnxruntime refuses them (None would become NaN and True
+    1.0 through ``np.asarray``)."""
     if isinstance(value, np.ndarray):
         array = value
+    elif value is None:
+        raise ValueError(
+            f"{role} {spec.name!r} is None; give it an array of {format_shape(spec.shape)} "
+            f"{spec.dtype} (onnxruntime refuses None as well)"
+        )
+    elif isinstance(value, (bool, np.bool_)):
+        raise TypeError(
+            f"{role} {spec.name!r}: got the bool {bool(value)}, not a tensor; pass an array of "
+            f"{format_shape(spec.shape)} {spec.dtype} (onnxruntime refuses a bare bool as well)"
+        )
     else:
         try:
             array = np.asarray(value, dtype=spec.dtype)

@@ -8,18 +8,30 @@ the session is created, so the two paths cannot drift apart.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Optional
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Optional, TypedDict, Union, cast
 
 __all__ = [
     "ProviderOptions",
+    "Rknpu2ProviderOptions",
+    "RknnProviderOptions",
+    "RKNPU2_PROVIDER",
+    "RKNN_PROVIDER_NAMES",
     "make_provider_options",
+    "make_rknpu2_provider_options",
+    "make_rknpu3_provider_options",
+    "Rknpu3ProviderOptions",
     "parse_provider_options",
     "parse_bool",
     "TP_MODE_MASKS",
     "SUPPORTED_KEYS",
 ]
+
+#: What ``get_providers()`` names the librknnrt backend (as the original 0.11 does).
+RKNPU2_PROVIDER = "RKNPU2ExecutionProvider"
+#: Names ``providers=[...]`` accepts for it (the second is the original's older name).
+RKNN_PROVIDER_NAMES = (RKNPU2_PROVIDER, "RKNNExecutionProvider")
 
 #: tp_mode strings and the core mask each stands for (SPEC.md 3.2).
 TP_MODE_MASKS: dict[str, int] = {
@@ -40,10 +52,19 @@ _LAYOUTS = {
     "any": "any",
 }
 _ZERO_COPY_LAYOUTS = ("nhwc", "native")
-_BACKENDS = ("rknn", "onnxruntime", "openvino")
+_BACKENDS = ("rknn", "rknn3", "onnxruntime", "openvino")
 _PRECISIONS = ("f32", "f16", "bf16")
 #: Keys for which None means "not set".
-_OPTIONAL = ("schedule", "tp_mode", "custom_op_paths", "backend", "precision")
+_OPTIONAL = (
+    "schedule",
+    "tp_mode",
+    "custom_op_paths",
+    "backend",
+    "precision",
+    "runtime_library",
+    "device_id",
+    "weight_path",
+)
 _TRUE = {"1", "true", "on", "yes"}
 _FALSE = {"0", "false", "off", "no"}
 #: Accepted spellings of a key -> canonical key.
@@ -71,13 +92,62 @@ class ProviderOptions:
     custom_op_default_path: bool = False
     backend: Optional[str] = None
     precision: Optional[str] = None
+    # RKNPU3 (librknn3_api), see make_rknpu3_provider_options
+    runtime_library: Optional[str] = None
+    device_id: Optional[tuple[str, ...]] = None
+    weight_path: Optional[str] = None
+    priority: int = 0
+    run_timeout_ms: int = 0
+    run_core_mask: Union[str, int] = "auto"
 
     @property
     def tp_mask(self) -> Optional[int]:
         """The core mask of ``tp_mode`` (None when tp_mode is not set)."""
         return None if self.tp_mode is None else TP_MODE_MASKS[self.tp_mode]
 
+    def as_dict(self, *, rknpu3: bool = False) -> dict[str, Any]:
+        """Plain values (lists, not tuples) for ``get_provider_options()``; unset keys left out,
+        and the RKNPU3 keys unless ``rknpu3`` (they mean nothing to other backends)."""
+        plain = {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(self).items()}
+        return {
+            key: v
+            for key, v in plain.items()
+            if (v is not None or key not in _OPTIONAL) and (rknpu3 or key not in _RKNPU3_KEYS)
+        }
 
+
+class Rknpu2ProviderOptions(TypedDict, total=False):
+    """The dict ``make_provider_options`` returns, for type checkers (the original 0.11's name;
+    ``backend`` and ``precision`` are ours)."""
+
+    layout: str
+    max_queue_size: int
+    threads_per_core: int
+    submit_timeout_ms: int
+    sequential_callbacks: bool
+    schedule: list[int]
+    tp_mode: str
+    enable_pacing: bool
+    disable_dup_context: bool
+    custom_op_paths: list[str]
+    custom_op_default_path: bool
+    zero_copy_layout: str
+    backend: str
+    precision: str
+
+
+#: The original 0.11's other name for the same dict.
+RknnProviderOptions = Rknpu2ProviderOptions
+
+
+_RKNPU3_KEYS = (
+    "runtime_library",
+    "device_id",
+    "weight_path",
+    "priority",
+    "run_timeout_ms",
+    "run_core_mask",
+)
 SUPPORTED_KEYS: tuple[str, ...] = tuple(ProviderOptions.__dataclass_fields__) + tuple(_ALIASES)
 
 
@@ -159,6 +229,49 @@ def _parse_paths(key: str, value: Any) -> tuple[str, ...]:
         raise ValueError(f"provider option {key!r} must be a path or a list of paths") from None
 
 
+def _parse_path(key: str, value: Any) -> str:
+    try:
+        return os.fsdecode(os.fspath(value))
+    except TypeError:
+        raise ValueError(f"provider option {key!r} must be a path, got {value!r}") from None
+
+
+def _parse_device_ids(value: Any) -> tuple[str, ...]:
+    """One id, ids joined by ``#`` (as in the RKNN3 multicard demo), or a list of ids."""
+    items = value.split("#") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+        raise ValueError(
+            f"provider option 'device_id' must be a string or a list of strings, got {value!r}"
+        )
+    ids = tuple(item.strip() for item in items if item.strip())
+    if not ids:
+        raise ValueError("provider option 'device_id' must name at least one device")
+    return ids
+
+
+def _parse_core_mask(value: Any) -> Union[str, int]:
+    """ "auto" (groups of the model's core count), or a mask as an int or a string ("0xff")."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        mask = int(value, 0) if isinstance(value, str) else _parse_int("run_core_mask", value)
+    except ValueError:
+        mask = -1
+    if not 0 < mask <= 0xFFFFFFFF:
+        raise ValueError(
+            "provider option 'run_core_mask' must be 'auto' or a non-zero 32-bit core mask "
+            f"(RKNPU3 rejects AUTO = 0), got {value!r}"
+        )
+    return mask
+
+
+def _parse_non_negative(key: str, value: Any) -> int:
+    number = _parse_int(key, value)
+    if not 0 <= number <= 0xFFFFFFFF:
+        raise ValueError(f"provider option {key!r} must be >= 0, got {number}")
+    return number
+
+
 def _choices(names: tuple[str, ...]) -> dict[str, str]:
     return {name: name for name in names}
 
@@ -180,6 +293,12 @@ _PARSERS = {
     "custom_op_default_path": lambda v: parse_bool("custom_op_default_path", v),
     "backend": lambda v: _parse_choice("backend", v, _choices(_BACKENDS)),
     "precision": lambda v: _parse_choice("precision", v, _choices(_PRECISIONS)),
+    "runtime_library": lambda v: _parse_path("runtime_library", v),
+    "device_id": _parse_device_ids,
+    "weight_path": lambda v: _parse_path("weight_path", v),
+    "priority": lambda v: _parse_int("priority", v),
+    "run_timeout_ms": lambda v: _parse_non_negative("run_timeout_ms", v),
+    "run_core_mask": _parse_core_mask,
 }
 
 
@@ -238,7 +357,7 @@ def make_provider_options(
     backend: Optional[str] = None,
     precision: Optional[str] = None,
     **unknown: Any,
-) -> dict[str, Any]:
+) -> Rknpu2ProviderOptions:
     """Build the ``provider_options`` dict for ``InferenceSession``, validating every value now.
 
     Unknown keywords and bad values raise ValueError naming the key. Keys whose value is None
@@ -248,7 +367,7 @@ def make_provider_options(
     if unknown:
         raise ValueError(
             f"Unknown provider_options key: {sorted(unknown)[0]!r}. Supported keys: "
-            + ", ".join(k for k in SUPPORTED_KEYS if k not in _ALIASES)
+            + ", ".join(k for k in SUPPORTED_KEYS if k not in _ALIASES and k not in _RKNPU3_KEYS)
         )
     raw: dict[str, Any] = {
         "layout": layout,
@@ -273,4 +392,63 @@ def make_provider_options(
         result["schedule"] = list(result["schedule"])
     if "custom_op_paths" in result:
         result["custom_op_paths"] = list(result["custom_op_paths"])
-    return result
+    return cast(Rknpu2ProviderOptions, result)
+
+
+#: The original 0.11's name for ``make_provider_options`` (RKNPU2 is librknnrt's NPU family).
+make_rknpu2_provider_options = make_provider_options
+
+
+def provider_options_of(
+    providers: Sequence[str], options: ProviderOptions, *, rknpu3: bool = False
+) -> dict[str, Any]:
+    """onnxruntime's ``get_provider_options()`` shape: ``{provider: {option: value}}``; the
+    engine's options belong to the provider that runs (the first)."""
+    plain = options.as_dict(rknpu3=rknpu3)
+    return {name: plain if i == 0 else {} for i, name in enumerate(providers)}
+
+
+class Rknpu3ProviderOptions(TypedDict, total=False):
+    """The RKNPU3 keys of ``provider_options`` (``make_rknpu3_provider_options``)."""
+
+    runtime_library: str
+    device_id: Union[str, list[str]]
+    weight_path: str
+    priority: int
+    run_timeout_ms: int
+    run_core_mask: Union[str, int]
+
+
+def make_rknpu3_provider_options(
+    *,
+    runtime_library: Optional[str] = None,
+    device_id: Union[str, Sequence[str], None] = None,
+    weight_path: Optional[str] = None,
+    priority: int = 0,
+    run_timeout_ms: int = 0,
+    run_core_mask: Union[str, int] = "auto",
+) -> Rknpu3ProviderOptions:
+    """Provider options for RKNPU3 models (librknn3_api), validated now; None values are left
+    out. Merge with ``make_provider_options(...)`` for the engine's keys.
+
+    ``runtime_library``: librknn3_api path (else ``EZ_RKNN3_RUNTIME_LIB``, else the system's).
+    ``device_id``: one device id, a list, or ids joined by ``#``; None: every device found.
+    ``weight_path``: the ``.weight`` file (default: the model path's, same basename; required
+    for a model given as bytes). ``run_timeout_ms``: 0 = none; a run past it raises
+    ``RunTimeoutError``. ``run_core_mask``: "auto" (every group of the model's exported core
+    count on each device) or a mask with exactly that many bits.
+    """
+    raw = {
+        "runtime_library": runtime_library,
+        "device_id": device_id,
+        "weight_path": weight_path,
+        "priority": priority,
+        "run_timeout_ms": run_timeout_ms,
+        "run_core_mask": run_core_mask,
+    }
+    raw = {key: value for key, value in raw.items() if value is not None}
+    parsed = parse_provider_options(raw)
+    result: dict[str, Any] = {key: getattr(parsed, key) for key in raw}
+    if "device_id" in result:
+        result["device_id"] = list(result["device_id"])
+    return Rknpu3ProviderOptions(**result)  # type: ignore[typeddict-item]

@@ -18,13 +18,14 @@ import numpy as np
 from .backends import Backend, ModelSource, load_backend
 from .engine.admission import SpaceWaiter
 from .engine.aio import submit_async
-from .engine.core import Engine, EngineConfig, EngineStats, State
+from .engine.core import Engine, EngineConfig, State
 from .engine.layout import plan_slots, task_routes
 from .engine.pipeline import Pipeline
+from .engine.stats import SessionStats
 from .errors import SessionClosedError
 from .feeds import copy_for_async, normalize_feed, resolve_outputs, run_option, split_batch
 from .iobinding import SessionIOBinding, SessionMemory, launch
-from .options import ProviderOptions, parse_bool, parse_provider_options
+from .options import ProviderOptions, parse_bool, parse_provider_options, provider_options_of
 from .tensors import ModelMetadata, NodeArg
 
 __all__ = ["InferenceSession"]
@@ -69,9 +70,23 @@ class InferenceSession:
             providers=providers,
             share_with=None if use_weight_from is None else use_weight_from._backend,
         )
+        self._start(backend, options, use_weight_from)
+
+    @classmethod
+    def _on_backend(cls, backend: Backend, provider_options: Any = None) -> InferenceSession:
+        """A session on a backend made by the caller (``testing.FakeBackend``, a backend under
+        development): everything but the model loading. The session closes the backend."""
+        session = cls.__new__(cls)
+        session._engine = None
+        session._start(backend, parse_provider_options(provider_options), None)
+        return session
+
+    def _start(
+        self, backend: Backend, options: ProviderOptions, weights_from: Optional[InferenceSession]
+    ) -> None:
         self._backend: Backend = backend
         self._options = options
-        self._weights_from = use_weight_from  # the owner of shared weights outlives this session
+        self._weights_from = weights_from  # the owner of shared weights outlives this session
         self._zero_copy = SessionMemory(backend)
         self._engine = _start_engine(backend, options)
         self._pipeline = Pipeline()
@@ -168,15 +183,28 @@ class InferenceSession:
         self._check_open()
         return SessionIOBinding(self)
 
-    def run_with_iobinding(self, iobinding: SessionIOBinding, run_options: Any = None) -> None:
+    def run_with_iobinding(
+        self,
+        iobinding: Optional[SessionIOBinding] = None,
+        run_options: Any = None,
+        *,
+        io_binding: Optional[SessionIOBinding] = None,
+    ) -> None:
         """Run one inference on the values bound in ``iobinding``; the outputs land in its bound
         output values. Like ``run``, it takes a worker slot (on the calling thread when one is
-        idle), so it never races the workers."""
+        idle), so it never races the workers. ``io_binding=`` is the original library's name
+        for the same argument (``iobinding`` is onnxruntime's)."""
         engine = self._check_open()
+        if (iobinding is None) == (io_binding is None):
+            raise TypeError(
+                "run_with_iobinding takes one IOBinding, as iobinding (onnxruntime's name) or "
+                "io_binding (the original's)"
+            )
+        binding = iobinding if iobinding is not None else io_binding
         _reject_dispatch_batch("run_with_iobinding", run_options)
         launch(
             self._zero_copy,
-            iobinding,
+            binding,
             "run_with_iobinding",
             lambda flight: engine.run_inline(flight, (), method=_RUN_BINDING),
         )
@@ -207,8 +235,11 @@ class InferenceSession:
     def get_providers(self) -> list[str]:
         return list(self._backend.providers)
 
-    def get_provider_options(self) -> ProviderOptions:
-        return self._options
+    def get_provider_options(self) -> dict[str, dict[str, Any]]:
+        """onnxruntime's shape, ``{provider: {option: value}}`` with plain values: the options
+        in force (validated, defaults filled in) under the provider that runs."""
+        rknpu3 = self._backend.name == "rknn3"
+        return provider_options_of(self.get_providers(), self._options, rknpu3=rknpu3)
 
     @property
     def input_names(self) -> list[str]:
@@ -228,15 +259,22 @@ class InferenceSession:
         """The worker slots the engine runs (core, core mask, threads), for tools and tests."""
         return self._require_engine().slot_specs
 
-    def stats(self) -> EngineStats:
-        """A snapshot of the engine's queue and counters."""
+    def stats(self) -> SessionStats:
+        """A snapshot of the engine: state, queue, per-slot busy time and counts, queue waits,
+        totals (``SessionStats``; works on a closed or broken session too)."""
         return self._require_engine().stats()
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def close(self) -> None:
+    def close(self, timeout: Optional[float] = None) -> None:
         """Stop the workers, fail queued tasks with ``SessionClosedError``, deliver pending
-        callbacks, release the backend. Idempotent; every later call raises at once."""
+        callbacks, release the backend. Idempotent; every later call raises at once.
+
+        ``timeout`` (seconds, default 10) bounds the whole close: an inference or a callback
+        still running then is abandoned, not freed under. Its worker, runner and the backend are
+        leaked on purpose, its task gets ``SessionBrokenError`` (a ``run_async`` callback is
+        called with that error), a ``RuntimeWarning`` says so once, ``stats().state`` is
+        ``"broken"`` and every later call raises ``SessionBrokenError``."""
         engine = self._engine
         if engine is None or engine.state is not State.OPEN:
             return
@@ -244,9 +282,11 @@ class InferenceSession:
         # First: it wakes a run_pipeline caller blocked on a full queue. Only the call that
         # closed the engine goes on, so a concurrent close() never frees the backend under a
         # running task.
-        if not engine.close():
+        if not engine.close(timeout):
             return
         self._pipeline.discard()
+        if engine.state is State.BROKEN:
+            return  # a thread may still be inside the backend: never free it
         try:
             self._backend.close()
         finally:
@@ -262,6 +302,12 @@ class InferenceSession:
         if getattr(self, "_engine", None) is not None:
             self.close()
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(
+            f"cannot pickle {type(self).__name__!r} object: a session owns worker threads and "
+            "native contexts; create one in each process from the model path"
+        )
+
     def __repr__(self) -> str:
         state = "closed" if self._engine is None else self._engine.state.value
         return f"<InferenceSession backend={self._backend.name!r} {state}>"
@@ -275,8 +321,7 @@ class InferenceSession:
 
     def _check_open(self) -> Engine:
         engine = self._require_engine()
-        if engine.state is not State.OPEN:
-            raise SessionClosedError("the session is closed")
+        engine.check_open()
         return engine
 
     def _output_indices(self, output_names: Any) -> tuple[int, ...]:
@@ -396,6 +441,7 @@ def _start_engine(backend: Any, options: ProviderOptions) -> Engine:
                 routes=task_routes(options),
                 pacing_cores=max(1, len(distinct - {None})),
             ),
+            retain=(backend,),
         )
     except BaseException:
         for runner in reversed(runners):

@@ -16,15 +16,15 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["Emulator", "build", "probe_layout", "HERE"]
+__all__ = ["Emulator", "build", "build_once", "gcc", "probe_layout", "HERE"]
 
 HERE = Path(__file__).resolve().parent
-_SOURCES = ("rknn_emu_api.h", "emulator.c", "custom_op_plugin.c", "build.py")
+_SOURCES = ("rknn_emu_api.h", "emu_support.h", "emulator.c", "custom_op_plugin.c", "build.py")
 _CFLAGS = ("-O2", "-g", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared", "-pthread")
 #: Plugin file name -> extra gcc flags.
 _PLUGINS = {
@@ -58,46 +58,60 @@ def _digest() -> str:
     return sha.hexdigest()[:16]
 
 
-def _gcc(args: Sequence[str], cwd: Path) -> None:
+def gcc(args: Sequence[str], cwd: Path) -> None:
     result = subprocess.run(["gcc", *args], cwd=cwd, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"gcc {' '.join(args)} failed:\n{result.stderr}")
 
 
-def build(out_root: Optional[Path] = None) -> Emulator:
-    """Compile into ``build/<hash>/`` unless that build exists; safe to call from many processes."""
-    out_root = out_root or HERE / "build"
-    final = out_root / _digest()
-    result = Emulator(final / "librknnrt.so", final / "librknnmrt.so", final / "plugins")
-    if result.library.exists():
-        return result
-    out_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix="staging-", dir=out_root))
+def build_once(final: Path, make: Callable[[Path], None]) -> None:
+    """Run ``make(staging)`` and move the folder to ``final`` unless ``final`` exists; safe to
+    call from many processes (the first rename wins, a loaded library is never overwritten)."""
+    if final.exists():
+        return
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="staging-", dir=final.parent))
     try:
-        (staging / "plugins").mkdir()
-        source = str(HERE / "emulator.c")
-        _gcc([*_CFLAGS, "-o", str(staging / "librknnrt.so"), source, "-lm"], HERE)
-        variant = ["-DEMU_ZERO_COPY_ONLY", "-Wno-unused-function"]
-        _gcc([*_CFLAGS, *variant, "-o", str(staging / "librknnmrt.so"), source, "-lm"], HERE)
-        for name, flags in _PLUGINS.items():
-            target = str(staging / "plugins" / name)
-            _gcc([*_CFLAGS, *flags, "-o", target, str(HERE / "custom_op_plugin.c")], HERE)
+        make(staging)
         with contextlib.suppress(OSError):  # another process finished first: same build
             os.rename(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return result
+
+
+def build(out_root: Optional[Path] = None) -> Emulator:
+    """Compile into ``build/<hash>/`` unless that build exists."""
+    out_root = out_root or HERE / "build"
+    final = out_root / _digest()
+
+    def make(staging: Path) -> None:
+        (staging / "plugins").mkdir()
+        source = str(HERE / "emulator.c")
+        gcc([*_CFLAGS, "-o", str(staging / "librknnrt.so"), source, "-lm"], HERE)
+        variant = ["-DEMU_ZERO_COPY_ONLY", "-Wno-unused-function"]
+        gcc([*_CFLAGS, *variant, "-o", str(staging / "librknnmrt.so"), source, "-lm"], HERE)
+        for name, flags in _PLUGINS.items():
+            target = str(staging / "plugins" / name)
+            gcc([*_CFLAGS, *flags, "-o", target, str(HERE / "custom_op_plugin.c")], HERE)
+
+    build_once(final, make)
+    return Emulator(final / "librknnrt.so", final / "librknnmrt.so", final / "plugins")
 
 
 def probe_layout(
-    structs: Mapping[str, Sequence[str]], *, bits32: bool = False
+    structs: Mapping[str, Sequence[str]],
+    *,
+    bits32: bool = False,
+    header: Path = HERE / "rknn_emu_api.h",
+    defines: Sequence[str] = (),
 ) -> Optional[dict[str, tuple[int, dict[str, int]]]]:
-    """``{struct: (sizeof, {field: offsetof})}`` as gcc lays out the emulator's header.
+    """``{struct: (sizeof, {field: offsetof})}`` as gcc lays out ``header`` (the emulator's;
+    ``defines`` such as ``-DRKNN3_EMU_ABI=10`` select a variant).
 
     ``bits32`` compiles for i386 with ``-malign-double``: 4-byte pointers and contexts, 8-byte
     aligned 64-bit integers, which is the armhf layout. Returns None when gcc cannot do that.
     """
-    lines = ["#include <stddef.h>", '#include "rknn_emu_api.h"', "const unsigned int probe[] = {"]
+    lines = ["#include <stddef.h>", f'#include "{header.name}"', "const unsigned int probe[] = {"]
     for struct, fields in structs.items():
         lines.append(f"  sizeof({struct}),")
         lines.extend(f"  offsetof({struct}, {field})," for field in fields)
@@ -106,7 +120,7 @@ def probe_layout(
     with tempfile.TemporaryDirectory() as tmp:
         probe = Path(tmp) / "probe.c"
         probe.write_text("\n".join(lines) + "\n")
-        args = [*flags, "-I", str(HERE), "-S", "-o", "-", str(probe)]
+        args = [*flags, *defines, "-I", str(header.parent), "-S", "-o", "-", str(probe)]
         result = subprocess.run(["gcc", *args], capture_output=True, text=True)
     if result.returncode != 0:
         if bits32:

@@ -19,6 +19,10 @@
 #define _GNU_SOURCE
 #include "rknn_emu_api.h"
 
+#define EMU_LOG_NAME "rknn-emu"
+#define EMU_ERROR_PREFIX "E RKNN"
+#include "emu_support.h"
+
 #include <fcntl.h>
 
 #include <math.h>
@@ -44,10 +48,6 @@ __attribute__((used)) const char rknn_emu_version_banner[] = "librknnrt version:
 
 /* ---------------------------------------------------------------- bookkeeping */
 
-static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
-static atomic_int g_violations;
-static char g_last_violation[512];
-static atomic_int g_live_allocs;
 static atomic_int g_live_contexts;
 static atomic_int g_parallel;
 static atomic_int g_max_parallel;
@@ -84,41 +84,6 @@ static int g_delay_us, g_delay_count;
 static int g_block_count, g_blocked;
 static unsigned g_block_generation;
 static pthread_cond_t g_block_cond = PTHREAD_COND_INITIALIZER;
-
-static void violation(const char* fmt, ...) {
-    char text[512];
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(text, sizeof text, fmt, args);
-    va_end(args);
-    pthread_mutex_lock(&g_lock);
-    snprintf(g_last_violation, sizeof g_last_violation, "%s", text);
-    pthread_mutex_unlock(&g_lock);
-    atomic_fetch_add(&g_violations, 1);
-    fprintf(stderr, "rknn-emu VIOLATION: %s\n", text);
-}
-
-static int runtime_error(int code, const char* fmt, ...) {
-    char text[512];
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(text, sizeof text, fmt, args);
-    va_end(args);
-    fprintf(stderr, "E RKNN: [emu] %s\n", text);
-    return code;
-}
-
-static void* emu_calloc(size_t n, size_t size) {
-    void* p = calloc(n, size);
-    if (p) atomic_fetch_add(&g_live_allocs, 1);
-    return p;
-}
-
-static void emu_free(void* p) {
-    if (!p) return;
-    atomic_fetch_sub(&g_live_allocs, 1);
-    free(p);
-}
 
 /* Counts the call; returns the injected code (non-zero) if this call must fail. */
 static int enter_api(int api) {
@@ -663,15 +628,6 @@ int rknn_query(rknn_context context, rknn_query_cmd cmd, void* info, uint32_t si
 
 /* ---------------------------------------------------------------- numbers */
 
-static double read_value(const void* buf, int type, size_t i) {
-    switch (type) {
-        case RKNN_TENSOR_FLOAT32: return ((const float*)buf)[i];
-        case RKNN_TENSOR_FLOAT16: return (double)((const _Float16*)buf)[i];
-        case RKNN_TENSOR_INT8: return ((const int8_t*)buf)[i];
-        default: return ((const uint8_t*)buf)[i];
-    }
-}
-
 /* The value a tensor of internal type `t` holds for `real` (quantise, then read back). */
 static double quantize(const emu_tensor* t, double real) {
     if (t->type == RKNN_TENSOR_FLOAT32) return (float)real;
@@ -781,15 +737,6 @@ static int take_cores(const emu_ctx* c) {
     for (int k = 0; k < g_cores; k++)
         if (mask & (1 << k)) pthread_mutex_lock(&g_core_mutex[k]);
     return mask;
-}
-
-static void write_value(void* buf, int type, size_t i, double v) {
-    switch (type) {
-        case RKNN_TENSOR_FLOAT32: ((float*)buf)[i] = (float)v; break;
-        case RKNN_TENSOR_FLOAT16: ((_Float16*)buf)[i] = (_Float16)(float)v; break;
-        case RKNN_TENSOR_INT8: ((int8_t*)buf)[i] = (int8_t)v; break;
-        default: ((uint8_t*)buf)[i] = (uint8_t)v; break;
-    }
 }
 
 /* Channels, height and width of a 4-D tensor (inputs are reported NHWC, outputs NCHW). */

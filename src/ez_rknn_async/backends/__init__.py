@@ -15,18 +15,21 @@ from typing import Any, Optional, Union
 
 from ..options import ProviderOptions
 from .base import Backend, Runner, SlotSpec
+from .rknn3 import model as rknpu3_model
 
 __all__ = ["Backend", "Runner", "SlotSpec", "ModelSource", "choose_backend", "load_backend"]
 
 _MODULES = {
     "onnxruntime": "ez_rknn_async.backends.onnxruntime",
     "rknn": "ez_rknn_async.backends.rknn.backend",
+    "rknn3": "ez_rknn_async.backends.rknn3.backend",
     "openvino": "ez_rknn_async.backends.openvino",
 }
 _INSTALL_HINT = {
     "onnxruntime": "pip install 'ez-rknn-async[onnxruntime]'",
     "openvino": "pip install 'ez-rknn-async[openvino]'",
     "rknn": "install the board's librknnrt.so or set EZ_RKNN_RUNTIME_LIB",
+    "rknn3": "install librknn3_api.so or set EZ_RKNN3_RUNTIME_LIB",
 }
 
 
@@ -60,11 +63,18 @@ class ModelSource:
         return self.data[:1] == b"\x08"
 
 
-def choose_backend(source: ModelSource, options: ProviderOptions) -> str:
-    """``backend`` option if given, else ONNX models -> onnxruntime, anything else -> rknn."""
+def choose_backend(source: ModelSource, options: ProviderOptions, providers: Any = None) -> str:
+    """``backend`` option if given, else ``providers=["RKNPU3ExecutionProvider"]``, else ONNX
+    models -> onnxruntime, RKNPU3 models (``rknn3.model``: header or companion .weight) ->
+    rknn3, anything else -> rknn."""
     if options.backend is not None:
         return options.backend
-    return "onnxruntime" if source.looks_like_onnx else "rknn"
+    names = [p[0] if isinstance(p, (tuple, list)) else p for p in providers or ()]
+    if rknpu3_model.PROVIDER in names:
+        return "rknn3"
+    if source.looks_like_onnx:
+        return "onnxruntime"
+    return "rknn3" if rknpu3_model.is_rknpu3(source.data, source.path) else "rknn"
 
 
 def load_backend(
@@ -75,7 +85,7 @@ def load_backend(
     providers: Any = None,
     share_with: Optional[Backend] = None,
 ) -> Backend:
-    name = choose_backend(source, options)
+    name = choose_backend(source, options, providers)
     try:
         module = importlib.import_module(_MODULES[name])
     except ModuleNotFoundError as exc:

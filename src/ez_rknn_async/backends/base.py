@@ -37,7 +37,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol
+from typing import Any, Literal, Optional, Protocol
 
 import numpy as np
 
@@ -45,12 +45,14 @@ from ..tensors import ModelMetadata, TensorSpec
 
 __all__ = [
     "usable_cpus",
+    "ErrorBoundary",
     "SlotSpec",
     "Runner",
     "Backend",
     "BindingJob",
     "BufferRequest",
     "DeviceBuffer",
+    "HostArrayBuffer",
     "BufferTracker",
     "MEM_DEFAULT",
     "MEM_CACHEABLE",
@@ -71,6 +73,33 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+class ErrorBoundary:
+    """The one place a backend's runtime errors become ours (as httpx's
+    ``map_httpcore_exceptions``), chained ``from`` the original. A plain reusable context
+    manager rather than a generator, since a runner enters it on every inference: subclasses
+    say in ``translate`` what a runtime exception becomes (None: not the runtime's, let it pass).
+    ``what`` names the model or the inputs in the messages."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> Literal[False]:
+        if exc is None or not isinstance(exc, Exception):
+            return False
+        ours = self.translate(exc)
+        if ours is None:
+            return False
+        raise ours from exc
+
+    def translate(self, exc: Exception) -> Optional[Exception]:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -200,6 +229,25 @@ class DeviceBuffer(ABC):
         """Backend details for ``OrtValue.memory_info()`` (size, fd, offset, strides...)."""
 
 
+class HostArrayBuffer(DeviceBuffer):
+    """Host memory (a numpy array) standing in for a device buffer, for backends whose runtime
+    reads host memory: subclasses add ``_free`` and ``memory_info``."""
+
+    def __init__(self, request: BufferRequest, tracker: BufferTracker, array: np.ndarray) -> None:
+        self._array = array
+        super().__init__(request, tracker)
+
+    def read(self) -> np.ndarray:
+        return self._array.copy()
+
+    def write(self, array: np.ndarray) -> None:
+        np.copyto(self._array, array)
+
+    @property
+    def data_ptr(self) -> int:
+        return int(self._array.ctypes.data)
+
+
 class BufferTracker:
     """The live buffers of one backend: ``release_all()`` at backend close frees what users still
     hold, and the counters let tests check that every buffer was freed exactly once."""
@@ -273,6 +321,14 @@ class Runner(ABC):
         around their own CPU reads and writes."""
         raise NotImplementedError(f"{type(self).__name__} does not support I/O binding (zero copy)")
 
+    def run_buffers_sizing(
+        self, inputs: Sequence[DeviceBuffer], outputs: Sequence[Optional[DeviceBuffer]]
+    ) -> list[Optional[np.ndarray]]:
+        """``run_buffers`` where an output may be ``None`` (bound without a shape): the runtime
+        sizes it, and the result holds its array at that position (``Backend.adopt`` wraps it).
+        Called only when the backend ``sizes_outputs_at_run``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot size outputs at run time")
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the runner owns. Called once, after its last ``run``."""
 
@@ -299,6 +355,9 @@ class Backend(ABC):
 
     #: What zero-copy values report as ``device_name()``.
     device_type: str = "cpu"
+    #: The runtime allocates an output bound without a shape at run time (onnxruntime's
+    #: ``bind_output(name)`` on a dynamic output); RKNN needs every size up front.
+    sizes_outputs_at_run: bool = False
 
     @property
     def zero_copy_inputs(self) -> Sequence[TensorSpec]:
@@ -315,6 +374,10 @@ class Backend(ABC):
     def allocate(self, request: BufferRequest) -> DeviceBuffer:
         """A new zero-filled buffer for ``request``."""
         raise NotImplementedError(f"the {self.name} backend does not support zero-copy buffers")
+
+    def adopt(self, request: BufferRequest, array: np.ndarray) -> DeviceBuffer:
+        """A buffer over ``array``, an output the runtime sized (``sizes_outputs_at_run``)."""
+        raise NotImplementedError(f"the {self.name} backend sizes no outputs at run time")
 
     def import_dmabuf(
         self, fd: int, request: BufferRequest, *, size: int, offset: int, virt_addr: Optional[int]

@@ -14,24 +14,33 @@ How it gets OpenVINO's own throughput (issue 11):
   for the run); the requested outputs are copied out once, since the request reuses its memory.
 * ``precision`` sets ``INFERENCE_PRECISION_HINT``; without it OpenVINO picks (bf16 on CPUs that
   have it, like its own default).
+Zero copy runs on host memory (``host.py``).
+
+OpenVINO raises plain ``RuntimeError`` for everything; ``translate_errors`` is the one place that
+becomes ours (``ValueError`` for a model or a tensor it cannot take, ``InferenceError`` for a
+failed run), with OpenVINO's source-location lines dropped from the message.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
 import numpy as np
 import openvino as ov
 
+from ..errors import InferenceError
 from ..options import ProviderOptions
 from ..tensors import ModelMetadata, TensorSpec, type_string
 from . import ModelSource
-from .base import Backend, Runner, SlotSpec, usable_cpus
+from .base import Backend, BufferTracker, ErrorBoundary, Runner, SlotSpec, usable_cpus
+from .host import HostMemory, HostRunner
 
-__all__ = ["OpenVinoBackend", "load", "STATIC_COMPILES"]
+__all__ = ["OpenVinoBackend", "load", "translate_errors", "STATIC_COMPILES"]
 
 #: Static compiles kept per session (input shapes, least recently used evicted).
 STATIC_COMPILES = 4
@@ -41,6 +50,70 @@ _COMPILE_AFTER = 2
 _SIGHTINGS = 64
 
 Shapes = tuple[tuple[int, ...], ...]
+
+#: What OpenVINO says when a tensor does not fit the model (shape or rank; the last one when the
+#: tensor shares the caller's memory).
+_INVALID_MARKERS = ("ParameterMismatch", "is incompatible with", "Can't set the input tensor")
+
+
+class translate_errors(ErrorBoundary):  # noqa: N801 - used like a function: with translate_errors(...)
+    """The backend's one error boundary. ``invalid=True`` (reading a model) makes every OpenVINO
+    error a ``ValueError``; during a run only a tensor that does not fit is one, anything else is
+    an ``InferenceError``."""
+
+    __slots__ = ("invalid",)
+
+    def __init__(self, what: str, *, invalid: bool = False) -> None:
+        super().__init__(what)
+        self.invalid = invalid
+
+    def translate(self, exc: Exception) -> Optional[Exception]:
+        if not isinstance(exc, RuntimeError):
+            return None
+        message = _message(exc)
+        if self.invalid or any(marker in message for marker in _INVALID_MARKERS):
+            return ValueError(f"OpenVINO rejected {self.what}: {message}")
+        return InferenceError(f"OpenVINO failed on {self.what}: {message}")
+
+
+class _SignalStack(ctypes.Structure):
+    """``stack_t`` of sigaltstack(2)."""
+
+    _fields_ = [
+        ("ss_sp", ctypes.c_void_p),
+        ("ss_flags", ctypes.c_int),
+        ("ss_size", ctypes.c_size_t),
+    ]
+
+
+@contextlib.contextmanager
+def _keep_signal_stack() -> Iterator[None]:
+    """Put the calling thread's alternate signal stack back after an OpenVINO call.
+
+    ``compile_model`` points the calling thread's sigaltstack at memory of its own and frees
+    that memory later (when its objects go, possibly on another thread), which leaves the
+    thread's alternate stack dangling: Python runs its SIGINT handler there, so the next Ctrl-C
+    crashed the interpreter (SIGSEGV). Where the C library has no sigaltstack, nothing to do.
+    """
+    try:
+        sigaltstack = ctypes.CDLL(None).sigaltstack
+    except (AttributeError, OSError):  # not a POSIX libc
+        yield
+        return
+    saved = _SignalStack()
+    if sigaltstack(None, ctypes.byref(saved)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        sigaltstack(ctypes.byref(saved), None)
+
+
+def _message(exc: BaseException) -> str:
+    """OpenVINO's message without its ``Exception from src/...cpp:N:`` location lines."""
+    lines = (line.strip() for line in str(exc).splitlines())
+    return " ".join(line for line in lines if line and not line.startswith("Exception from "))
 
 
 def load(
@@ -91,7 +164,7 @@ class _Compiles:
         self._model = model
         self._config = config
         self._lock = threading.Lock()
-        self.base = _Compiled(core.compile_model(model, "CPU", config))
+        self.base = _Compiled(self._compile(model, "the model"))
         self._dynamic = any(port.get_partial_shape().is_dynamic for port in model.inputs)
         self._static: OrderedDict[Shapes, _Compiled] = OrderedDict()
         self._sightings: dict[Shapes, int] = {}
@@ -111,7 +184,7 @@ class _Compiles:
                 self._sightings[shapes] = seen
                 return self.base
             self._sightings.pop(shapes, None)
-            compiled = _Compiled(self._compile_static(shapes))
+            compiled = self._compile_static(shapes)
             self._static[shapes] = compiled
             if len(self._static) > STATIC_COMPILES:
                 self._static.popitem(last=False)
@@ -124,42 +197,59 @@ class _Compiles:
             compiles = [(None, self.base), *self._static.items()]
         return {shapes: _precision(compiled.model) for shapes, compiled in compiles}
 
-    def _compile_static(self, shapes: Shapes) -> Any:
+    def _compile_static(self, shapes: Shapes) -> _Compiled:
+        """A compile for ``shapes``; the dynamic one where OpenVINO cannot fix the model to
+        them (the shapes ran on it already: a static compile is only ever faster)."""
         model = self._model.clone()
-        model.reshape({port.get_any_name(): list(s) for port, s in zip(model.inputs, shapes)})
-        return self._core.compile_model(model, "CPU", self._config)
+        try:
+            with translate_errors(f"the input shapes {list(shapes)}", invalid=True):
+                model.reshape(
+                    {port.get_any_name(): list(s) for port, s in zip(model.inputs, shapes)}
+                )
+                return _Compiled(self._compile(model, f"the model at {list(shapes)}"))
+        except ValueError:
+            return self.base
+
+    def _compile(self, model: Any, what: str) -> Any:
+        with _keep_signal_stack(), translate_errors(what, invalid=True):
+            return self._core.compile_model(model, "CPU", self._config)
 
 
 def _precision(compiled: Any) -> str:
     return str(compiled.get_property("INFERENCE_PRECISION_HINT").to_string())
 
 
-class _OpenVinoRunner(Runner):
-    __slots__ = ("_compiles",)
+class _OpenVinoRunner(HostRunner):
+    __slots__ = ("_compiles", "_errors")
 
-    def __init__(self, compiles: _Compiles) -> None:
+    def __init__(self, compiles: _Compiles, input_names: Sequence[str]) -> None:
         self._compiles = compiles
+        self._errors = translate_errors(f"the inputs {list(input_names)}")
 
     def run(self, inputs: Sequence[np.ndarray], output_indices: Sequence[int]) -> list[np.ndarray]:
         compiled = self._compiles.for_shapes(tuple(array.shape for array in inputs))
         request = compiled.take()
         try:
-            request.infer(list(inputs), share_inputs=True, share_outputs=True)
+            with self._errors:
+                request.infer(list(inputs), share_inputs=True, share_outputs=True)
             # The request's output memory is reused by its next run: copy what was asked for.
             return [np.array(request.get_output_tensor(i).data) for i in output_indices]
         finally:
             compiled.give(request)
 
 
-class OpenVinoBackend(Backend):
+class OpenVinoBackend(HostMemory, Backend):
     name = "openvino"
     providers = ["OpenVINOExecutionProvider"]
 
     def __init__(self, source: ModelSource, options: ProviderOptions) -> None:
         self._core = ov.Core()
-        self._model = self._core.read_model(source.path if source.path else source.data)
+        what = f"the model {source.path}" if source.path else "the model"
+        with translate_errors(what, invalid=True):
+            self._model = self._core.read_model(source.path if source.path else source.data)
         self._options = options
         self._compiles: Optional[_Compiles] = None
+        self.buffers = BufferTracker()
         self.inputs = [_spec(port) for port in self._model.inputs]
         self.outputs = [_spec(port) for port in self._model.outputs]
         self.metadata = ModelMetadata(graph_name=self._model.friendly_name)
@@ -174,7 +264,7 @@ class OpenVinoBackend(Backend):
         return list(range(max(1, int(requests))))
 
     def open_runner(self, slot: SlotSpec) -> Runner:
-        return _OpenVinoRunner(self._compile(slot))
+        return _OpenVinoRunner(self._compile(slot), [spec.name for spec in self.inputs])
 
     def compiled_precisions(self) -> dict[Optional[Shapes], str]:
         """The compiles alive now and the precision OpenVINO runs each at ("f32", "bf16"...):
@@ -204,4 +294,5 @@ class OpenVinoBackend(Backend):
         return config
 
     def close(self) -> None:
+        self.buffers.release_all()
         self._compiles = None

@@ -27,7 +27,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .errors import UsageError
+from ..errors import InferenceError
+from .errors import MODEL_HINT, UsageError, user_input
 from .models import InputSpec, ShapeSpec, build_feed
 from .stats import LatencyStats, autorange, summarize, unstable, window_rates
 
@@ -162,7 +163,7 @@ class AsyncDriver(Driver):
     def _raise_error(self) -> None:
         if self._error:
             error, self._error = self._error, ""
-            raise RuntimeError(f"run_async failed: {error}")
+            raise InferenceError(f"run_async failed: {error}")  # a callback has only the text
 
     def issue(self, index: int) -> None:
         self._slots.acquire()
@@ -273,14 +274,14 @@ COMPARATORS: dict[str, Comparator] = {
         "OpenVINO AsyncInferQueue (CPU, THROUGHPUT hint)", "openvino", "pip install openvino"
     ),
     "ztu": Comparator(
-        "the original C++ library, in our modes",
+        "the original C++ library (.rknn), one row per --mode",
         "ztu_somemodelruntime_ez_rknn_async",
         "pip install ztu-somemodelruntime-ez-rknn-async",
         model="rknn",
         per_mode=True,
     ),
     "rknnlite": Comparator(
-        "Rockchip RKNNLite inference",
+        "Rockchip RKNNLite inference (.rknn, boards)",
         "rknnlite",
         "pip install rknn-toolkit-lite2 on the board",
         model="rknn",
@@ -473,7 +474,8 @@ class _Sessions:
         from .. import InferenceSession, make_provider_options
 
         options = make_provider_options(**self._options())
-        session = InferenceSession(self._plan.model, provider_options=options)
+        with user_input(MODEL_HINT):
+            session = InferenceSession(self._plan.model, provider_options=options)
         self._stack.callback(session.close)
         return session
 
@@ -612,6 +614,8 @@ def run_plan(plan: Plan, progress: Optional[Progress] = None) -> BenchResult:
         sessions = _Sessions(plan, stack)
         ours = sessions.get("ours")[0]
         feed = build_feed(ours.get_inputs(), plan.shapes, plan.files)
+        with user_input():  # one run: the library's verdict on the user's feed, before timing
+            ours.run(None, feed.arrays)
         depth = plan.depth or auto_depth(len(ours.worker_slots))
         backend = ours.backend_name
         rows, skipped = _open_rows(plan, sessions, feed.arrays, depth, backend)

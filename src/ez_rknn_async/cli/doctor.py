@@ -20,6 +20,7 @@ OPTIONAL_PACKAGES = {
     "openvino": "--compare openvino",
     "tqdm": "progress bars",
     "matplotlib": "bench --plot",
+    "pillow": "images for bench/compare --input",
 }
 
 
@@ -35,11 +36,21 @@ def _package_versions() -> dict[str, Optional[str]]:
     return found
 
 
-def collect(probe: Optional[Callable[[], dict[str, Any]]] = None) -> dict[str, Any]:
-    """The RKNN backend's report plus an ``optional packages`` section."""
+def collect(
+    model: Optional[str] = None,
+    probe: Optional[Callable[..., dict[str, Any]]] = None,
+    probe3: Optional[Callable[[], dict[str, Any]]] = None,
+) -> dict[str, Any]:
+    """The RKNN backend's report (with ``model``'s versions when given), the RKNPU3 backend's
+    ``rknn3`` section and its problems, plus an ``optional packages`` section."""
     if probe is None:
         probe = importlib.import_module("ez_rknn_async.backends.rknn.doctor").collect
-    report = dict(probe())
+    if probe3 is None:
+        probe3 = importlib.import_module("ez_rknn_async.backends.rknn3.doctor").collect
+    report = dict(probe() if model is None else probe(model=model))
+    rknn3 = probe3()
+    report["rknn3"] = rknn3["rknn3"]
+    report["problems"] = list(report.get("problems") or []) + rknn3["problems"]
     report["packages"] = _package_versions()
     return report
 

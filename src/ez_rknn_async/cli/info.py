@@ -8,6 +8,9 @@ from dataclasses import asdict
 from typing import Any, Optional
 
 from ..backends import ModelSource
+from ..backends.rknn3 import model as rknpu3_model
+from ..tensors import UNDEFINED_LAYOUT
+from .errors import MODEL_HINT, user_input
 from .report import format_table
 
 __all__ = ["backend_reason", "guess_layout", "describe", "render"]
@@ -17,6 +20,10 @@ def backend_reason(source: ModelSource, forced: Optional[str]) -> str:
     """Why ``choose_backend`` picked what it picked, in the words of its rules."""
     if forced is not None:
         return "forced with --backend"
+    if source.data.startswith(rknpu3_model.MAGICS):
+        return "the content starts with the RKNPU3 magic"
+    if rknpu3_model.is_rknpu3(source.data, source.path):
+        return "a .weight file with the same name lies next to it (an RKNPU3 export)"
     path = (source.path or "").lower()
     if path.endswith(".onnx"):
         return "the file name ends in .onnx"
@@ -31,7 +38,7 @@ def guess_layout(node: Any) -> str:
     """The node's own layout if it reports one (RKNN native tensors), else a guess from a 4-D
     shape: channels (1, 3 or 4) next to the batch is NCHW, last is NHWC; ``*`` marks a guess."""
     layout = getattr(node, "layout", None)
-    if layout:
+    if layout and layout != UNDEFINED_LAYOUT:
         return str(layout)
     shape = list(node.shape)
     if len(shape) != 4:
@@ -55,8 +62,9 @@ def describe(model: str, backend: Optional[str] = None) -> dict[str, Any]:
     from .. import InferenceSession, make_provider_options
 
     source = ModelSource.from_user(model)
-    options = make_provider_options(backend=backend)
-    with InferenceSession(model, provider_options=options) as session:
+    with user_input(MODEL_HINT):
+        session = InferenceSession(model, provider_options=make_provider_options(backend=backend))
+    with session:
         meta = session.get_modelmeta()
         native_in, native_out = session.get_native_inputs(), session.get_native_outputs()
         info = {
@@ -75,7 +83,27 @@ def describe(model: str, backend: Optional[str] = None) -> dict[str, Any]:
         }
         if session.backend_name == "rknn":
             info["runtime"] = _rknn_runtime()
+        if session.backend_name == "rknn3":
+            info["runtime"] = _rknn3_runtime()
     return info
+
+
+def _rknn3_runtime() -> dict[str, Any]:
+    """librknn3_api, its version and ABI, and the devices (without opening them: ``ez-rknn
+    doctor`` does that, under a timeout)."""
+    from ..backends.rknn3 import doctor, library
+    from ..backends.rknn3.devices import find_devices
+
+    lib = library.load_library()
+    version = doctor.read_library_version(lib.path) if os.sep in lib.path else None
+    devices = find_devices(lib, lib.abi)
+    return {
+        "library": lib.path,
+        "api_version": version,
+        "driver_version": None,
+        "abi": lib.abi.version,
+        "devices": [f"{d.id} ({d.type}, {d.cores} cores)" for d in devices],
+    }
 
 
 def _rknn_runtime() -> dict[str, Any]:
@@ -116,12 +144,15 @@ def render(info: dict[str, Any]) -> str:
     ]
     runtime = info.get("runtime")
     if runtime is not None:
-        cores = ", ".join(map(str, runtime["npu_cores"])) or "none found"
-        lines += [
+        lines.append(
             f"runtime   {runtime['library']} (api {runtime['api_version'] or 'unknown'}, "
-            f"driver {runtime['driver_version'] or 'unknown'})",
-            f"soc       {runtime['soc'] or 'unknown'}, NPU cores {cores}",
-        ]
+            f"driver {runtime['driver_version'] or 'unknown'})"
+        )
+    if runtime is not None and "soc" in runtime:
+        cores = ", ".join(map(str, runtime["npu_cores"])) or "none found"
+        lines.append(f"soc       {runtime['soc'] or 'unknown'}, NPU cores {cores}")
+    if runtime is not None and "devices" in runtime:
+        lines.append(f"devices   {'; '.join(runtime['devices']) or 'none found'}")
     lines += [
         "",
         _tensor_table("inputs", info["inputs"]),

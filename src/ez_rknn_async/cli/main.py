@@ -1,4 +1,5 @@
-"""The ``ez-rknn`` command: ``info``, ``bench``, ``doctor``, ``demo``.
+"""The ``ez-rknn`` command: ``info``, ``bench``, ``compare``, ``top``, ``doctor``, ``demo``,
+``serve``.
 
 ``main(argv)`` parses, runs one command and returns the exit code (``errors.ExitCode``). Known
 errors become ``error: ...`` plus ``hint: ...`` on stderr through the one table in ``errors``;
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import traceback
@@ -20,7 +22,7 @@ from .bench import COMPARATORS, MODES, Budget, Plan, parse_compare, parse_modes,
 from .errors import EXIT_CODE_HELP, ExitCode, UsageError, explain
 from .models import parse_input_spec, parse_shape_spec
 
-__all__ = ["main", "build_parser", "DEBUG_ENV"]
+__all__ = ["main", "build_parser", "serve_token", "DEBUG_ENV", "TOKEN_ENV"]
 
 #: Set to 1 to print the traceback of known errors too.
 DEBUG_ENV = "EZ_RKNN_DEBUG"
@@ -30,13 +32,64 @@ _MAIN_EPILOG = f"""\
 commands:
   info MODEL     inputs, outputs, native tensors, metadata; which backend runs it and why
   bench MODEL    fps and latency of every calling mode, optionally next to onnxruntime/OpenVINO
+  compare MODEL REFERENCE
+                 the same inputs through two models (.rknn on the NPU vs .onnx on the CPU):
+                 cosine, errors, mismatches, top-k agreement per output; a CI check
+  top            live per-core NPU load, frequency and SRAM (Rockchip boards, as root)
   doctor         which runtime library, SoC and NPU cores this machine has, and what to fix
   demo           YOLOv8n on the CPU: run / run_async / run_pipeline vs plain onnxruntime
+  serve MODEL..  an inference server (KServe v2 / Triton protocol) over HTTP and gRPC
 
 exit codes:
 {EXIT_CODE_HELP}
 
 Set {DEBUG_ENV}=1 to see the traceback behind an error.
+"""
+
+_DOCTOR_EPILOG = """\
+known-incompatible combinations it names:
+  librknnrt older (major.minor) than the rknn-toolkit2 that built the model (the runtime rejects
+    the file: "Invalid RKNN model version")
+  librknnrt 2.x on an rknpu driver older than 0.9.2 (RKNN SDK 2.x user guide)
+  a model converted for another SoC (RKNN_ERR_TARGET_PLATFORM_UNMATCH)
+  the mainline 'rocket' driver (Linux 6.18+, /dev/accel/accel*): librknnrt cannot drive it
+  librknnrt older than the 2.4.1 this library was written against
+"""
+
+_COMPARE_DESCRIPTION = """\
+Feed the same inputs to MODEL and REFERENCE (any two models our backends load: typically
+model.rknn on the NPU and model.onnx on the CPU) and report, per output, how far MODEL is from
+REFERENCE. Inputs and outputs are paired by name, or by position when the names differ.
+
+inputs: random by default (seeded: --seed, then seed + 1 ... for each further --runs), in each
+input's dtype: floats in [0, 1), int8/uint8 over their whole range, other integers in [0, 10).
+--input NAME=FILE feeds a .npy array, a .npz archive (arrays named after the inputs; NAME may be
+left out) or an image (Pillow; resized to the input's H x W; uint8 inputs get 0-255, float inputs
+0-1). Data is made in MODEL's dtypes (REFERENCE's float type where MODEL reports a quantised one,
+as an .rknn does) and shapes (dynamic dims that REFERENCE fixes taken from it; others need
+--shape), then cast to REFERENCE's dtypes where they differ. When the .rknn was converted with
+mean/std values, the ONNX reference must do the same normalisation.
+
+per output:
+  cosine      cosine similarity over the elements finite on both sides (scale-blind)
+  max abs     max |x - ref|
+  max rel     max |x - ref| / |ref| over the elements where |ref| > atol
+  mismatched  elements with |x - ref| > atol + rtol * |ref| (and differing NaN/inf)
+  top-1/top-5 classifier-shaped outputs ([classes], [rows, classes], size-1 dims ignored): share
+              of rows whose argmax agrees / whose reference argmax is in the top five
+  NaN/inf     counts in MODEL's output (and REFERENCE's, when it has any)
+With --runs N the worst cosine and largest errors of the N runs are reported, counts are summed."""
+
+_COMPARE_EPILOG = f"""\
+exit codes: 0 when done (and, with --min-cosine, every output passed); {int(ExitCode.MISMATCH)} when
+an output's cosine is below --min-cosine or it cannot be compared (different sizes, nothing
+finite); the usual codes otherwise (see ez-rknn --help).
+
+examples:
+  ez-rknn compare model.rknn model.onnx                       random inputs, one run
+  ez-rknn compare model.rknn model.onnx --input images=cat.jpg --runs 5
+  ez-rknn compare model.rknn model.onnx --min-cosine 0.999 --json   in CI
+  ez-rknn compare model.onnx model.onnx --reference-backend openvino
 """
 
 _BENCH_DESCRIPTION = """\
@@ -69,17 +122,40 @@ examples:
 """
 
 
-def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+def _number(kind: Callable[[str], Any], minimum: float, strict: bool) -> Callable[[str], Any]:
+    """An argparse type: a finite ``kind`` above ``minimum`` (or at it, unless ``strict``)."""
+
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if value < minimum or (strict and value == minimum):
+            bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
         return value
 
     return parse
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    return _number(kind, 0, strict=True)
+
+
+def _non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    return _number(kind, 0, strict=False)
+
+
+def _cosine_bound(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a cosine is between -1 and 1, got {text}")
+    return value
 
 
 def _warmup(text: str) -> Optional[int]:
@@ -101,6 +177,25 @@ def _backend_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -
         "--backend",
         choices=("onnxruntime", "rknn", "openvino"),
         help="force a backend (default: from the model: .rknn -> rknn, ONNX -> onnxruntime)",
+    )
+
+
+def _input_options(group: argparse._ArgumentGroup, shape_example: str) -> None:
+    """``--input`` and ``--shape``, as ``bench`` and ``compare`` take them."""
+    group.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="[NAME=]FILE",
+        help="feed this .npy, .npz or image to input NAME (repeatable; NAME optional for one "
+        "input)",
+    )
+    group.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="[NAME=]DIMS",
+        help=f"shape for random data, e.g. {shape_example} (sets dynamic dims; repeatable)",
     )
 
 
@@ -145,20 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LIST",
         help="comparators to run side by side, or all (default: none)",
     )
-    what.add_argument(
-        "--input",
-        action="append",
-        default=[],
-        metavar="[NAME=]FILE.npy",
-        help="feed this array to input NAME (repeatable; NAME optional for one input)",
-    )
-    what.add_argument(
-        "--shape",
-        action="append",
-        default=[],
-        metavar="[NAME=]DIMS",
-        help="shape for random data, e.g. images=1x3x640x640 (sets dynamic dims; repeatable)",
-    )
+    _input_options(what, "images=1x3x640x640")
     how = bench.add_argument_group("how long")
     how.add_argument(
         "--time",
@@ -208,15 +290,84 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("-q", "--quiet", action="store_true", help="no table, no progress bar")
     bench.set_defaults(func=_cmd_bench)
 
+    compare = commands.add_parser(
+        "compare",
+        help="the same inputs through two models: how far apart each output is",
+        description=_COMPARE_DESCRIPTION,
+        epilog=_COMPARE_EPILOG,
+        formatter_class=raw,
+    )
+    compare.add_argument("model", metavar="MODEL", help="the model to check (.rknn, .onnx)")
+    compare.add_argument("reference", metavar="REFERENCE", help="the model taken as truth")
+    feeds = compare.add_argument_group("inputs")
+    _input_options(feeds, "x=1x3x48x320")
+    feeds.add_argument(
+        "--runs", type=_positive(int), default=1, metavar="N", help="input sets to run (default 1)"
+    )
+    feeds.add_argument(
+        "--seed", type=_non_negative(int), default=0, metavar="S", help="first seed (default 0)"
+    )
+    checks = compare.add_argument_group("tolerance and verdict")
+    checks.add_argument(
+        "--atol", type=_non_negative(float), default=1e-3, help="absolute tolerance (default 1e-3)"
+    )
+    checks.add_argument(
+        "--rtol", type=_non_negative(float), default=1e-2, help="relative tolerance (default 1e-2)"
+    )
+    checks.add_argument(
+        "--min-cosine",
+        type=_cosine_bound,
+        metavar="X",
+        help=f"fail (exit code {int(ExitCode.MISMATCH)}) when an output's cosine is below X",
+    )
+    compare.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    _backend_option(compare)
+    compare.add_argument(
+        "--reference-backend",
+        choices=("onnxruntime", "rknn", "openvino"),
+        help="force REFERENCE's backend (default: from the model)",
+    )
+    compare.set_defaults(func=_cmd_compare)
+
     doctor = commands.add_parser(
         "doctor",
-        help="check the runtime, SoC and NPU cores",
-        description="Probe the RKNN runtime library, the SoC and its NPU cores, and the optional "
-        f"packages; print each problem with its fix. Exit code {int(ExitCode.PROBLEMS)} when "
-        "there are problems, 0 otherwise.",
+        help="check the kernel driver, runtime, SoC and NPU cores",
+        description="Probe the NPU's kernel driver (Rockchip's rknpu, or the mainline 'rocket' "
+        "that librknnrt cannot use), the RKNN runtime library, the SoC and its NPU cores, and the "
+        "optional packages; print each problem with its fix. Given an .rknn MODEL, also check "
+        "the version triangle: kernel driver, librknnrt, and the rknn-toolkit2 that built the "
+        f"model. Exit code {int(ExitCode.PROBLEMS)} when there are problems, 0 otherwise.",
+        epilog=_DOCTOR_EPILOG,
+        formatter_class=raw,
+    )
+    doctor.add_argument(
+        "model", nargs="?", metavar="MODEL", help=".rknn file whose toolkit version to check"
     )
     doctor.add_argument("--json", action="store_true", help="print JSON instead of tables")
     doctor.set_defaults(func=_cmd_doctor)
+
+    top = commands.add_parser(
+        "top",
+        help="live per-core NPU load, frequency and SRAM",
+        description="Sample the NPU every --interval seconds: per-core load, clock and voltage, "
+        "devfreq range and governor, SRAM use. A table redrawn in place on a terminal; one "
+        "JSON line per sample with --json. Ctrl-C stops it. Exit code "
+        f"{int(ExitCode.NO_NPU)} when the load cannot be read (not a board, not root).",
+        epilog=_top_files_help(),
+        formatter_class=raw,
+    )
+    top.add_argument(
+        "--interval",
+        type=_positive(float),
+        default=1.0,
+        metavar="SECONDS",
+        help="time between samples (default: 1; the driver averages load over about 1 s)",
+    )
+    top.add_argument(
+        "--count", type=_positive(int), metavar="N", help="stop after N samples (default: never)"
+    )
+    top.add_argument("--json", action="store_true", help="one JSON object per line per sample")
+    top.set_defaults(func=_cmd_top)
 
     demo = commands.add_parser(
         "demo",
@@ -228,7 +379,111 @@ def build_parser() -> argparse.ArgumentParser:
         "--time", type=_positive(float), default=None, metavar="SECONDS", help="seconds per row"
     )
     demo.set_defaults(func=_cmd_demo)
+    _serve_parser(commands)
     return parser
+
+
+#: The environment variable ``serve`` reads its bearer token from (``--token`` wins).
+TOKEN_ENV = "EZ_RKNN_SERVE_TOKEN"
+
+_SERVE_DESCRIPTION = """\
+Serve models over the Open Inference Protocol (KServe v2, the protocol of Triton), so existing
+clients work unchanged: tritonclient (HTTP and gRPC), KServe clients, curl.
+
+  HTTP  GET  /v2/health/live  /v2/health/ready  /v2  /v2/models/NAME  /v2/models/NAME/ready
+        POST /v2/models/NAME/infer   (JSON tensors, or the binary tensor data extension)
+        GET  /metrics                (Prometheus)
+  gRPC  inference.GRPCInferenceService: ServerLive, ServerReady, ModelReady, ServerMetadata,
+        ModelMetadata, ModelInfer
+
+Each MODEL is [NAME=]PATH (NAME defaults to the file's stem) and gets its own session.
+Ready means every model is loaded and has run one warm-up inference. Requests run through
+the session's asyncio path; at most --max-inflight per model are admitted, others wait up to
+the model's submit_timeout_ms and then get 503 + Retry-After (gRPC UNAVAILABLE). SIGTERM or
+SIGINT: stop accepting, answer every request in flight, close the sessions, exit 0.
+"""
+
+_SERVE_EPILOG = f"""\
+config file (--config, JSON), per-model options:
+  {{"models": {{"detector": {{"path": "yolov8n.rknn", "schedule": [0, 1, 2],
+                            "max_queue_size": 6, "submit_timeout_ms": 2000,
+                            "max_inflight": 48, "max_request_bytes": 16777216,
+                            "warmup_shapes": {{"images": [1, 3, 640, 640]}}}}}}}}
+  keys: path, any make_provider_options key (backend, schedule, threads_per_core, ...),
+  max_inflight, max_request_bytes, warmup_shapes (for dynamic inputs)
+
+security: binds 127.0.0.1 unless --host says otherwise; with --token (or {TOKEN_ENV})
+every endpoint but /v2/health/* needs "Authorization: Bearer TOKEN" (gRPC: metadata
+"authorization"); no path from a request is ever opened.
+
+exit codes:
+    0  stopped by SIGTERM or SIGINT after answering every request in flight
+    1  a model failed to load or to run its warm-up inference, or a port is taken
+    2  bad command line or --config (the message names the model and the key)
+    3  a model file does not exist
+    5  the [serve] extra is missing (pip command printed)
+
+examples:
+  ez-rknn serve yolov8n.rknn
+  ez-rknn serve det=yolov8n.rknn cls=mobilenet.onnx --host 0.0.0.0 --port 8000
+  ez-rknn serve --config models.json --token "$(cat /etc/ez-rknn/token)"
+"""
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0..65535 (0: any free port), got {value}")
+    return value
+
+
+def _serve_parser(commands: Any) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="serve models over HTTP and gRPC (KServe v2 / Triton protocol)",
+        description=_SERVE_DESCRIPTION,
+        epilog=_SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "models", nargs="*", metavar="[NAME=]MODEL", help=".onnx or .rknn files to serve"
+    )
+    serve.add_argument("--config", metavar="FILE", help="JSON file of models and their options")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=_port, default=8000, help="HTTP port (default: 8000; 0: any free port)"
+    )
+    serve.add_argument(
+        "--grpc-port", type=_port, default=8001, help="gRPC port (default: 8001; 0: any free)"
+    )
+    serve.add_argument(
+        "--token", help=f"bearer token required on every endpoint but health (or {TOKEN_ENV})"
+    )
+    serve.add_argument(
+        "--max-inflight",
+        type=_positive(int),
+        default=64,
+        metavar="N",
+        help="requests admitted at once per model (default: 64; config: max_inflight)",
+    )
+    serve.add_argument(
+        "--max-request-mb",
+        type=_positive(float),
+        default=64.0,
+        metavar="MB",
+        help="largest request body per model (default: 64; config: max_request_bytes)",
+    )
+    serve.add_argument(
+        "--shutdown-timeout",
+        type=_positive(float),
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a stop waits for requests in flight (default: 30)",
+    )
+    serve.set_defaults(func=_cmd_serve)
 
 
 # --- commands ----------------------------------------------------------------------------------
@@ -256,7 +511,7 @@ def _provider_options(args: argparse.Namespace) -> dict[str, Any]:
     wanted = {"schedule": args.schedule, "threads_per_core": args.threads, "backend": args.backend}
     wanted = {key: value for key, value in wanted.items() if value is not None}
     try:
-        made = make_provider_options(**wanted)
+        made: dict[str, Any] = dict(make_provider_options(**wanted))
     except ValueError as exc:
         raise UsageError(str(exc), hint="for example --schedule 0,1,2 --threads 2") from exc
     return {key: made[key] for key in wanted}
@@ -303,13 +558,53 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import ComparePlan, compare_json, compare_table, run_compare
+    from .report import Output
+    from .similarity import Tolerance
+
+    plan = ComparePlan(
+        model=args.model,
+        reference=args.reference,
+        backend=args.backend,
+        reference_backend=args.reference_backend,
+        files=[parse_input_spec(text) for text in args.input],
+        shapes=[parse_shape_spec(text) for text in args.shape],
+        runs=args.runs,
+        seed=args.seed,
+        tolerance=Tolerance(atol=args.atol, rtol=args.rtol),
+        min_cosine=args.min_cosine,
+    )
+    out = Output("json" if args.json else "human")
+    result = run_compare(plan)
+    for note in result.notes:
+        out.note(note)
+    out.result(compare_table(result), compare_json(result))
+    return ExitCode.MISMATCH if result.passed is False else ExitCode.OK
+
+
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import collect, exit_code, render
     from .report import Output
 
-    report = collect()
+    if args.model is not None:
+        _require_file(args.model)
+    report = collect(args.model)
     Output("json" if args.json else "human").result(render(report), report)
     return exit_code(report)
+
+
+def _top_files_help() -> str:
+    from .top import FILES_HELP
+
+    return FILES_HELP
+
+
+def _cmd_top(args: argparse.Namespace) -> int:
+    from .top import run_top
+
+    run_top(sys.stdout, interval=args.interval, count=args.count, as_json=args.json)
+    return ExitCode.OK
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -325,6 +620,60 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
     result = run_plan(plan, out.progress())
     out.result(f"{bench_header(result)}\n\n{bench_table(result, DEMO_COLUMNS)}", None)
+    return ExitCode.OK
+
+
+def serve_token(option: Optional[str]) -> Optional[str]:
+    """The bearer token: ``--token``, else ``$EZ_RKNN_SERVE_TOKEN``, else none; an empty value
+    counts as none (``Environment=EZ_RKNN_SERVE_TOKEN=`` in a unit file)."""
+    return option or os.environ.get(TOKEN_ENV) or None
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from ..backends.rknn.kernel import read_core_loads
+    from .errors import MODEL_HINT, MissingDependencyError, RejectedInputError, user_input
+
+    try:
+        from ..serve.config import ConfigError, model_specs
+        from ..serve.repository import WarmupError
+        from ..serve.server import LOGGER, ServerOptions, serve
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"the server's packages ({exc.name})", "pip install 'ez-rknn-async[serve]'"
+        ) from exc
+    try:
+        specs = model_specs(
+            args.models,
+            args.config,
+            max_inflight=args.max_inflight,
+            max_request_bytes=int(args.max_request_mb * 1024 * 1024),
+        )
+    except ConfigError as exc:
+        raise UsageError(str(exc), hint="see `ez-rknn serve --help`") from exc
+    for spec in specs:
+        _require_file(spec.path)
+    handler = logging.StreamHandler()  # this run's stderr: removed when the run ends
+    handler.setFormatter(logging.Formatter("%(asctime)s ez-rknn serve %(message)s"))
+    LOGGER.addHandler(handler)
+    LOGGER.setLevel(logging.INFO)
+    options = ServerOptions(
+        host=args.host,
+        port=args.port,
+        grpc_port=args.grpc_port,
+        token=serve_token(args.token),
+        shutdown_timeout=args.shutdown_timeout,
+    )
+    try:
+        with user_input(MODEL_HINT):  # a model or option the library refuses
+            # per-core NPU load for /metrics, read at each scrape where the board exposes it
+            asyncio.run(serve(specs, options, npu_load=read_core_loads))
+    except WarmupError as exc:
+        raise RejectedInputError(str(exc), hint=exc.hint) from exc
+    finally:
+        LOGGER.removeHandler(handler)
     return ExitCode.OK
 
 

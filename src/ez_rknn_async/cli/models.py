@@ -1,6 +1,9 @@
 """Models and inputs for the CLI: the demo's YOLOv8n, ``--shape``/``--input`` specs, random feeds.
 
-Specs are parsed before any model loads, so a typo costs milliseconds, not a model load.
+Specs are parsed before any model loads, so a typo costs milliseconds, not a model load. An input
+file is a ``.npy`` array, a ``.npz`` archive (arrays named after the inputs) or an image, read with
+Pillow when it is installed and resized to the input's height and width: uint8 inputs get the
+pixels (0-255), float inputs pixels / 255 (0-1); any other normalisation goes into a ``.npy``.
 """
 
 from __future__ import annotations
@@ -25,11 +28,16 @@ __all__ = [
     "parse_input_spec",
     "build_feed",
     "find_demo_model",
+    "load_image",
     "DEMO_MODEL_FILE",
+    "IMAGE_SUFFIXES",
 ]
 
 #: The YOLOv8n (320x320) detector the ``nudenet`` wheel ships; small, real, and pip-installable.
 DEMO_MODEL_FILE = "320n.onnx"
+#: File name endings read as images (with Pillow).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+_PILLOW = "pip install 'ez-rknn-async[cli]'  (or: pip install pillow)"
 _DIMS = re.compile(r"^\[?\s*(\d+(?:\s*[x,]\s*\d+)*)\s*\]?$")
 
 
@@ -43,7 +51,8 @@ class ShapeSpec:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """``--input [name=]file.npy``: feed this array instead of random data."""
+    """``--input [name=]file``: feed this array (.npy, .npz or an image) instead of random data;
+    ``name`` None means the only input, or for a .npz every input it has an array for."""
 
     name: Optional[str]
     path: str
@@ -51,10 +60,12 @@ class InputSpec:
 
 @dataclass
 class Feed:
-    """The arrays a benchmark feeds, and notes on choices the user should know about."""
+    """The arrays a benchmark feeds, where each came from (a file's path or ``"random"``), and
+    notes on choices the user should know about."""
 
     arrays: dict[str, np.ndarray]
     notes: list[str] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
 
 
 def _split_name(text: str, option: str) -> tuple[Optional[str], str]:
@@ -84,7 +95,7 @@ def parse_input_spec(text: str) -> InputSpec:
     name, path = _split_name(text, "--input")
     if not path:
         raise UsageError(
-            f"bad --input {text!r}: expected NAME=FILE.npy",
+            f"bad --input {text!r}: expected NAME=FILE (.npy, .npz or an image)",
             hint="for example --input images=frame.npy",
         )
     return InputSpec(name, path)
@@ -157,13 +168,105 @@ def _random_array(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dt
     return rng.integers(0, 10, size=shape, dtype=dtype)
 
 
-def _load_npy(path: str) -> np.ndarray:
+def _require(path: str) -> None:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"input file not found: {path}")
+
+
+def _load_npy(path: str) -> np.ndarray:
+    _require(path)
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as exc:
         raise UsageError(f"cannot read {path} as a .npy array: {exc}") from exc
+
+
+def _load_npz(path: str) -> dict[str, np.ndarray]:
+    _require(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except ValueError as exc:
+        raise UsageError(f"cannot read {path} as a .npz archive: {exc}") from exc
+
+
+def _image_layout(name: str, shape: Sequence[Any]) -> tuple[int, int, int]:
+    """(channel axis, H axis, W axis) of an image-shaped input: channels of 1, 3 or 4 next to the
+    batch (NCHW) or last (NHWC), on 3-D or 4-D inputs."""
+    rank = len(shape)
+    if rank in (3, 4):
+        first = rank - 3
+        if shape[first] in (1, 3, 4):
+            return first, first + 1, first + 2
+        if shape[-1] in (1, 3, 4):
+            return rank - 1, first, first + 1
+    raise UsageError(
+        f"input {name!r} has shape {list(shape)}, not an image (N)CHW or (N)HWC with 1, 3 or 4 "
+        "channels",
+        hint=f"give it as an array: --input {name}=FILE.npy",
+    )
+
+
+def load_image(name: str, path: str, shape: Sequence[Any], dtype: np.dtype) -> np.ndarray:
+    """The image at ``path`` as input ``name`` of ``shape`` (dynamic H/W: the image's own size;
+    a dynamic batch: 1) and ``dtype`` (uint8: 0-255, float: 0-1, other integers: 0-255)."""
+    channel, h_axis, w_axis = _image_layout(name, shape)
+    _require(path)
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise MissingDependencyError("Pillow (needed to read images for --input)", _PILLOW) from exc
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[int(shape[channel])]
+    try:
+        with Image.open(path) as image:
+            image = image.convert(mode)
+            height = shape[h_axis] if _fixed(shape[h_axis]) else image.height
+            width = shape[w_axis] if _fixed(shape[w_axis]) else image.width
+            bilinear = getattr(Image, "Resampling", Image).BILINEAR  # Pillow < 9.1 has no enum
+            pixels = np.asarray(image.resize((int(width), int(height)), bilinear))
+    except OSError as exc:
+        raise UsageError(f"cannot read {path} as an image: {exc}") from exc
+    hwc = pixels.reshape(int(height), int(width), -1)
+    array = np.moveaxis(hwc, -1, 0) if channel < h_axis else hwc
+    if len(shape) == 4:
+        batch = shape[0] if _fixed(shape[0]) and shape[0] > 0 else 1
+        array = np.repeat(array[None], batch, axis=0)
+    if dtype.kind == "f":
+        return (array.astype(np.float32) / 255.0).astype(dtype)
+    return array.astype(dtype)
+
+
+def _files_by_input(
+    files: Sequence[InputSpec], names: Sequence[str]
+) -> dict[str, tuple[str, Optional[np.ndarray]]]:
+    """Each given input's file, with its array when it was already taken out of a .npz."""
+    given: dict[str, tuple[str, Optional[np.ndarray]]] = {}
+    for spec in files:
+        if spec.name is None and spec.path.lower().endswith(".npz"):
+            arrays = _load_npz(spec.path)
+            unknown = sorted(set(arrays) - set(names))
+            if unknown:
+                raise UsageError(
+                    f"--input {spec.path}: arrays {', '.join(unknown)} name no input of the model",
+                    hint=f"its inputs are: {', '.join(names)}",
+                )
+            given.update((name, (spec.path, array)) for name, array in arrays.items())
+            continue
+        name = _resolve_name(spec.name, names, "--input")
+        if spec.path.lower().endswith(".npz"):
+            arrays = _load_npz(spec.path)
+            if name not in arrays and len(arrays) != 1:
+                raise UsageError(
+                    f"--input {name}={spec.path}: no array named {name!r} "
+                    f"(it has {', '.join(arrays) or 'none'})"
+                )
+            given[name] = (
+                spec.path,
+                arrays[name] if name in arrays else next(iter(arrays.values())),
+            )
+            continue
+        given[name] = (spec.path, None)
+    return given
 
 
 def build_feed(
@@ -175,19 +278,28 @@ def build_feed(
     """One array per model input (``inputs``: NodeArgs), from files or random (seeded) data."""
     names = [node.name for node in inputs]
     given_shapes = {_resolve_name(s.name, names, "--shape"): s.dims for s in shapes}
-    given_files = {_resolve_name(f.name, names, "--input"): f.path for f in files}
+    given_files = _files_by_input(files, names)
     rng = np.random.default_rng(seed)
     feed = Feed({})
     for node in inputs:
-        if node.name in given_files:
-            feed.arrays[node.name] = _load_npy(given_files[node.name])
-            continue
         dtype = ONNX_TYPE_TO_DTYPE.get(node.type)
+        source, array = given_files.get(node.name, (None, None))
+        feed.sources[node.name] = source or "random"
+        if array is not None:
+            feed.arrays[node.name] = array
+            continue
+        if source is not None and not source.lower().endswith(IMAGE_SUFFIXES):
+            feed.arrays[node.name] = _load_npy(source)
+            continue
         if dtype is None:
             raise UsageError(
-                f"cannot make random data for input {node.name!r} of type {node.type}",
+                f"cannot make data for input {node.name!r} of type {node.type}",
                 hint=f"give it with --input {node.name}=FILE.npy",
             )
+        if source is not None:
+            shape = given_shapes.get(node.name) or node.shape
+            feed.arrays[node.name] = load_image(node.name, source, shape, dtype)
+            continue
         shape = _fit_shape(node.name, node.shape, given_shapes.get(node.name), feed.notes)
         feed.arrays[node.name] = _random_array(rng, shape, dtype)
     return feed

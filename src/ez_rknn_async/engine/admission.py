@@ -85,6 +85,9 @@ class Admission:
         self._route_counter = 0
         self.peak = 0
         self.submitted = 0
+        self.waits = 0  # queued tasks that started, and their seconds in the queue
+        self.wait_total = 0.0
+        self.wait_peak = 0.0
         self._pace_ema = 0.0
         self._pace_next = 0.0
         self.callbacks = CallbackStage(
@@ -113,15 +116,18 @@ class Admission:
         blocking: bool = True,
         callback: bool = False,
         waiter: Optional[SpaceWaiter] = None,
+        routed: bool = False,
     ) -> None:
-        """Queue ``task`` (lock NOT held on entry), waiting for space up to the deadline; with a
-        ``waiter``, register it and raise instead of waiting."""
+        """Route ``task`` (unless ``routed``) and queue it (lock NOT held on entry), waiting for
+        space up to the deadline; with a ``waiter``, register it and raise instead of waiting."""
         deadline = None
         woken: list[SpaceWaiter] = []
         full: Optional[str] = None
         with self.space:
+            self._check_open()
+            if not routed:
+                task.core = self.next_route()
             while True:
-                self._check_open()
                 now = time.monotonic()
                 claim = waiter is not None and waiter.claim
                 full = self._full(callback, now, claim)
@@ -145,6 +151,7 @@ class Admission:
                     self.space.wait(remaining)
                 finally:
                     self.waiting -= 1
+                self._check_open()
             if full is None:
                 # Admission. Only submitters that waited (rare) do the fairness bookkeeping.
                 if waiter is not None:
@@ -160,6 +167,7 @@ class Admission:
                     task.seq = self.callbacks.take_seq()
                 if self._config.enable_pacing and self._pace_ema > 0:
                     self._pace_next = now + self._pace_ema / self._config.pacing_cores
+                task.queued_at = now
                 self.queue.append(task)
                 self.submitted += 1
                 if len(self.queue) > self.peak:
@@ -242,6 +250,14 @@ class Admission:
                 waiter.wake()
             except BaseException:  # noqa: BLE001 - never kill the engine thread that wakes
                 self.forget(waiter)
+
+    def ran(self, elapsed: float, waited: float) -> None:
+        """A queued task ran for ``elapsed`` seconds after ``waited`` seconds in the queue."""
+        self.waits += 1
+        self.wait_total += waited
+        if waited > self.wait_peak:
+            self.wait_peak = waited
+        self.pace_sample(elapsed)
 
     def pace_sample(self, elapsed: float) -> None:
         """One task's run time, for the pacing interval (an exponential moving average)."""

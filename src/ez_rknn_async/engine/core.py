@@ -1,59 +1,49 @@
-"""The engine: worker slots, one thread each, and the session lifecycle.
+"""The engine: the session's worker slots, its calling modes and its lifecycle.
 
 All threads and all waits of a session live in ``engine/``; backends are plain synchronous
-runners. Admission (the bounded queue, pacing, async waiters) is ``admission.py``; callback
-ordering ``ordering.py``; this module owns the workers and shutdown.
+runners. Admission (the bounded queue, pacing, async waiters) is ``admission.py``, the worker
+threads ``workers.py``, callback ordering ``ordering.py``, states, exit and fork
+``lifecycle.py``; this module ties them together.
 
-* Dispatch: each slot is IDLE (its thread parked on its own condition), WAKING (notified for a
-  task), RUNNING (its thread runs a task) or BORROWED (a ``run()`` caller runs a task on the slot
-  inline). A submit wakes one idle slot that may take the task, so there is no herd; and while a
-  woken slot has not yet taken its task, further tasks any slot may run wake nobody: that slot,
-  once it takes one, wakes the next idle slot if tasks are still queued. A burst thus wakes the
-  workers it needs one after another, and with tasks shorter than a thread switch (the GIL
-  serialises their Python part anyway) it wakes few: each wake-up costs a switch to a thread
-  that may find nothing left to do.
 * Fast path: a synchronous ``run()`` that finds an idle slot runs its task on the calling thread
   with that slot's runner, through the same ``Task.run`` as the workers: no thread hand-off (which
   costs 100+ microseconds on a small board). The slot is given back even if a KeyboardInterrupt
-  lands anywhere in the call.
-* Shutdown is a state machine: OPEN -> CLOSING (no new tasks; queued ones fail with
-  ``SessionClosedError``; running ones finish) -> CLOSED (threads joined, runners closed).
+  lands anywhere in the call: a Ctrl-C costs that call, never a slot.
+* ``close(timeout)`` has one ``monotonic()`` deadline for everything (default
+  ``DEFAULT_CLOSE_TIMEOUT_S``): queued tasks fail with ``SessionClosedError``, running ones may
+  finish, callbacks are delivered. A thread still inside the backend or a user callback at the
+  deadline is abandoned, never freed under: its runner (and the session's backend) are leaked on
+  purpose, its task gets ``SessionBrokenError`` (a ``run_async`` callback too: nothing is lost),
+  the engine becomes BROKEN (one warning; ``stats().state``) and every later call raises.
 """
 
 from __future__ import annotations
 
-import atexit
-import enum
+import os
 import threading
 import time
-import weakref
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from ..backends.base import Runner, SlotSpec
-from ..errors import SessionClosedError, SubmitTimeoutError
+from ..errors import SessionBrokenError, SessionClosedError, SubmitTimeoutError
+from . import lifecycle
 from .admission import CALLBACK_BACKLOG, Admission, SpaceWaiter
+from .lifecycle import DEFAULT_CLOSE_TIMEOUT_S, State, close_timeout, join_until
+from .stats import SessionStats, snapshot
 from .tasks import Task
+from .workers import Slot, Worker, worker_loop
 
-__all__ = ["Engine", "EngineConfig", "EngineStats", "State", "CALLBACK_BACKLOG"]
-
-#: How long close() waits for a running task before giving up on its thread (it is a daemon).
-_JOIN_TIMEOUT_S = 60.0
-
-
-class State(enum.Enum):
-    OPEN = "open"
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
-class _Slot(enum.Enum):
-    IDLE = 0
-    WAKING = 1
-    RUNNING = 2
-    BORROWED = 3
+__all__ = [
+    "Engine",
+    "EngineConfig",
+    "State",
+    "CALLBACK_BACKLOG",
+    "DEFAULT_CLOSE_TIMEOUT_S",
+]
 
 
 @dataclass(frozen=True)
@@ -68,56 +58,44 @@ class EngineConfig:
     pacing_cores: int = 1
 
 
-@dataclass(frozen=True)
-class EngineStats:
-    """A snapshot for benchmarks and tests, so the hot path needs no logging."""
-
-    state: str
-    queued: int
-    peak_queued: int
-    running: int
-    callback_backlog: int
-    submitted: int
-    inline_runs: int
-    waiting_submitters: int
-
-
-class _Worker:
-    __slots__ = ("spec", "runner", "state", "wake", "thread", "since")
-
-    def __init__(self, spec: SlotSpec, runner: Runner, lock: threading.Lock) -> None:
-        self.spec = spec
-        self.runner = runner
-        self.state = _Slot.IDLE
-        self.wake = threading.Condition(lock)
-        self.thread: Optional[threading.Thread] = None
-        self.since = 0.0  # monotonic() when the slot's current task started
-
-
 class Engine:
-    def __init__(self, slots: Sequence[tuple[SlotSpec, Runner]], config: EngineConfig) -> None:
+    """``slots``: each worker's spec and runner. ``retain``: objects the engine keeps alive as
+    long as it lives (the backend the runners came from: a forked child leaks an inherited
+    engine with everything it holds, never freeing the parent's native state)."""
+
+    def __init__(
+        self,
+        slots: Sequence[tuple[SlotSpec, Runner]],
+        config: EngineConfig,
+        retain: Sequence[Any] = (),
+    ) -> None:
         if not slots:
             raise ValueError("an engine needs at least one worker slot")
         self._config = config
+        self._retain = tuple(retain)
         self._lock = threading.Lock()
-        self._workers = [_Worker(spec, runner, self._lock) for spec, runner in slots]
+        self._workers = [Worker(spec, runner, self._lock) for spec, runner in slots]
         self._admission = Admission(self._lock, config, self._check_open, self._dispatch)
         self._callbacks = self._admission.callbacks
         self._state = State.OPEN
+        self._pid = os.getpid()
+        self._refusal: Optional[str] = None  # why a BROKEN engine refuses calls
+        self._inherited = False  # a forked child's copy: never touch a lock or a runner
         self._closer: Optional[threading.Thread] = None  # the thread that runs close()
+        self._flushed: list[Task] = []  # queued tasks close() fails
         self._closed_event = threading.Event()
         self._inline = 0
         self._waking = 0  # slots notified that have not taken a task yet
         for worker in self._workers:
             core = "auto" if worker.spec.core is None else worker.spec.core
             worker.thread = threading.Thread(
-                target=_worker_loop,
+                target=worker_loop,
                 args=(self, worker),
                 name=f"EzRknn_W{worker.spec.index}_C{core}",
                 daemon=True,
             )
             worker.thread.start()
-        _LIVE_ENGINES.add(self)
+        lifecycle.register(self)
 
     # -- public API -------------------------------------------------------------------------
 
@@ -133,11 +111,21 @@ class Engine:
     def submit_timeout_ms(self) -> int:
         return self._config.submit_timeout_ms
 
+    def check_open(self) -> None:
+        """Raise unless the engine takes tasks: ``SessionBrokenError`` (abandoned workers, or a
+        forked child's inherited copy) or ``SessionClosedError``. Takes no lock."""
+        state = self._state
+        if state is State.OPEN:
+            return
+        if state is State.BROKEN:
+            raise SessionBrokenError(self._refusal)
+        raise SessionClosedError("the session is closed")
+
     def run_inline(
         self, inputs: Any, output_indices: Sequence[int], *, method: str = "run"
     ) -> list[Any]:
         """Run a task and return its results; on the calling thread when a slot is idle."""
-        task = Task(inputs, output_indices, method=method)
+        task = Task(inputs, output_indices, method)
         try:
             worker = self._borrow(task)
             if worker is None:
@@ -146,6 +134,8 @@ class Engine:
                 task.run(worker.runner)
             finally:
                 self._give_back(task)
+            if task.error is None:
+                return task.results  # type: ignore[return-value]  # run() set them
             return task.outcome()
         finally:
             # A KeyboardInterrupt between the borrow and the give-back above (or inside it)
@@ -166,8 +156,7 @@ class Engine:
         ``SubmitTimeoutError`` at once instead of waiting for space; so does a ``waiter``, after
         registering it to be woken when space may be free (see ``aio.submit_async``)."""
         future: Future = Future()
-        task = Task(inputs, output_indices, future=future, method=method)
-        self._route(task)
+        task = Task(inputs, output_indices, method, future=future)
         self._admission.admit(task, "submit", blocking=blocking and waiter is None, waiter=waiter)
         return future
 
@@ -188,22 +177,16 @@ class Engine:
             err = "" if exc is None else _message(exc)
             complete(task.seq, (callback, results, user_data, err))
 
-        task = Task(inputs, output_indices, deliver=deliver, method=method)
-        self._route(task)
+        task = Task(inputs, output_indices, method, deliver=deliver)
         self._admission.admit(task, "run_async", callback=True)
 
-    def stats(self) -> EngineStats:
+    def stats(self) -> SessionStats:
+        """One consistent snapshot (see ``stats.py``)."""
+        if self._inherited:
+            self.check_open()  # a parent thread may have held the lock at fork()
         with self._lock:
-            admission = self._admission
-            return EngineStats(
-                state=self._state.value,
-                queued=len(admission.queue),
-                peak_queued=admission.peak,
-                running=sum(w.state in (_Slot.RUNNING, _Slot.BORROWED) for w in self._workers),
-                callback_backlog=self._callbacks.backlog,
-                submitted=admission.submitted,
-                inline_runs=self._inline,
-                waiting_submitters=admission.waiters,
+            return snapshot(
+                self._state.value, self._admission, self._workers, self._inline, time.monotonic()
             )
 
     def timeout_error(self, api: str) -> SubmitTimeoutError:
@@ -215,75 +198,145 @@ class Engine:
         """Drop an async space waiter that leaves (see ``Admission.forget``)."""
         self._admission.forget(waiter)
 
-    def close(self) -> bool:
-        """Stop accepting tasks, fail the queued ones, let running ones finish, join threads,
-        deliver every callback, close the runners. Idempotent; safe from a callback.
+    def close(self, timeout: Optional[float] = None) -> bool:
+        """Stop accepting tasks, fail the queued ones, let running ones finish until one
+        deadline ``timeout`` seconds from now (default ``DEFAULT_CLOSE_TIMEOUT_S``), deliver the
+        callbacks, close the runners; or, past the deadline, abandon what is still running
+        (BROKEN, see the module doc). Idempotent; safe from a callback.
 
         Returns True for the call that closed the engine. A call from another thread while a
-        close is under way returns once the engine is closed (its caller may then free what the
+        close is under way returns once that close is over (its caller may then free what the
         running tasks use); from an engine thread or the closing thread itself, at once.
         """
+        deadline = time.monotonic() + close_timeout(timeout)
+        if self._inherited:
+            return False
+        if self.begin_close():
+            self.finish_close(deadline)
+            return True
         current = threading.current_thread()
+        if current is not self._closer and not self._on_engine_thread(current):
+            self._closed_event.wait(max(0.0, deadline - time.monotonic()))
+        return False
+
+    # -- lifecycle (lifecycle.py calls these too) -------------------------------------------
+
+    def begin_close(self) -> bool:
+        """OPEN -> CLOSING: take the queue, wake every worker and waiter. False if not open."""
         admission = self._admission
         with self._lock:
-            closing = self._state is State.OPEN
-            if closing:
-                self._state = State.CLOSING
-                self._closer = current
-                flushed = list(admission.queue)
-                admission.queue.clear()
-                for worker in self._workers:
-                    worker.wake.notify()
-                admission.space.notify_all()
-                # Every async waiter retries and gets SessionClosedError; they forget() later.
-                woken = list(admission.async_waiters) + list(admission.claimed)
-        if closing:
-            admission.wake_waiters(woken)
-        if not closing:
-            if current is not self._closer and not self._on_engine_thread(current):
-                self._closed_event.wait()
-            return False
+            if self._state is not State.OPEN:
+                return False
+            self._state = State.CLOSING
+            self._closer = threading.current_thread()
+            self._flushed = list(admission.queue)
+            admission.queue.clear()
+            for worker in self._workers:
+                worker.wake.notify()
+            admission.space.notify_all()
+            # Every async waiter retries and gets SessionClosedError; they forget() later.
+            woken = list(admission.async_waiters) + list(admission.claimed)
+        admission.wake_waiters(woken)
+        return True
+
+    def finish_close(self, deadline: float) -> None:
+        """CLOSING -> CLOSED, or BROKEN if a thread is still busy at ``deadline``."""
+        current = threading.current_thread()
         try:
+            flushed, self._flushed = self._flushed, []
             closed = SessionClosedError("session closed before the task started")
             for task in flushed:
                 task.fail(closed)
             for worker in self._workers:
                 if worker.thread is not None and worker.thread is not current:
-                    worker.thread.join(_JOIN_TIMEOUT_S)
-            self._callbacks.close()
-            if not self._callbacks.on_thread():
-                self._callbacks.thread.join(_JOIN_TIMEOUT_S)
-            for worker in self._workers:
-                worker.runner.close()
+                    join_until(worker.thread, deadline)
+            # Stuck: still inside its runner (or lent to a run() caller). A thread that is only
+            # on its way out is not waited for: it never touches its runner again.
             with self._lock:
-                self._state = State.CLOSED
+                stuck = [
+                    worker
+                    for worker in self._workers
+                    if worker.state in (Slot.RUNNING, Slot.BORROWED)
+                    and worker.thread is not current
+                ]
+            if stuck:
+                self._abandon(stuck)
+            self._callbacks.close()
+            thread = self._callbacks.thread
+            callback_stuck = False
+            # Not from inside a callback, on that thread or on a worker delivering it: the
+            # callback thread ends once that callback has returned.
+            if not self._callbacks.on_thread():
+                join_until(thread, deadline)
+                with self._lock:
+                    callback_stuck = self._callbacks.stuck(deadline)
+            if stuck or callback_stuck:
+                self._break(stuck, callback_stuck)
+            else:
+                for worker in self._workers:
+                    worker.runner.close()
+                with self._lock:
+                    self._state = State.CLOSED
         finally:
             self._closed_event.set()
-        _LIVE_ENGINES.discard(self)
-        return True
+            lifecycle.unregister(self)
+
+    def inherited(self) -> None:
+        """Called in a forked child: this engine's threads exist only in the parent."""
+        self._inherited = True
+        self._refusal = (
+            f"this session was created in process {self._pid}; this forked child "
+            f"(process {os.getpid()}) cannot use it, its worker threads exist only in the "
+            "parent: create sessions after fork"
+        )
+        self._state = State.BROKEN
 
     # -- internals (called with the lock held unless said otherwise) ------------------------
 
+    def _abandon(self, stuck: list[Worker]) -> None:
+        """Fail the tasks of workers still inside their runner at the deadline (lock NOT held).
+        Each task is claimed from its worker first, so the worker's late outcome is dropped."""
+        for worker in stuck:
+            try:
+                task = worker.inflight.pop()
+            except IndexError:
+                continue  # an inline run on a borrowed slot (its caller gets its outcome), or
+                # the worker claimed its task just now and publishes it itself
+            task.abandon(
+                SessionBrokenError(
+                    f"the inference was still running on {worker.name} at close()'s deadline; "
+                    "its worker was abandoned (the session leaked it rather than free what it "
+                    "is inside)"
+                )
+            )
+
+    def _break(self, stuck: list[Worker], callback_stuck: bool) -> None:
+        """CLOSING -> BROKEN: leak the runners (and, in the session, the backend); warn once."""
+        busy = [worker.name for worker in stuck]
+        if callback_stuck:
+            busy.append(f"{self._callbacks.thread.name} (a run_async callback)")
+        self._refusal = (
+            f"the session is broken: {', '.join(busy)} did not finish within close()'s deadline "
+            "and was abandoned; its runner and the backend were leaked on purpose"
+        )
+        with self._lock:
+            self._state = State.BROKEN
+        warnings.warn(self._refusal, RuntimeWarning, stacklevel=5)  # session.close's caller
+
     def _check_open(self) -> None:
         if self._state is not State.OPEN:
-            raise SessionClosedError("the session is closed")
+            self.check_open()
 
-    def _route(self, task: Task) -> None:
-        """Bind ``task`` to the next core of a weighted schedule (lock NOT held)."""
-        with self._lock:
-            self._check_open()
-            task.core = self._admission.next_route()
-
-    def _borrow(self, task: Task) -> Optional[_Worker]:
+    def _borrow(self, task: Task) -> Optional[Worker]:
         """Lend an idle slot that may run ``task`` to the calling thread (lock NOT held), or
         None (the task is then routed for the queue)."""
         with self._lock:
             self._check_open()
             task.core = core = self._admission.next_route()
             for worker in self._workers:
-                if worker.state is _Slot.IDLE and (core is None or worker.spec.core == core):
+                if worker.state is Slot.IDLE and (core is None or worker.spec.core == core):
                     # One line: the slot is lent and the task knows it, or neither.
-                    worker.state, task.slot, worker.since = _Slot.BORROWED, worker, time.monotonic()
+                    worker.state, task.slot, worker.since = Slot.BORROWED, worker, time.monotonic()
                     self._inline += 1
                     return worker
         return None
@@ -295,8 +348,14 @@ class Engine:
             worker = task.slot
             if worker is None:
                 return
-            worker.state, task.slot = _Slot.IDLE, None
-            self._admission.pace_sample(time.monotonic() - worker.since)
+            worker.state, task.slot = Slot.IDLE, None
+            elapsed = time.monotonic() - worker.since
+            if task.error is not None:
+                worker.failed += 1
+            elif task.results is not None:
+                worker.completed += 1
+            worker.busy += elapsed
+            self._admission.pace_sample(elapsed)
             if self._admission.queue or self._state is not State.OPEN:
                 self._wake(worker)
 
@@ -304,7 +363,7 @@ class Engine:
         """No idle slot: queue the task for a worker and wait for it (lock NOT held)."""
         future: Future = Future()
         task.future = future
-        self._admission.admit(task, "run")
+        self._admission.admit(task, "run", routed=True)  # _borrow routed it
         try:
             return future.result()
         except BaseException:
@@ -313,72 +372,23 @@ class Engine:
 
     def _dispatch(self, core: Optional[int]) -> None:
         """A task for ``core`` was queued: wake one idle worker that may take it, unless the task
-        may run anywhere and a woken worker is on its way (it wakes the next, see the module
-        docstring)."""
+        may run anywhere and a woken worker is on its way (it wakes the next: workers.py)."""
         if core is None and self._waking:
             return
         for worker in self._workers:
-            if worker.state is _Slot.IDLE and (core is None or worker.spec.core == core):
+            if worker.state is Slot.IDLE and (core is None or worker.spec.core == core):
                 self._wake(worker)
                 return
 
-    def _wake(self, worker: _Worker) -> None:
-        if worker.state is not _Slot.WAKING:
-            self._waking += 1
-            worker.state = _Slot.WAKING
+    def _wake(self, worker: Worker) -> None:
+        if worker.state is not Slot.WAKING:
+            self._waking += 1  # the worker's thread counts it down (workers.py)
+        worker.state = Slot.WAKING
         worker.wake.notify()
 
     def _on_engine_thread(self, thread: threading.Thread) -> bool:
         """Whether ``thread`` is one that ``close()`` joins (a worker or the callback thread)."""
         return thread is self._callbacks.thread or any(w.thread is thread for w in self._workers)
-
-
-def _worker_loop(engine: Engine, worker: _Worker) -> None:
-    """One slot's thread: take a task it may run, run it without the lock, repeat.
-
-    It exits once the engine is closing and its slot is neither running nor lent to a ``run()``
-    caller, so ``close()`` never releases a runner still in use.
-    """
-    lock = engine._lock
-    admission = engine._admission
-    queue = admission.queue
-    runner = worker.runner
-    core = worker.spec.core
-    timed = engine._config.enable_pacing  # the run time only feeds pacing
-    if len(engine._workers) > 1 and engine._config.routes is None:
-        # Another worker can always run what a callback waits for (ordering.py).
-        engine._callbacks.allow_inline()
-    with lock:
-        while True:
-            task = None
-            if worker.state is _Slot.WAKING:
-                engine._waking -= 1
-                worker.state = _Slot.IDLE
-            if worker.state is not _Slot.BORROWED:
-                task = admission.take(core)
-            if task is None:
-                if worker.state is not _Slot.BORROWED:
-                    if engine._state is not State.OPEN:
-                        return
-                    worker.state = _Slot.IDLE
-                worker.wake.wait()
-                continue
-            worker.state = _Slot.RUNNING
-            if queue:
-                engine._dispatch(queue[0].core)  # the next woken worker takes the rest
-            woken = admission.grant() if admission.async_waiters else None
-            lock.release()
-            if woken:
-                admission.wake_waiters(woken)
-                del woken
-            start = time.monotonic() if timed else 0.0
-            try:
-                task.run(runner)
-            finally:
-                del task
-                lock.acquire()
-                if timed:
-                    admission.pace_sample(time.monotonic() - start)
 
 
 def _message(exc: BaseException) -> str:
@@ -387,13 +397,3 @@ def _message(exc: BaseException) -> str:
     except BaseException:  # noqa: BLE001 - a broken __str__ must not lose the outcome
         text = ""
     return text if text else type(exc).__name__
-
-
-_LIVE_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_live_engines() -> None:
-    """Interpreter exit: let running native calls finish before daemon threads are frozen."""
-    for engine in list(_LIVE_ENGINES):
-        engine.close()

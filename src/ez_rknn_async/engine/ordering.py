@@ -62,6 +62,7 @@ class CallbackStage:
         self._inline_threads: set[int] = set()  # worker threads allowed to deliver
         self._cost = 0.0  # moving average of a callback's duration, seconds
         self.backlog = 0
+        self.calling_since: Optional[float] = None  # monotonic() when the running callback began
         self.thread = threading.Thread(target=self._loop, name="EzRknn_Callback", daemon=True)
         self.thread.start()
 
@@ -110,6 +111,16 @@ class CallbackStage:
             self._inline_threads.clear()  # the rest is the callback thread's
             self._wakeup.notify()
 
+    def stuck(self, deadline: float) -> bool:
+        """Whether, after ``close()``'s deadline, deliveries are left and the one running (if
+        any) began before the deadline (lock held). Results still waiting may be views of
+        backend memory, so the caller must not free the backend then; a delivery that began
+        after the deadline (the error of an abandoned task) is not a stuck callback."""
+        if self.backlog == 0 or not self.thread.is_alive():
+            return False
+        since = self.calling_since
+        return since is None or since < deadline
+
     def on_thread(self) -> bool:
         """Whether the calling thread is delivering a callback (calls from inside one)."""
         return self._deliverer == threading.get_ident()
@@ -128,14 +139,15 @@ class CallbackStage:
         """Call one callback without the lock (held on entry and on return), then account
         for it: the backlog shrinks, its duration feeds the average, waiters are woken."""
         lock = self._lock
+        self.calling_since = start = time.monotonic()
         lock.release()
         try:
-            start = time.monotonic()
             _call_user(*delivery)
             elapsed = time.monotonic() - start
         finally:
             del delivery  # not kept alive until the next delivery
             lock.acquire()
+            self.calling_since = None
         self._cost += _COST_EMA * (elapsed - self._cost)
         self.backlog -= 1
         woken = self._on_delivered()

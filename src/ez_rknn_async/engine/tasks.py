@@ -37,6 +37,7 @@ class Task:
         "core",
         "seq",
         "slot",
+        "queued_at",
         "results",
         "error",
     )
@@ -45,10 +46,10 @@ class Task:
         self,
         inputs: Any,
         output_indices: Sequence[int],
+        method: str = "run",
         *,
         future: Optional[Future] = None,
         deliver: Optional[Callable[[Task, Any, Any], None]] = None,
-        method: str = "run",
     ) -> None:
         self.inputs = inputs
         self.output_indices = output_indices
@@ -58,19 +59,32 @@ class Task:
         self.core: Optional[int] = None
         self.seq = -1
         self.slot: Any = None
+        self.queued_at = 0.0  # monotonic() when admitted to the queue
         self.results: Optional[list[np.ndarray]] = None
         self.error: Optional[BaseException] = None
 
-    def run(self, runner: Runner) -> None:
-        """Claim the task (skip it if cancelled), run it, publish the outcome. Never raises."""
+    def run(self, runner: Runner, claim: Optional[Callable[[], Any]] = None) -> Optional[bool]:
+        """Claim the task (skip it if cancelled), run it, publish the outcome. Never raises.
+
+        Returns whether the runner succeeded, or None if the task was cancelled. A worker passes
+        ``claim``: the outcome is published only if ``claim()`` does not raise ``IndexError``
+        (raised once ``close()`` gave up on this run at its deadline and failed the task)."""
         if self.future is not None and not self.future.set_running_or_notify_cancel():
-            return
+            return None
+        error: Optional[BaseException] = None
         try:
             results = getattr(runner, self.method)(self.inputs, self.output_indices)
         except BaseException as exc:  # noqa: BLE001 - every failure belongs to the caller
-            self.finish(None, exc)
-        else:
-            self.finish(results, None)
+            results, error = None, exc
+        ok = error is None
+        if claim is not None:
+            try:
+                claim()
+            except IndexError:  # close() gave up on this run and failed the task already
+                return ok
+        self.finish(results, error)
+        error = None  # no exception -> traceback -> this frame -> exception cycle
+        return ok
 
     def finish(self, results: Optional[list[np.ndarray]], exc: Optional[BaseException]) -> None:
         self.inputs = ()  # drop the input arrays as soon as they are no longer needed
@@ -99,6 +113,11 @@ class Task:
             raise error
         finally:
             del error
+
+    def abandon(self, exc: BaseException) -> None:
+        """Fail a task whose worker ``close()`` gave up on (the task was claimed from it)."""
+        if self.future is None or not self.future.done():  # not a cancelled one
+            self.finish(None, exc)
 
     def fail(self, exc: BaseException) -> None:
         """Fail a task that never ran (queue flushed by ``close()``)."""

@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional, TypeVar
 import numpy as np
 
 from ..backends.base import MEM_DEFAULT, BufferRequest, DeviceBuffer, Runner
+from ..errors import BindingClosedError, BindingInFlightError, ValueReleasedError
 from ..feeds import check_array, check_tensor, format_shape
 from .memory import SessionMemory, memory_of
 from .values import (
@@ -37,38 +38,51 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True)
 class _Bound:
-    value: DeviceValue
+    value: Optional[DeviceValue]  # None: sized at run time and not run yet
     owned: bool  # allocated by the binding (bind_cpu_input / bind_output): it releases it
+    sized_at_run: bool = False  # bind_output without a shape: the runtime sizes it every run
 
 
 class _Flight:
     """One run of a binding: the buffers in model order, the values it delivers, and the binding
     to hand back when it ends. A worker calls ``run_on`` (through ``Runner.run_binding``)."""
 
-    __slots__ = ("_binding", "_inputs", "_outputs", "results")
+    __slots__ = ("_binding", "_inputs", "_outputs", "_order", "results")
 
     def __init__(
         self,
         binding: SessionIOBinding,
         inputs: tuple[DeviceBuffer, ...],
-        outputs: tuple[DeviceBuffer, ...],
-        results: list[OrtValue],
+        outputs: tuple[Optional[DeviceBuffer], ...],
+        order: list[int],
     ) -> None:
         self._binding = binding
         self._inputs = inputs
-        self._outputs = outputs
-        self.results = results
+        self._outputs = outputs  # None: sized by the runtime during the run
+        self._order = order  # model output indices in first-bind order (``get_outputs()``'s)
+        self.results: list[Optional[OrtValue]] = [  # sized outputs: filled in by the run
+            None if outputs[i] is None else binding._outputs[i].value for i in order
+        ]
 
-    def run_on(self, runner: Runner) -> list[OrtValue]:
+    def run_on(self, runner: Runner) -> list[Optional[OrtValue]]:
         pinned: list[DeviceBuffer] = []
         n_inputs = len(self._inputs)
         try:
             for k, buffer in enumerate(self._inputs + self._outputs):
+                if buffer is None:
+                    continue
                 if not buffer.pin():
                     where = ("input", k) if k < n_inputs else ("output", k - n_inputs)
                     raise _released(self._binding._memory, *where)
                 pinned.append(buffer)
-            runner.run_buffers(self._inputs, self._outputs)
+            if None in self._outputs:
+                sized = runner.run_buffers_sizing(self._inputs, self._outputs)
+                for index, array in enumerate(sized):
+                    if array is not None:
+                        value = self._binding._adopt(index, array)
+                        self.results[self._order.index(index)] = value
+            else:
+                runner.run_buffers(self._inputs, self._outputs)  # type: ignore[arg-type]
         finally:
             for buffer in pinned:
                 buffer.unpin()
@@ -135,7 +149,9 @@ class SessionIOBinding:
         mem_flags: Any = "cacheable",
     ) -> None:
         """Bind output ``name`` to a buffer of session memory the binding allocates (for either
-        device type). ``shape`` is needed only when the output's shape is dynamic."""
+        device type). Without ``shape``, a dynamic output is allocated by the runtime at each run
+        (as onnxruntime does; ``get_outputs()`` then has it after the first run, and a run
+        releases the previous run's value); RKNN needs ``shape`` for one."""
         if buffer_ptr is not None:
             raise ValueError(
                 "bind_output does not take a raw buffer_ptr; bind an OrtValue with "
@@ -152,6 +168,13 @@ class SessionIOBinding:
                 dims = parse_shape(shape)
             elif all(isinstance(d, int) and d >= 0 for d in spec.shape):
                 dims = tuple(spec.shape)  # type: ignore[arg-type]
+            elif self._memory.backend.sizes_outputs_at_run:
+                any_fit = tuple(d if isinstance(d, int) and d >= 0 else 1 for d in spec.shape)
+                check_tensor(
+                    any_fit, dtype, spec, role="output"
+                )  # the dtype; the shape comes later
+                self._set(self._outputs, index, _Bound(None, owned=True, sized_at_run=True))
+                return
             else:
                 raise ValueError(
                     f"output {name!r} has the dynamic shape {format_shape(spec.shape)}; "
@@ -166,7 +189,7 @@ class SessionIOBinding:
         """The bound output values, in the order they were first bound."""
         with self._lock:
             self._check_usable()
-            return [bound.value for bound in self._outputs.values()]
+            return [bound.value for bound in self._outputs.values() if bound.value is not None]
 
     def copy_outputs_to_cpu(self) -> list[np.ndarray]:
         """Synced copies of the bound outputs, in ``get_outputs()`` order."""
@@ -188,7 +211,7 @@ class SessionIOBinding:
         """Flush CPU writes of every bound input to the device."""
         with self._lock:
             self._check_usable()
-            values = [bound.value for bound in self._inputs.values()]
+            values = [bound.value for bound in self._inputs.values() if bound.value is not None]
         for value in values:
             value.sync_to_device()
 
@@ -224,14 +247,14 @@ class SessionIOBinding:
     def _check_usable(self) -> None:
         self._memory.check_open()
         if self._closed:
-            raise RuntimeError("the IOBinding is closed")
+            raise BindingClosedError("the IOBinding is closed")
 
     @contextmanager
     def _editing(self, api: str) -> Iterator[None]:
         with self._lock:
             self._check_usable()
             if self._flight is not None:
-                raise RuntimeError(
+                raise BindingInFlightError(
                     f"{api}: the IOBinding is in flight; wait for its run to finish before "
                     "changing it"
                 )
@@ -241,7 +264,7 @@ class SessionIOBinding:
         """Bind (keeping the first-bind position) and free what the binding owned there."""
         old = slots.get(index)
         slots[index] = bound
-        if old is not None and old.owned and old.value is not bound.value:
+        if old is not None and old.owned and old.value is not None and old.value is not bound.value:
             old.value.release()
 
     def _owned_value(
@@ -256,7 +279,7 @@ class SessionIOBinding:
         """The binding's own buffer for a tensor: the current one if it still fits, else new."""
         request = BufferRequest(tuple(shape), np.dtype(dtype), io_kind, index, mem_flags)
         current = slots.get(index)
-        if current is not None and current.owned:
+        if current is not None and current.owned and current.value is not None:
             buffer = current.value._buffer
             if buffer.request == request and not buffer.released:
                 return current.value
@@ -277,11 +300,11 @@ class SessionIOBinding:
         with self._lock:
             self._check_usable()
             if self._flight is not None:
-                raise RuntimeError(
+                raise BindingInFlightError(
                     f"{api}: the IOBinding is already in flight (its previous run has not "
                     "finished); wait for it, or use one IOBinding per frame in flight"
                 )
-            buffers: list[DeviceBuffer] = []
+            buffers: list[Optional[DeviceBuffer]] = []
             for io_kind, slots, how in (
                 ("input", self._inputs, "bind_cpu_input or bind_ortvalue_input"),
                 ("output", self._outputs, "bind_output or bind_ortvalue_output"),
@@ -294,15 +317,36 @@ class SessionIOBinding:
                         f"({how})"
                     )
                 for i in range(len(specs)):
-                    buffer = slots[i].value._buffer
+                    bound = slots[i]
+                    if bound.value is None or bound.sized_at_run:
+                        buffers.append(None)  # the runtime sizes it during the run
+                        continue
+                    buffer = bound.value._buffer
                     if buffer.released:
                         raise _released(self._memory, io_kind, i, f"{api}: ")
                     buffers.append(buffer)
             n_inputs = len(self._inputs)
-            results: list[OrtValue] = [bound.value for bound in self._outputs.values()]
-            flight = _Flight(self, tuple(buffers[:n_inputs]), tuple(buffers[n_inputs:]), results)
+            flight = _Flight(
+                self,
+                tuple(buffers[:n_inputs]),  # type: ignore[arg-type]  # inputs are never None
+                tuple(buffers[n_inputs:]),
+                list(self._outputs),
+            )
             self._flight = flight
             return flight
+
+    def _adopt(self, index: int, array: np.ndarray) -> OrtValue:
+        """Output ``index`` as the runtime sized it this run: the binding's new value there (the
+        previous run's is released; a binding closed meanwhile releases this one too)."""
+        request = BufferRequest(array.shape, array.dtype, "output", index)
+        value = DeviceValue(self._memory, self._memory.backend.adopt(request, array))
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._set(self._outputs, index, _Bound(value, owned=True, sized_at_run=True))
+        if closed:
+            value.release()
+        return value
 
     def _landed(self, flight: _Flight) -> None:
         with self._lock:
@@ -365,14 +409,16 @@ def _bindable(memory: SessionMemory, value: Any, io_kind: str, index: int, api: 
     return value
 
 
-def _released(memory: SessionMemory, io_kind: str, index: int, prefix: str = "") -> RuntimeError:
+def _released(
+    memory: SessionMemory, io_kind: str, index: int, prefix: str = ""
+) -> ValueReleasedError:
     name = memory.specs(io_kind)[index].name
-    return RuntimeError(
+    return ValueReleasedError(
         f"{prefix}{io_kind} {name!r} is bound to an OrtValue that was released; bind a live value"
     )
 
 
 def _release_owned(slots: dict[int, _Bound]) -> None:
     for bound in slots.values():
-        if bound.owned:
+        if bound.owned and bound.value is not None:
             bound.value.release()

@@ -22,6 +22,7 @@ from ..backends.base import (
     BufferRequest,
     DeviceBuffer,
 )
+from ..errors import ValueReleasedError
 from ..feeds import format_shape
 from ..tensors import ONNX_TYPE_TO_DTYPE, type_string
 from .memory import SessionMemory, memory_of
@@ -37,7 +38,7 @@ __all__ = [
     "check_device",
 ]
 
-_DEVICE_TYPES = ("cpu", "rknpu2")
+_DEVICE_TYPES = ("cpu", "rknpu2", "rknpu3")  # the NPU names both mean session memory
 _LAYOUTS = ("onnx", "native")
 _MEM_FLAGS = {
     "default": MEM_DEFAULT,
@@ -109,7 +110,7 @@ def check_device(device_type: Any, device_id: Any) -> str:
     """The lower-cased device type; a session is one device, so ``device_id`` must be 0."""
     kind = device_type.lower() if isinstance(device_type, str) else device_type
     if kind not in _DEVICE_TYPES:
-        raise ValueError(f"device_type must be 'cpu' or 'rknpu2', got {device_type!r}")
+        raise ValueError(f"device_type must be 'cpu', 'rknpu2' or 'rknpu3', got {device_type!r}")
     if device_id != 0:
         raise ValueError(f"device_id must be 0 (one device per session), got {device_id!r}")
     return kind
@@ -439,7 +440,7 @@ class DeviceValue(OrtValue):
     def _check(self) -> None:
         self._memory.check_open()
         if self._buffer.released:
-            raise RuntimeError("the OrtValue was released; its buffer is gone")
+            raise ValueReleasedError("the OrtValue was released; its buffer is gone")
 
     @contextmanager
     def _using(self) -> Iterator[DeviceBuffer]:
@@ -448,7 +449,7 @@ class DeviceValue(OrtValue):
         self._memory.check_open()
         buffer = self._buffer
         if not buffer.pin():
-            raise RuntimeError("the OrtValue was released; its buffer is gone")
+            raise ValueReleasedError("the OrtValue was released; its buffer is gone")
         try:
             yield buffer
         finally:

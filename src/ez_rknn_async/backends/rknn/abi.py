@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ctypes
 from enum import IntEnum, IntFlag
-from typing import Any, Optional
+from typing import Optional
+
+from .. import native
 
 __all__ = [
     "CONTEXT_TYPE",
@@ -43,18 +45,6 @@ MAX_NAME_LEN = 256
 
 #: typedef uint64_t rknn_context;  (uint32_t on 32-bit ARM)
 CONTEXT_TYPE = ctypes.c_uint64 if ctypes.sizeof(ctypes.c_void_p) == 8 else ctypes.c_uint32
-
-_SCALARS = {
-    "u8": ctypes.c_uint8,
-    "i8": ctypes.c_int8,
-    "u32": ctypes.c_uint32,
-    "i32": ctypes.c_int32,
-    "u64": ctypes.c_uint64,
-    "i64": ctypes.c_int64,
-    "f32": ctypes.c_float,
-    "enum": ctypes.c_int,  # every rknn enum is a 4-byte int
-    "char": ctypes.c_char,
-}
 
 #: struct -> ((field, C type), ...): "ptr" any pointer, "context" an rknn_context, "T[n]" an array.
 STRUCT_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -173,25 +163,11 @@ STRUCT_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
-def _ctype(spec: str, pointer: type, context: type) -> Any:
-    base, _, count = spec.partition("[")
-    scalar: Any = {"ptr": pointer, "context": context}.get(base) or _SCALARS[base]
-    return scalar * int(count[:-1]) if count else scalar
-
-
 def build_structs(
     pointer: type = ctypes.c_void_p, context: Optional[type] = None
 ) -> dict[str, type[ctypes.Structure]]:
     """ctypes classes for ``STRUCT_FIELDS``. Pass ``pointer=context=c_uint32`` for armhf."""
-    context = context or CONTEXT_TYPE
-    return {
-        name: type(
-            name,
-            (ctypes.Structure,),
-            {"_fields_": [(field, _ctype(spec, pointer, context)) for field, spec in fields]},
-        )
-        for name, fields in STRUCT_FIELDS.items()
-    }
+    return native.build_structs(STRUCT_FIELDS, pointer, context or CONTEXT_TYPE)
 
 
 STRUCTS = build_structs()

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ...tensors import TensorSpec
+from ...tensors import TensorSpec, dense_strides
 from .abi import TensorFormat, TensorType
 
 __all__ = [
@@ -28,6 +28,8 @@ __all__ = [
     "input_spec",
     "input_format",
     "output_spec",
+    "layout_name",
+    "native_strides",
     "native_spec",
 ]
 
@@ -105,18 +107,43 @@ def buffer_dtype(attr: Any) -> np.dtype:
     return _DTYPES.get(attr.type, np.dtype(np.uint8))
 
 
+def layout_name(fmt: int) -> str:
+    """librknnrt's name of a tensor format (``get_format_string``): NCHW, NHWC, NC1HWC2."""
+    try:
+        return TensorFormat(fmt).name
+    except ValueError:
+        return TensorFormat.UNDEFINED.name
+
+
+def native_strides(attr: Any) -> tuple[int, ...]:
+    """Element strides of a native tensor as laid out in memory: the W axis padded to
+    ``w_stride`` and the H axis to ``h_stride`` where the runtime pads them (0: not padded)."""
+    dims = list(shape(attr))
+    axes = {TensorFormat.NHWC: (1, 2), TensorFormat.NCHW: (2, 3), TensorFormat.NC1HWC2: (2, 3)}
+    padded = axes.get(attr.fmt)
+    if padded is not None and len(dims) > padded[1]:
+        h_axis, w_axis = padded
+        dims[w_axis] = max(dims[w_axis], int(attr.w_stride))
+        dims[h_axis] = max(dims[h_axis], int(attr.h_stride))
+    return dense_strides(tuple(dims))
+
+
 def input_spec(attr: Any, index: int, layout: str) -> TensorSpec:
     """The user's view of an input: 4-D inputs are reported NHWC and shown NCHW unless the
     layout is nhwc/any (SPEC.md 6.3; the dims are taken as NHWC whatever ``fmt`` says)."""
     dims = shape(attr)
-    if len(dims) == 4 and layout in _NCHW_LAYOUTS:
-        dims = (dims[0], dims[3], dims[1], dims[2])
+    view = TensorFormat.UNDEFINED.name
+    if len(dims) == 4:
+        view = TensorFormat.NHWC.name
+        if layout in _NCHW_LAYOUTS:
+            dims, view = (dims[0], dims[3], dims[1], dims[2]), TensorFormat.NCHW.name
     return TensorSpec(
         tensor_name(attr, f"input_{index}"),
         dims,
         _FLOAT32,
         type=type_string(attr),
         accepts=_ACCEPTS,
+        layout=view,
     )
 
 
@@ -134,4 +161,12 @@ def output_spec(attr: Any, index: int) -> TensorSpec:
 
 
 def native_spec(attr: Any, fallback: str) -> TensorSpec:
-    return TensorSpec(tensor_name(attr, fallback), shape(attr), _FLOAT32, type=type_string(attr))
+    """A tensor as the runtime reports it: its dims, layout name and padded strides."""
+    return TensorSpec(
+        tensor_name(attr, fallback),
+        shape(attr),
+        _FLOAT32,
+        type=type_string(attr),
+        layout=layout_name(attr.fmt),
+        strides=native_strides(attr),
+    )

@@ -19,7 +19,8 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from ...options import ProviderOptions
+from ...errors import BackendClosedError
+from ...options import RKNPU2_PROVIDER, ProviderOptions
 from ..base import Backend, BufferTracker, SlotSpec
 from .abi import CONTEXT_TYPE, InitFlag, RknnInitExtend
 from .context import Context
@@ -46,7 +47,7 @@ class RknnBackend(ZeroCopy, Backend):
         options: ProviderOptions,
         share_with: Optional[RknnBackend] = None,
     ) -> None:
-        self.providers = ["RKNNExecutionProvider"]
+        self.providers = [RKNPU2_PROVIDER]
         self.soc = soc
         self.library_path = lib.path
         self._lib = lib
@@ -142,7 +143,7 @@ class RknnBackend(ZeroCopy, Backend):
         mask = None if slot.core_mask is None else self.soc.core_mask(slot.core_mask)
         with self._lock:
             if self._closed:
-                raise RuntimeError("the RKNN backend is closed")
+                raise BackendClosedError("the RKNN backend is closed")
             reuse_origin = not self._origin_taken and (self._fresh_contexts or self._zero_copy_only)
             self._origin_taken = True
         if reuse_origin:

@@ -9,13 +9,11 @@ becomes a stub that raises when *called*, so one missing symbol never breaks loa
 from __future__ import annotations
 
 import ctypes
-import os
-import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Optional
 
-from ...errors import RKNNError
+from ...errors import RKNNError, RuntimeNotFoundError
+from ..native import LibraryFinder, NativeLibrary, Signature
 from .abi import (
     CONTEXT_TYPE,
     ERRORS,
@@ -59,15 +57,6 @@ FIX = (
 )
 
 
-class RuntimeNotFoundError(RKNNError):
-    """No loadable librknnrt: ``what`` was tried, ``fix`` says what to do."""
-
-    def __init__(self, what: str) -> None:
-        super().__init__(f"{what}. Fix: {FIX}.", -3, "RKNN_ERR_DEVICE_UNAVAILABLE")
-        self.what = what
-        self.fix = FIX
-
-
 _ctx = CONTEXT_TYPE
 _u32, _i32, _u64, _int, _vp = (
     ctypes.c_uint32,
@@ -76,16 +65,6 @@ _u32, _i32, _u64, _int, _vp = (
     ctypes.c_int,
     ctypes.c_void_p,
 )
-
-
-@dataclass(frozen=True)
-class Signature:
-    """One C function: argument and result ctypes, and where it is known to be missing."""
-
-    name: str
-    argtypes: tuple[Any, ...]
-    restype: Any = ctypes.c_int
-    missing_on: str = ""
 
 
 SIGNATURES: tuple[Signature, ...] = (
@@ -160,78 +139,33 @@ def check(api: str, code: int) -> None:
         raise RKNNError(f"{api} failed: {name} ({code}): {description}", code, name)
 
 
-def _stub(signature: Signature, path: str) -> Callable[..., Any]:
-    where = f" (not provided on {signature.missing_on})" if signature.missing_on else ""
+class Library(NativeLibrary):
+    """A loaded librknnrt: each function of ``SIGNATURES`` is an attribute (or a raising stub)."""
 
-    def missing(*_args: Any) -> Any:
-        raise RKNNError(
-            f"{signature.name} is not available in {path}{where}; a newer librknnrt may provide it",
+    def __init__(self, path: str) -> None:
+        super().__init__(path, SIGNATURES)
+
+    def missing_error(self, signature: Signature) -> Exception:
+        where = f" (not provided on {signature.missing_on})" if signature.missing_on else ""
+        return RKNNError(
+            f"{signature.name} is not available in {self.path}{where}; a newer librknnrt may "
+            "provide it",
             -1,
             "RKNN_ERR_FAIL",
         )
 
-    missing.__name__ = signature.name
-    return missing
 
-
-class Library:
-    """A loaded librknnrt: each function of ``SIGNATURES`` is an attribute (or a raising stub)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.cdll = ctypes.CDLL(path)
-        missing = set()
-        for signature in SIGNATURES:
-            try:
-                function = getattr(self.cdll, signature.name)
-            except AttributeError:
-                missing.add(signature.name)
-                setattr(self, signature.name, _stub(signature, path))
-                continue
-            function.argtypes = signature.argtypes
-            function.restype = signature.restype
-            setattr(self, signature.name, function)
-        self.missing = frozenset(missing)
-
-    def has(self, name: str) -> bool:
-        return name not in self.missing
-
-    def __getattr__(self, name: str) -> Any:  # only reached for names not bound above
-        raise AttributeError(f"librknnrt binding has no function {name!r}")
+_FINDER = LibraryFinder(ENV_VAR, SYSTEM_CANDIDATES)
 
 
 def candidates(environ: Optional[Mapping[str, str]] = None) -> list[str]:
     """Where the runtime is looked for, in order: the env var (alone, if set), then the system."""
-    environ = os.environ if environ is None else environ
-    chosen = environ.get(ENV_VAR, "").strip()
-    return [chosen] if chosen else list(SYSTEM_CANDIDATES)
-
-
-_cache: dict[str, Library] = {}
-_cache_lock = threading.Lock()
+    return _FINDER.candidates(environ)
 
 
 def load_library(environ: Optional[Mapping[str, str]] = None) -> Library:
     """The runtime library (loaded once per path); RKNNError with the fix when there is none."""
-    environ = os.environ if environ is None else environ
-    tried = candidates(environ)
-    errors = []
-    with _cache_lock:
-        for path in tried:
-            if path in _cache:
-                return _cache[path]
-            if os.sep in path and not os.path.exists(path):
-                errors.append(f"{path}: no such file")
-                continue
-            try:
-                library = _cache[path] = Library(path)
-            except OSError as exc:
-                errors.append(f"{path}: {exc}")
-                continue
-            return library
-    where = (
-        f"{ENV_VAR}={environ[ENV_VAR]!r}"
-        if environ.get(ENV_VAR, "").strip()
-        else f"{ENV_VAR} is not set"
-    )
-    raise RuntimeNotFoundError(f"librknnrt not found ({where}; tried: {'; '.join(errors)})")
+    library, why = _FINDER.load(Library, environ)
+    if library is None:
+        raise RuntimeNotFoundError(f"librknnrt not found ({why})", FIX)
+    return library

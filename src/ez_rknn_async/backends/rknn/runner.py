@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
+from ...errors import ZeroCopyUnavailableError
 from ..base import DeviceBuffer, Runner
 from . import attrs
 from .abi import RknnInput, RknnOutput
@@ -144,7 +145,7 @@ class RknnRunner(Runner):
         for buffer, attr in zip((*inputs, *outputs), self._io_attrs):
             assert isinstance(buffer, RknnBuffer), "check_binding admits RknnBuffers only"
             if buffer.family is not context.family:
-                raise RuntimeError(
+                raise ZeroCopyUnavailableError(
                     "this worker's context comes from its own rknn_init, and the buffer "
                     "lives in the first context's memory; run zero copy on one worker "
                     "(schedule=[0]) with this runtime"

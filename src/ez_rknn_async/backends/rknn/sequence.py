@@ -8,7 +8,9 @@ only while it runs bytecode, so a sequence of ctypes calls driven by C-level ite
 calls) runs to its end or to its first failing call, and a pending KeyboardInterrupt is raised
 right after the whole sequence. Masking SIGINT with ``pthread_sigmask`` would not do: the kernel
 then hands the signal to another thread, whose handler still flags the main thread; and it costs
-two system calls per run. The steps must be ctypes functions (argument conversion in C).
+two system calls per run. The steps must be ctypes functions (argument conversion in C). (A
+garbage collection started by an allocation inside the sequence may run a Python ``__del__``,
+where a pending Ctrl-C would be reported as ignored rather than raised; the calls still complete.)
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
+from . import kernel
+
 __all__ = [
     "ENV_VAR",
     "COMPATIBLE_PATHS",
@@ -101,14 +103,16 @@ def parse_compatible(data: bytes) -> Optional[str]:
 def detect_soc(
     environ: Optional[Mapping[str, str]] = None, paths: Optional[Sequence[str]] = None
 ) -> Soc:
-    """``EZ_RKNN_SOC`` if set, else the device tree; unknown SoCs are taken as one core."""
+    """``EZ_RKNN_SOC`` if set, else the device tree (under ``$EZ_RKNN_SYSFS_ROOT`` when set);
+    unknown SoCs are taken as one core."""
     environ = os.environ if environ is None else environ
     override = environ.get(ENV_VAR, "").strip().lower()
     if override:
         return Soc(override, ENV_VAR, _cores_of(override))
+    base = kernel.root(environ)
     for path in COMPATIBLE_PATHS if paths is None else paths:
         try:
-            with open(path, "rb") as file:
+            with open(kernel.path(path, base), "rb") as file:
                 name = parse_compatible(file.read())
         except OSError:
             continue

@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ...errors import BackendClosedError, ZeroCopyUnavailableError
 from ...tensors import TensorSpec
 from ..base import MEM_CACHEABLE, MEM_DEFAULT, BufferRequest, BufferTracker, DeviceBuffer
 from . import attrs
@@ -138,9 +139,9 @@ class ZeroCopy(ModelDescription):
         when dups are (so mems never wait for runs)."""
         with self._lock:
             if self._closed:
-                raise RuntimeError("the RKNN backend is closed")
+                raise BackendClosedError("the RKNN backend is closed")
             if self._fresh_contexts and not self._zero_copy_only:
-                raise RuntimeError(_NO_DUP)
+                raise ZeroCopyUnavailableError(_NO_DUP)
             return self._origin
 
     def allocate(self, request: BufferRequest) -> DeviceBuffer:

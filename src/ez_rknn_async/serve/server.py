@@ -1,0 +1,157 @@
+"""One server process: both transports on one event loop, the models, the lifecycle.
+
+Order of events (each logged as one line, none per request):
+
+1. start: the HTTP socket and the gRPC port are bound (port 0 picks a free one; the line says
+   which), health/live answers at once, health/ready says 503;
+2. ready: every model is loaded (in a thread: loading blocks) and has run a warm-up inference;
+3. stop: on SIGTERM or SIGINT both transports stop accepting, every request in flight is
+   answered (up to ``shutdown_timeout``), the sessions are closed; ``serve`` returns and the
+   process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+import uvicorn
+
+from .. import __version__
+from .config import ModelSpec
+from .grpc_service import GrpcTransport
+from .http import build_app
+from .metrics import NpuLoadSource, ServerMetrics
+from .repository import Repository
+
+__all__ = ["ServerOptions", "ListenError", "serve", "LOGGER"]
+
+LOGGER = logging.getLogger("ez_rknn_async.serve")
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    grpc_port: int = 8001
+    token: Optional[str] = None
+    shutdown_timeout: float = 30.0
+
+
+class ListenError(OSError):
+    """A port could not be bound; ``hint`` says what to do (the CLI prints it)."""
+
+    hint = "another process may hold the port: choose --port / --grpc-port (0: any free port)"
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without signal handlers of its own: ``serve`` owns SIGTERM/SIGINT, so one
+    signal stops both transports (uvicorn would re-raise it after its shutdown)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The HTTP listening socket, bound here so that port 0 works and the log says the port.
+    Made with ``IPPROTO_TCP`` explicitly: asyncio sets TCP_NODELAY only on sockets whose
+    ``proto`` says TCP, and without it every response waits ~40 ms for a delayed ACK."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(address)
+            listener.listen(1024)
+        except BaseException:
+            listener.close()
+            raise
+    except OSError as exc:
+        raise ListenError(
+            f"cannot listen for HTTP on {host}:{port}: {exc.strerror or exc}"
+        ) from exc
+    return listener
+
+
+async def serve(
+    specs: Sequence[ModelSpec],
+    options: ServerOptions = ServerOptions(),
+    npu_load: Optional[NpuLoadSource] = None,
+) -> None:
+    """Serve ``specs`` until SIGTERM/SIGINT; raises if a model fails to load or a port is
+    taken (after releasing whatever was started)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    received: list[str] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    metrics = ServerMetrics(npu_load)
+    repository = Repository(specs, metrics)
+    http_socket = _listen(options.host, options.port)
+    http = _Uvicorn(
+        uvicorn.Config(
+            build_app(repository, metrics, options.token),
+            log_level="error",  # no per-request lines (uvicorn warns on malformed HTTP)
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=max(1, round(options.shutdown_timeout)),
+        )
+    )
+    grpc = GrpcTransport(repository, metrics, options.token)
+    http_task: Optional[asyncio.Task] = None
+    try:
+        grpc_port = await grpc.start(options.host, options.grpc_port)
+        if grpc_port == 0:
+            raise ListenError(f"cannot listen for gRPC on {options.host}:{options.grpc_port}")
+        http_task = asyncio.create_task(http.serve(sockets=[http_socket]))
+        LOGGER.info(
+            "start: ez-rknn-async %s, HTTP on http://%s:%d, gRPC on %s:%d, loading %s",
+            __version__,
+            options.host,
+            http_socket.getsockname()[1],
+            options.host,
+            grpc_port,
+            ", ".join(f"{spec.name}={spec.path}" for spec in specs),
+        )
+        started = time.perf_counter()
+        await loop.run_in_executor(None, repository.load)
+        if not stop.is_set():
+            served = [repository.get(name) for name in repository.names]
+            LOGGER.info(
+                "ready: %d model(s) loaded and warmed up in %.1f s: %s",
+                len(served),
+                time.perf_counter() - started,
+                ", ".join(f"{model.name} ({model.metadata['platform']})" for model in served),
+            )
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({stopping, http_task}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+        inflight = repository.inflight()
+    finally:
+        http.should_exit = True
+        await asyncio.gather(
+            grpc.stop(options.shutdown_timeout),
+            *(() if http_task is None else (http_task,)),
+        )
+        http_socket.close()
+        repository.close()
+    LOGGER.info(
+        "stop: %s; %d request(s) in flight were answered, sessions closed",
+        received[0] if received else "stopped",
+        inflight,
+    )

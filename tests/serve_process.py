@@ -1,0 +1,194 @@
+"""``ez-rknn serve`` in a subprocess, as a user runs it, for the tests and the benchmark.
+
+``ServerProcess`` starts the console command with ``--port 0 --grpc-port 0`` (free ports, on
+loopback), reads the ports from its "start:" log line, and waits for readiness by polling
+``/v2/health/ready`` until a deadline. Its log lines are kept for assertions.
+
+``emulated=(soc, compute_us)`` runs the same ``main`` through this file's ``__main__``, which
+first configures the emulated NPU (``rknn_emu_configure`` has no environment variable) and, after
+the server exits, turns an emulator rule violation or a leaked context into exit code 70. The
+``env`` given names the library and the SoC (``EZ_RKNN_RUNTIME_LIB``, ``EZ_RKNN_SOC``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import http.client
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+__all__ = ["ServerProcess", "EMULATOR_FAILED", "infer_input"]
+
+EMULATOR_FAILED = 70
+_START = re.compile(r"start: .* HTTP on http://([\d.]+):(\d+), gRPC on [\d.]+:(\d+)")
+
+
+def infer_input(module: Any, name: str, array: Any, datatype: str, binary: bool = True) -> Any:
+    """A tritonclient input of ``module`` (``tritonclient.http`` or ``.grpc``) holding
+    ``array``; HTTP sends it as binary data unless ``binary`` is False (JSON)."""
+    tensor = module.InferInput(name, list(array.shape), datatype)
+    if module.__name__ == "tritonclient.http":
+        tensor.set_data_from_numpy(array, binary_data=binary)
+    else:
+        tensor.set_data_from_numpy(array)
+    return tensor
+
+
+class ServerProcess:
+    """One server; use as a context manager (SIGTERM and a bounded wait on the way out)."""
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        env: Optional[Mapping[str, str]] = None,
+        emulated: Optional[tuple[str, int]] = None,
+    ) -> None:
+        serve = ["serve", *args, "--port", "0", "--grpc-port", "0"]
+        if emulated is None:
+            command = [sys.executable, "-m", "ez_rknn_async.cli", *serve]
+        else:
+            soc, compute_us = emulated
+            command = [sys.executable, __file__, soc, str(compute_us), *serve]
+        self.process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.log: list[str] = []
+        self._lines: queue.Queue[Optional[str]] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.host = "127.0.0.1"
+        self.http_port = self.grpc_port = 0
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.log.append(line.rstrip("\n"))
+            self._lines.put(line)
+        self._lines.put(None)
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    def wait_line(self, pattern: re.Pattern, timeout: float) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                line = self._lines.get(timeout=max(remaining, 0.001))
+            except queue.Empty:
+                line = ""
+            if line is None:
+                raise RuntimeError("the server exited:\n" + "\n".join(self.log))
+            found = pattern.search(line or "")
+            if found:
+                return found
+            if remaining <= 0:
+                raise TimeoutError(f"no {pattern.pattern!r} line:\n" + "\n".join(self.log))
+
+    def listening(self, timeout: float = 60.0) -> ServerProcess:
+        """Wait for the "start:" line (ports bound; the models may still be loading)."""
+        if not self.http_port:
+            found = self.wait_line(_START, timeout)
+            self.host, self.http_port, self.grpc_port = found[1], int(found[2]), int(found[3])
+        return self
+
+    def start(self, timeout: float = 60.0) -> ServerProcess:
+        """Wait for the ports, then for readiness (models loaded and warmed up)."""
+        deadline = time.monotonic() + timeout
+        self.listening(timeout)
+        while not self._ready():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the server did not get ready:\n" + "\n".join(self.log))
+            time.sleep(0.05)  # polling, bounded by the deadline
+        return self
+
+    def _ready(self) -> bool:
+        try:
+            return self.get("/v2/health/ready")[0] == 200
+        except ConnectionError:
+            return False
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Optional[bytes] = None,
+        headers: Optional[Mapping[str, str]] = None,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """One raw HTTP request: (status, headers, body)."""
+        connection = http.client.HTTPConnection(self.host, self.http_port, timeout=30)
+        try:
+            connection.request(method, path, body=body, headers=dict(headers or {}))
+            response = connection.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            connection.close()
+
+    def get(self, path: str, headers: Optional[Mapping[str, str]] = None) -> tuple[int, bytes]:
+        status, _, body = self.request("GET", path, headers=headers)
+        return status, body
+
+    def metric(self, line_start: str, headers: Optional[Mapping[str, str]] = None) -> float:
+        """The value of the /metrics sample whose line starts with ``line_start`` (0 if absent)."""
+        status, text = self.get("/metrics", headers)
+        assert status == 200, text
+        for line in text.decode().splitlines():
+            if line.startswith(line_start + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        """Send ``sig`` and wait for the exit code (bounded)."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+        self._reader.join(timeout)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        return code
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _run_emulated(soc: str, compute_us: int, argv: list[str]) -> int:
+    from ez_rknn_async.cli.main import main
+
+    library = ctypes.CDLL(os.environ["EZ_RKNN_RUNTIME_LIB"])  # the backend's own handle
+    if library.rknn_emu_configure(soc.encode(), compute_us) != 0:
+        return EMULATOR_FAILED
+    code = main(argv)
+    violations, contexts = library.rknn_emu_violations(), library.rknn_emu_live_contexts()
+    if violations or contexts:
+        print(f"rknn-emu: {violations} violation(s), {contexts} context(s) alive", flush=True)
+        return code or EMULATOR_FAILED
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(_run_emulated(sys.argv[1], int(sys.argv[2]), sys.argv[3:]))
