@@ -400,7 +400,11 @@ Each MODEL is [NAME=]PATH (NAME defaults to the file's stem) and gets its own se
 Ready means every model is loaded and has run one warm-up inference. Requests run through
 the session's asyncio path; at most --max-inflight per model are admitted, others wait up to
 the model's submit_timeout_ms and then get 503 + Retry-After (gRPC UNAVAILABLE). SIGTERM or
-SIGINT: stop accepting, answer every request in flight, close the sessions, exit 0.
+SIGINT: stop accepting, answer every request in flight, close the sessions, exit 0, all
+within --shutdown-timeout: an inference still running then (a hung NPU) is abandoned, its
+session left broken and leaked rather than freed under, and the exit code is 1. A model
+whose session is broken answers not-ready (HTTP 503, gRPC ready=false), and so does
+/v2/health/ready; its requests get 503 (UNAVAILABLE); the other models keep serving.
 """
 
 _SERVE_EPILOG = f"""\
@@ -417,8 +421,11 @@ every endpoint but /v2/health/* needs "Authorization: Bearer TOKEN" (gRPC: metad
 "authorization"); no path from a request is ever opened.
 
 exit codes:
-    0  stopped by SIGTERM or SIGINT after answering every request in flight
-    1  a model failed to load or to run its warm-up inference, or a port is taken
+    0  stopped by SIGTERM or SIGINT after answering every request in flight; every
+       session closed cleanly
+    1  a model failed to load or to run its warm-up inference, or a port is taken; or, at
+       the stop, a session had to be abandoned: an inference did not finish within
+       --shutdown-timeout (or the session was already broken); the "stop:" line names it
     2  bad command line or --config (the message names the model and the key)
     3  a model file does not exist
     5  the [serve] extra is missing (pip command printed)
@@ -481,7 +488,8 @@ def _serve_parser(commands: Any) -> None:
         type=_positive(float),
         default=30.0,
         metavar="SECONDS",
-        help="how long a stop waits for requests in flight (default: 30)",
+        help="the bound of a stop: requests in flight are answered and sessions closed "
+        "within it, else abandoned (exit 1) (default: 30)",
     )
     serve.set_defaults(func=_cmd_serve)
 
@@ -669,12 +677,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         with user_input(MODEL_HINT):  # a model or option the library refuses
             # per-core NPU load for /metrics, read at each scrape where the board exposes it
-            asyncio.run(serve(specs, options, npu_load=read_core_loads))
+            abandoned = asyncio.run(serve(specs, options, npu_load=read_core_loads))
     except WarmupError as exc:
         raise RejectedInputError(str(exc), hint=exc.hint) from exc
     finally:
         LOGGER.removeHandler(handler)
-    return ExitCode.OK
+    return ExitCode.ERROR if abandoned else ExitCode.OK
 
 
 # --- entry point -------------------------------------------------------------------------------
