@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Optional
 
@@ -281,19 +280,19 @@ class Repository:
     def close(self, deadline: Optional[float] = None) -> list[str]:
         """Close every session, each delivering what is still pending first, all within one
         ``time.monotonic()`` deadline (None: the session's default). A session still inside
-        its backend then is abandoned (BROKEN: leaked, never freed under); returns one line per
-        abandoned model, the engine's reason included."""
+        its backend then is abandoned (BROKEN: leaked, never freed under; the engine warns
+        with the worker's name); returns one line per abandoned model."""
         self._loaded = False
         models, self._models = self._models, {}
         abandoned = []
         for model in models.values():
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            with warnings.catch_warnings(record=True) as caught:  # said in the return value
-                warnings.simplefilter("always", RuntimeWarning)
+            why = "its session was already broken"
+            if model.state != "broken":
+                why = "an inference was still running at the deadline; its session was abandoned"
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
                 model.session.close(timeout)
             if model.state == "broken":
-                reasons = [str(w.message) for w in caught] or ["it was already broken"]
-                abandoned.append(f"model {model.name!r}: {'; '.join(reasons)}")
+                abandoned.append(f"model {model.name!r}: {why}")
         return abandoned
 
 

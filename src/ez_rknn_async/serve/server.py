@@ -8,9 +8,9 @@ Order of events (each logged as one line, none per request):
 3. stop: on SIGTERM or SIGINT both transports stop accepting, every request in flight is
    answered, the sessions are closed, all within one deadline ``shutdown_timeout`` seconds
    after the signal: a session whose inference is still running then is abandoned (BROKEN,
-   its worker leaked rather than freed under). ``serve`` returns the abandoned models; the
-   process exits 0 when there are none, 1 otherwise, either way within about
-   ``shutdown_timeout`` seconds (a hung NPU never keeps the process alive).
+   its worker leaked rather than freed under) and that request gets 503. ``serve`` returns
+   the abandoned models; the process exits 0 when there are none, 1 otherwise, either way
+   within about ``shutdown_timeout`` seconds (a hung NPU never keeps the process alive).
 
 Readiness follows the sessions: a model whose session is broken or closed is not ready, and
 neither is the server, while the other models keep answering.
@@ -90,6 +90,22 @@ def _listen(host: str, port: int) -> socket.socket:
     return listener
 
 
+def _reserve(options: ServerOptions) -> float:
+    """The end of a stop kept for the transports to send what closing the sessions answered
+    (503s for requests the close failed or abandoned) before their own grace ends."""
+    return min(1.0, options.shutdown_timeout / 4)
+
+
+async def _drain_and_close(repository: Repository, deadline: float) -> list[str]:
+    """Let the requests in flight finish until ``deadline``, then close the sessions with what
+    is left of it, in a thread (the loop goes on answering). A request still queued then gets
+    503 (session closed), one still running 503 (session broken), rather than a cancellation."""
+    while repository.inflight() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)  # polled: a stop happens once
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, repository.close, deadline)
+
+
 async def serve(
     specs: Sequence[ModelSpec],
     options: ServerOptions = ServerOptions(),
@@ -158,12 +174,13 @@ async def serve(
         if not deadline:  # stopped by an error, not a signal
             deadline.append(time.monotonic() + options.shutdown_timeout)
         http.should_exit = True
-        await asyncio.gather(
+        transports = asyncio.gather(
             grpc.stop(max(0.0, deadline[0] - time.monotonic())),
             *(() if http_task is None else (http_task,)),
         )
+        abandoned = await _drain_and_close(repository, deadline[0] - _reserve(options))
+        await transports
         http_socket.close()
-        abandoned = repository.close(deadline[0])
     cause = received[0] if received else "stopped"
     if abandoned:
         LOGGER.error(
