@@ -753,6 +753,7 @@ def test_serve_help_lists_options_and_exit_codes(capsys):
     for option in ("--host", "--port", "--grpc-port", "--config", "--token", "--max-inflight"):
         assert option in text
     assert "EZ_RKNN_SERVE_TOKEN" in text and "exit codes:" in text and "warmup_shapes" in text
+    assert "a session had to be abandoned" in text and "--shutdown-timeout" in text
 
 
 def test_serve_refuses_a_missing_model_and_a_bad_config(tmp_path, capsys):

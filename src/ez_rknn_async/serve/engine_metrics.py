@@ -13,7 +13,7 @@ anyway (``engine/stats.py``) and a scrape takes one snapshot per model. Per mode
     ez_rknn_engine_submitted_total{model}           tasks admitted to the queue
     ez_rknn_engine_queue_wait_seconds{model}        summary (_sum, _count): admission -> start
     ez_rknn_engine_queue_wait_peak_seconds{model}   the longest such wait so far
-    ez_rknn_engine_slot_busy_seconds_total{model,slot,core}       time inside the backend
+    ez_rknn_engine_slot_busy_seconds_total{model,slot,core}       time running tasks
     ez_rknn_engine_slot_completed_total{model,slot,core}          backend calls that returned
     ez_rknn_engine_slot_failed_total{model,slot,core}             backend calls that raised
 
@@ -52,7 +52,7 @@ _GAUGES = (
 )
 #: Counters per slot: (metric name, SlotStats field, help).
 _SLOT_COUNTERS = (
-    ("slot_busy_seconds", "busy_s", "Seconds the slot spent inside the backend (NPU time)"),
+    ("slot_busy_seconds", "busy_s", "Seconds the slot spent running tasks (backend calls)"),
     ("slot_completed", "completed", "Backend calls on the slot that returned results"),
     ("slot_failed", "failed", "Backend calls on the slot that raised"),
 )

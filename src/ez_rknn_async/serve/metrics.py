@@ -13,7 +13,7 @@ What the server measures itself, per model:
 
 The engine's own numbers (``engine_metrics``: ``ez_rknn_engine_*``, read from ``session.stats()``
 at each scrape) split the compute time in aggregate: ``ez_rknn_engine_queue_wait_seconds`` is
-the engine-queue part, ``ez_rknn_engine_slot_busy_seconds_total`` the time inside the backend;
+the engine-queue part, ``ez_rknn_engine_slot_busy_seconds_total`` the time the slots ran tasks;
 a per-request split would need the engine to time each task for the caller, which it does not.
 
 Per-NPU-core load comes from outside the server (the board's debugfs): pass a ``NpuLoadSource``
