@@ -14,6 +14,7 @@ import pytest
 
 from ez_rknn_async.cli import main as cli_main
 from ez_rknn_async.cli import report as cli_report
+from ez_rknn_async.cli.commands import bench as bench_command
 from ez_rknn_async.cli.errors import ExitCode, explain
 from ez_rknn_async.cli.main import main
 from ez_rknn_async.cli.report import JSON_SCHEMA
@@ -195,7 +196,7 @@ def test_missing_matplotlib_prints_the_pip_command_before_measuring(
     capsys, add_mul_path, tmp_path, monkeypatch
 ):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    monkeypatch.setattr(cli_main, "run_plan", lambda *a, **k: pytest.fail("measured anyway"))
+    monkeypatch.setattr(bench_command, "run_plan", lambda *a, **k: pytest.fail("measured anyway"))
     code, _, err = run_cli(capsys, "bench", add_mul_path, "--plot", tmp_path / "x.png")
     assert code == ExitCode.MISSING_DEPENDENCY
     assert "pip install 'ez-rknn-async[plot]'" in err
@@ -206,7 +207,7 @@ def test_interrupt_is_130_unknown_errors_keep_their_traceback(capsys, add_mul_pa
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_main, "run_plan", interrupted)
+    monkeypatch.setattr(bench_command, "run_plan", interrupted)
     assert run_cli(capsys, "bench", add_mul_path)[0] == ExitCode.INTERRUPTED
 
     class Bug(Exception):
@@ -215,7 +216,7 @@ def test_interrupt_is_130_unknown_errors_keep_their_traceback(capsys, add_mul_pa
     def buggy(*args, **kwargs):
         raise Bug("a bug")
 
-    monkeypatch.setattr(cli_main, "run_plan", buggy)
+    monkeypatch.setattr(bench_command, "run_plan", buggy)
     with pytest.raises(Bug):
         main(["bench", add_mul_path])
 
