@@ -7,8 +7,10 @@ import json
 from typing import Any, Optional
 
 from ..args import RAW, backend_option, input_options, positive, require_file
-from ..bench import COMPARATORS, MODES, Budget, Plan, parse_compare, parse_modes, run_plan
+from ..bench import MODES, Plan, parse_compare, parse_modes, run_plan
+from ..comparators import COMPARATORS
 from ..errors import ExitCode, UsageError
+from ..measure import Budget
 from ..models import parse_input_spec, parse_shape_spec
 
 __all__ = ["register", "run", "DEFAULT_SECONDS"]
