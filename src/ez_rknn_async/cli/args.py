@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from typing import Any, Callable, Union
+from typing import Any, Callable, TypeVar, Union
 
 __all__ = [
     "RAW",
     "BACKENDS",
+    "convert",
     "positive",
     "non_negative",
     "backend_option",
@@ -26,17 +27,24 @@ RAW = argparse.RawDescriptionHelpFormatter
 #: The backends ``--backend`` (and ``compare --reference-backend``) may force.
 BACKENDS = ("onnxruntime", "rknn", "openvino")
 
+T = TypeVar("T")
 _Group = Union[argparse.ArgumentParser, "argparse._ArgumentGroup"]
+
+
+def convert(kind: Callable[[str], T], text: str, error: str) -> T:
+    """``kind(text)``; argparse's ``error`` (saying what was expected) when ``kind`` refuses it.
+    The one conversion step of every numeric argument type."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(error) from None
 
 
 def _number(kind: Callable[[str], Any], minimum: float, strict: bool) -> Callable[[str], Any]:
     """An argparse type: a finite ``kind`` above ``minimum`` (or at it, unless ``strict``)."""
 
     def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        value = convert(kind, text, f"not a number: {text!r}")
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         if value < minimum or (strict and value == minimum):

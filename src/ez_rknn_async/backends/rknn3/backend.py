@@ -25,7 +25,6 @@ from ...options import ProviderOptions
 from ..base import Backend, BufferTracker, SlotSpec
 from .abi import Abi
 from .context import Context3, core_number, open_context
-from .describe import ModelDescription3
 from .devices import Route, find_devices, plan_routes, select_devices
 from .library import Library3, load_library
 from .model import PROVIDER, read_weight
@@ -35,7 +34,7 @@ from .zero_copy import ZeroCopy3
 __all__ = ["Rknn3Backend", "load"]
 
 
-class Rknn3Backend(ModelDescription3, ZeroCopy3, Backend):
+class Rknn3Backend(ZeroCopy3, Backend):
     """One RKNPU3 model on one or more devices; ``open_runner`` gives each slot a context."""
 
     name = "rknn3"

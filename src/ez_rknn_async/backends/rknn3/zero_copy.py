@@ -13,17 +13,16 @@ from collections.abc import Sequence
 from ...errors import BackendClosedError
 from ...tensors import TensorSpec
 from ..base import BufferRequest, BufferTracker, DeviceBuffer
+from .describe import ModelDescription3
 from .memory import NativeHostBuffer
-from .shapes import Shapes
 
 __all__ = ["ZeroCopy3"]
 
 
-class ZeroCopy3:
-    """The zero-copy capability (a base of ``Rknn3Backend``, which sets ``shapes``, ``buffers``,
-    ``_lock`` and ``_closed``)."""
+class ZeroCopy3(ModelDescription3):
+    """The zero-copy capability, on top of the description (a base of ``Rknn3Backend``, which
+    sets ``buffers``, ``_lock`` and ``_closed``)."""
 
-    shapes: Shapes
     buffers: BufferTracker
     _lock: threading.Lock
     _closed: bool
@@ -31,11 +30,11 @@ class ZeroCopy3:
     @property
     def zero_copy_inputs(self) -> Sequence[TensorSpec]:
         """Values hold what the NPU reads: the native shape and the tensor's own type."""
-        return self.shapes.specs(True, native=True)
+        return self.native_inputs
 
     @property
     def zero_copy_outputs(self) -> Sequence[TensorSpec]:
-        return self.shapes.specs(False, native=True)
+        return self.native_outputs
 
     def allocate(self, request: BufferRequest) -> DeviceBuffer:
         """Host memory of the requested (native) shape and type; ``iobinding`` has checked

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any, Optional
 
-from ..args import RAW, backend_option, input_options, positive, require_file
+from ..args import RAW, backend_option, convert, input_options, positive, require_file
 from ..bench import MODES, Plan, parse_compare, parse_modes, run_plan
 from ..comparators import COMPARATORS
 from ..errors import ExitCode, UsageError
@@ -51,12 +51,7 @@ examples:
 def _warmup(text: str) -> Optional[int]:
     if text == "auto":
         return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a frame count or 'auto', got {text!r}"
-        ) from None
+    value = convert(int, text, f"expected a frame count or 'auto', got {text!r}")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value

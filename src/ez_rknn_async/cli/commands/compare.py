@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..args import BACKENDS, RAW, backend_option, input_options, non_negative, positive
+from ..args import BACKENDS, RAW, backend_option, convert, input_options, non_negative, positive
 from ..errors import ExitCode
 from ..models import parse_input_spec, parse_shape_spec
 
@@ -48,10 +48,7 @@ examples:
 
 
 def _cosine_bound(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    value = convert(float, text, f"not a number: {text!r}")
     if not -1.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"a cosine is between -1 and 1, got {text}")
     return value

@@ -10,8 +10,15 @@ import argparse
 import os
 from typing import Optional
 
-from ..args import RAW, positive, require_file
-from ..errors import ExitCode, UsageError
+from ..args import RAW, convert, positive, require_file
+from ..errors import (
+    MODEL_HINT,
+    ExitCode,
+    MissingDependencyError,
+    RejectedInputError,
+    UsageError,
+    user_input,
+)
 
 __all__ = ["register", "run", "serve_token", "TOKEN_ENV"]
 
@@ -70,10 +77,7 @@ examples:
 
 
 def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    value = convert(int, text, f"not a port number: {text!r}")
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"a port is 0..65535 (0: any free port), got {value}")
     return value
@@ -137,7 +141,6 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from ...backends.rknn.kernel import read_core_loads
-    from ..errors import MODEL_HINT, MissingDependencyError, RejectedInputError, user_input
 
     try:
         from ...serve.config import ConfigError, model_specs
