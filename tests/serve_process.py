@@ -6,13 +6,21 @@ loopback), reads the ports from its "start:" log line, and waits for readiness b
 
 ``emulated=(soc, compute_us)`` runs the same ``main`` through this file's ``__main__``, which
 first configures the emulated NPU (``rknn_emu_configure`` has no environment variable) and, after
-the server exits, turns an emulator rule violation or a leaked context into exit code 70. The
-``env`` given names the library and the SoC (``EZ_RKNN_RUNTIME_LIB``, ``EZ_RKNN_SOC``).
+the server exits, turns an emulator rule violation or a leaked context into exit code 70 (the
+exit line says how many of each). The ``env`` given names the library and the SoC
+(``EZ_RKNN_RUNTIME_LIB``, ``EZ_RKNN_SOC``).
+
+An emulated server also takes two test-only signals (``block_next_run``, ``break_hung``):
+SIGUSR1 makes the next ``rknn_run`` stop inside the emulator until the process ends (a hung
+NPU), SIGUSR2 closes, with a short deadline, every session that has an inference running, so
+it becomes BROKEN as a hung session does (the engine's own close; nothing is faked). Each
+prints a line when done, for ``wait_line``.
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import http.client
 import os
 import queue
@@ -29,6 +37,10 @@ __all__ = ["ServerProcess", "EMULATOR_FAILED", "infer_input"]
 
 EMULATOR_FAILED = 70
 _START = re.compile(r"start: .* HTTP on http://([\d.]+):(\d+), gRPC on [\d.]+:(\d+)")
+_BLOCKING = re.compile(r"rknn-emu: the next rknn_run blocks")
+_BROKE = re.compile(r"rknn-emu: closed (\d+) hung session\(s\)")
+#: The deadline SIGUSR2 gives the close of a hung session.
+BREAK_DEADLINE_S = 0.2
 
 
 def infer_input(module: Any, name: str, array: Any, datatype: str, binary: bool = True) -> Any:
@@ -169,11 +181,48 @@ class ServerProcess:
             self.process.stdout.close()
         return code
 
+    def block_next_run(self, timeout: float = 10.0) -> None:
+        """An emulated server only: its next ``rknn_run`` never returns by itself."""
+        self.process.send_signal(signal.SIGUSR1)
+        self.wait_line(_BLOCKING, timeout)
+
+    def break_hung(self, timeout: float = 10.0) -> int:
+        """An emulated server only: close every session with an inference running, with a
+        ``BREAK_DEADLINE_S`` deadline (so it is abandoned: BROKEN); how many were."""
+        self.process.send_signal(signal.SIGUSR2)
+        return int(self.wait_line(_BROKE, timeout)[1])
+
     def __enter__(self) -> ServerProcess:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def _say(line: str) -> None:
+    os.write(1, (line + "\n").encode())  # safe from a signal handler, unlike print
+
+
+def _close_hung_sessions() -> None:
+    from ez_rknn_async import InferenceSession
+
+    sessions = [o for o in gc.get_objects() if isinstance(o, InferenceSession)]
+    hung = [s for s in sessions if s.stats().state == "open" and s.stats().running]
+    for session in hung:
+        session.close(BREAK_DEADLINE_S)
+    _say(f"rknn-emu: closed {len(hung)} hung session(s)")
+
+
+def _install_test_signals(library: ctypes.CDLL) -> None:
+    def block(signum: int, frame: Any) -> None:
+        library.rknn_emu_block_runs(1)
+        _say("rknn-emu: the next rknn_run blocks")
+
+    def close_hung(signum: int, frame: Any) -> None:  # close() waits: not on the event loop
+        threading.Thread(target=_close_hung_sessions, daemon=True).start()
+
+    signal.signal(signal.SIGUSR1, block)
+    signal.signal(signal.SIGUSR2, close_hung)
 
 
 def _run_emulated(soc: str, compute_us: int, argv: list[str]) -> int:
@@ -182,6 +231,7 @@ def _run_emulated(soc: str, compute_us: int, argv: list[str]) -> int:
     library = ctypes.CDLL(os.environ["EZ_RKNN_RUNTIME_LIB"])  # the backend's own handle
     if library.rknn_emu_configure(soc.encode(), compute_us) != 0:
         return EMULATOR_FAILED
+    _install_test_signals(library)
     code = main(argv)
     violations, contexts = library.rknn_emu_violations(), library.rknn_emu_live_contexts()
     if violations or contexts:

@@ -23,6 +23,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from ez_rknn_async.cli.main import TOKEN_ENV, main, serve_token
@@ -470,6 +471,69 @@ def test_metrics_count_failures_by_reason_and_time_requests(server):
     assert server.metric('ez_rknn_request_duration_seconds_count{model="emu",protocol="http"}') >= 1
 
 
+def engine_samples(server) -> dict:
+    """Every ez_rknn_engine_* sample of /metrics, parsed by prometheus_client's own parser:
+    {(sample name, frozenset of labels): value}."""
+    status, text = server.get("/metrics")
+    assert status == 200
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text.decode())
+        if family.name.startswith("ez_rknn_engine_")
+        for sample in family.samples
+    }
+
+
+def slot_sum(samples: dict, name: str, model: str) -> float:
+    return sum(v for (n, labels), v in samples.items() if n == name and ("model", model) in labels)
+
+
+def test_metrics_export_the_engines_own_numbers(server, http):
+    """N requests to the emulated 3-core model: the engine's counters move by exactly N, split
+    over its slots, each slot labelled with its core; the gauges come back to 0."""
+    n = 9
+    frame = np.zeros((1, 3, 8, 8), np.uint8)
+    before = engine_samples(server)
+    for _ in range(n):
+        http.infer("emu", [infer_input(thttp, "image", frame, "UINT8")])
+
+    def delta(name: str, model: str = "emu") -> float:
+        return slot_sum(engine_samples(server), name, model) - slot_sum(before, name, model)
+
+    deadline = time.monotonic() + 10  # a slot counts just after publishing its outcome
+    while delta("ez_rknn_engine_slot_completed_total") != n:
+        assert time.monotonic() < deadline, engine_samples(server)
+        time.sleep(0.01)
+    after = engine_samples(server)
+    emu = frozenset({("model", "emu")})
+    assert (
+        after[("ez_rknn_engine_submitted_total", emu)]
+        - before[("ez_rknn_engine_submitted_total", emu)]
+        == n
+    )  # arun always queues
+    assert (
+        after[("ez_rknn_engine_queue_wait_seconds_count", emu)]
+        - before[("ez_rknn_engine_queue_wait_seconds_count", emu)]
+        == n
+    )
+    waited = after[("ez_rknn_engine_queue_wait_seconds_sum", emu)]
+    assert 0 <= after[("ez_rknn_engine_queue_wait_peak_seconds", emu)] <= waited < 10
+    assert delta("ez_rknn_engine_slot_failed_total") == 0
+    assert delta("ez_rknn_engine_slot_busy_seconds_total") > 0
+    completed = [
+        labels for (name, labels) in after if name == "ez_rknn_engine_slot_completed_total"
+    ]
+    cores = {dict(labels)["core"] for labels in completed if ("model", "emu") in labels}
+    assert cores == {"0", "1", "2"}
+    for gauge in ("queued", "running", "waiting_submitters"):
+        assert after[(f"ez_rknn_engine_{gauge}", emu)] == 0
+    for state in ("open", "closing", "closed", "broken"):
+        key = ("ez_rknn_engine_state", frozenset({("model", "emu"), ("state", state)}))
+        assert after[key] == (state == "open")
+    # every model is exported, onnxruntime ones too (one slot, core "auto")
+    assert slot_sum(after, "ez_rknn_engine_slot_completed_total", "add_mul") >= 1
+
+
 def test_metrics_read_the_npu_core_load_at_each_scrape(server, board):
     assert server.metric('ez_rknn_npu_core_load_percent{core="0"}') == 63
     assert server.metric('ez_rknn_npu_core_load_percent{core="1"}') == 65
@@ -689,6 +753,7 @@ def test_serve_help_lists_options_and_exit_codes(capsys):
     for option in ("--host", "--port", "--grpc-port", "--config", "--token", "--max-inflight"):
         assert option in text
     assert "EZ_RKNN_SERVE_TOKEN" in text and "exit codes:" in text and "warmup_shapes" in text
+    assert "a session had to be abandoned" in text and "--shutdown-timeout" in text
 
 
 def test_serve_refuses_a_missing_model_and_a_bad_config(tmp_path, capsys):

@@ -6,6 +6,7 @@
     http.py        the Starlette app (uvicorn runs it)
     grpc_service.py  inference.GRPCInferenceService on grpc.aio (grpc_schema: its messages)
     metrics.py     Prometheus metrics, and the NpuLoadSource hook for per-core NPU load
+    engine_metrics.py  the sessions' ``stats()`` as ``ez_rknn_engine_*``, read at each scrape
     config.py      model specs from the command line and the --config file
     server.py      both transports on one loop, readiness, SIGTERM/SIGINT
 

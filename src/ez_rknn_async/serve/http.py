@@ -3,7 +3,7 @@
     GET  /v2/health/live, /v2/health/ready                     (open even with a token)
     GET  /v2                                                   server metadata
     GET  /v2/models/{model}[/versions/{version}]               model metadata
-    GET  /v2/models/{model}[/versions/{version}]/ready         200 ready, 503 loading
+    GET  /v2/models/{model}[/versions/{version}]/ready         200 ready, 503 loading or broken
     POST /v2/models/{model}[/versions/{version}]/infer         JSON or binary tensors
     GET  /metrics                                              Prometheus text format
 
@@ -105,7 +105,8 @@ def build_app(
         return _json({"live": True})
 
     async def ready(request: Request) -> Response:
-        return _json({"ready": repository.ready}, 200 if repository.ready else 503)
+        is_ready = repository.ready  # read once: it follows the sessions' states
+        return _json({"ready": is_ready}, 200 if is_ready else 503)
 
     async def metadata(request: Request) -> Response:
         return _json(server_metadata())

@@ -7,9 +7,14 @@ What the server measures itself, per model:
                                                            unavailable, internal
     ez_rknn_request_duration_seconds{model,protocol}       whole request: decode .. encode
     ez_rknn_queue_duration_seconds{model}                  waiting for the model's in-flight limit
-    ez_rknn_compute_duration_seconds{model}                inside ``session.arun`` (the engine's
-                                                           queue plus the inference)
+    ez_rknn_compute_duration_seconds{model}                inside ``session.arun``: the wait in
+                                                           the engine's queue plus the inference
     ez_rknn_inflight_requests{model}                       admitted and not answered yet
+
+The engine's own numbers (``engine_metrics``: ``ez_rknn_engine_*``, read from ``session.stats()``
+at each scrape) split the compute time in aggregate: ``ez_rknn_engine_queue_wait_seconds`` is
+the engine-queue part, ``ez_rknn_engine_slot_busy_seconds_total`` the time the slots ran tasks;
+a per-request split would need the engine to time each task for the caller, which it does not.
 
 Per-NPU-core load comes from outside the server (the board's debugfs): pass a ``NpuLoadSource``
 to ``ServerMetrics`` and ``ez_rknn_npu_core_load_percent{core}`` is read from it at each scrape
@@ -35,6 +40,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from .engine_metrics import EngineCollector, EngineStatsSource
 
 __all__ = ["NpuLoadSource", "ModelMetrics", "ServerMetrics", "CONTENT_TYPE"]
 
@@ -90,7 +97,7 @@ class ServerMetrics:
         )
         self._compute = Histogram(
             "ez_rknn_compute_duration_seconds",
-            "Time inside session.arun: the engine's queue and the inference",
+            "Time inside session.arun: the wait in the engine's queue plus the inference",
             ["model"],
             buckets=_BUCKETS,
             registry=registry,
@@ -103,6 +110,11 @@ class ServerMetrics:
         )
         if npu_load is not None:
             registry.register(_NpuLoadCollector(npu_load))
+
+    def watch_engines(self, source: EngineStatsSource) -> None:
+        """Export the engines' ``stats()`` (``engine_metrics``), read from ``source`` at each
+        scrape."""
+        self.registry.register(EngineCollector(source))
 
     def model(self, name: str) -> ModelMetrics:
         """The per-model children (created now, so a model shows 0 before its first request)."""

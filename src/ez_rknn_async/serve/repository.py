@@ -5,6 +5,10 @@
 ``submit_timeout_ms``, then UNAVAILABLE), then ``await session.arun(...)``, which waits for
 engine queue space on the event loop without holding a thread. Loading (``Repository.load``)
 is blocking and runs in a thread while the transports already answer health probes.
+
+A model is ready while its session is open: one whose session is closed or BROKEN (a worker
+abandoned inside the backend, see ``InferenceSession.close``) answers not-ready and UNAVAILABLE
+with that reason, and so does the server's readiness, while the other models keep serving.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Optional
 
 import numpy as np
 
+from ..engine.stats import SessionStats
+from ..errors import SessionBrokenError, SessionClosedError
 from ..options import parse_provider_options
 from ..session import InferenceSession
 from ..tensors import ONNX_TYPE_TO_DTYPE, NodeArg
@@ -138,6 +144,11 @@ class ServedModel:
     def inflight(self) -> int:
         return self._limit.active
 
+    @property
+    def state(self) -> str:
+        """The session's state: ``"open"`` (serving), ``"closing"``, ``"closed"``, ``"broken"``."""
+        return self.session.stats().state
+
     async def infer(self, request: InferRequest) -> InferResponse:
         """Run ``request``: bad names or tensors raise as ``run`` words them."""
         feed = request.feed()
@@ -160,6 +171,14 @@ class ServedModel:
         self._metrics.inflight.inc()
         try:
             arrays = await self.session.arun(names, feed)
+        except SessionBrokenError as exc:
+            raise ProtocolError(
+                ErrorKind.UNAVAILABLE, f"model {self.name!r}: its session is broken: {exc}"
+            ) from exc
+        except SessionClosedError as exc:
+            raise ProtocolError(
+                ErrorKind.UNAVAILABLE, f"model {self.name!r}: its session is closed: {exc}"
+            ) from exc
         finally:
             self._metrics.inflight.dec()
             self._limit.release()
@@ -200,7 +219,7 @@ class Repository:
         self._specs = list(specs)
         self._metrics = metrics
         self._models: dict[str, ServedModel] = {}
-        self.ready = False
+        self._loaded = False
 
     @property
     def names(self) -> list[str]:
@@ -222,10 +241,21 @@ class Repository:
         except BaseException:
             self.close()
             raise
-        self.ready = True
+        self._loaded = True
+
+    @property
+    def ready(self) -> bool:
+        """Every model loaded, warmed up, and its session open."""
+        return self._loaded and all(m.state == "open" for m in self._models.values())
+
+    def engine_stats(self) -> Iterator[tuple[str, SessionStats]]:
+        """(name, ``session.stats()``) of every loaded model: the source of the
+        ``ez_rknn_engine_*`` metrics."""
+        for name, model in list(self._models.items()):
+            yield name, model.session.stats()
 
     def get(self, name: str, version: str = "") -> ServedModel:
-        model = self._models.get(name) if self.ready else None
+        model = self._models.get(name) if self._loaded else None
         if model is None:
             if name in self.names:
                 raise ProtocolError(ErrorKind.UNAVAILABLE, f"model {name!r} is not loaded yet")
@@ -237,22 +267,33 @@ class Repository:
 
     def is_ready(self, name: str, version: str = "") -> bool:
         try:
-            self.get(name, version)
+            model = self.get(name, version)
         except ProtocolError as exc:
             if exc.kind is ErrorKind.UNAVAILABLE:
                 return False
             raise
-        return True
+        return model.state == "open"
 
     def inflight(self) -> int:
         return sum(model.inflight for model in self._models.values())
 
-    def close(self) -> None:
-        """Close every session (each delivers what is still pending first)."""
-        self.ready = False
+    def close(self, deadline: Optional[float] = None) -> list[str]:
+        """Close every session, each delivering what is still pending first, all within one
+        ``time.monotonic()`` deadline (None: the session's default). A session still inside
+        its backend then is abandoned (BROKEN: leaked, never freed under; the engine warns
+        with the worker's name); returns one line per abandoned model."""
+        self._loaded = False
         models, self._models = self._models, {}
+        abandoned = []
         for model in models.values():
-            model.session.close()
+            why = "its session was already broken"
+            if model.state != "broken":
+                why = "an inference was still running at the deadline; its session was abandoned"
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                model.session.close(timeout)
+            if model.state == "broken":
+                abandoned.append(f"model {model.name!r}: {why}")
+        return abandoned
 
 
 def _warm_up(spec: ModelSpec, session: InferenceSession) -> None:

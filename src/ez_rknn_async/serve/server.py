@@ -6,8 +6,14 @@ Order of events (each logged as one line, none per request):
    which), health/live answers at once, health/ready says 503;
 2. ready: every model is loaded (in a thread: loading blocks) and has run a warm-up inference;
 3. stop: on SIGTERM or SIGINT both transports stop accepting, every request in flight is
-   answered (up to ``shutdown_timeout``), the sessions are closed; ``serve`` returns and the
-   process exits 0.
+   answered, the sessions are closed, all within one deadline ``shutdown_timeout`` seconds
+   after the signal: a session whose inference is still running then is abandoned (BROKEN,
+   its worker leaked rather than freed under) and that request gets 503. ``serve`` returns
+   the abandoned models; the process exits 0 when there are none, 1 otherwise, either way
+   within about ``shutdown_timeout`` seconds (a hung NPU never keeps the process alive).
+
+Readiness follows the sessions: a model whose session is broken or closed is not ready, and
+neither is the server, while the other models keep answering.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import socket
 import time
@@ -83,25 +90,46 @@ def _listen(host: str, port: int) -> socket.socket:
     return listener
 
 
+def _reserve(options: ServerOptions) -> float:
+    """The end of a stop kept for the transports to send what closing the sessions answered
+    (503s for requests the close failed or abandoned) before their own grace ends."""
+    return min(1.0, options.shutdown_timeout / 4)
+
+
+async def _drain_and_close(repository: Repository, deadline: float) -> list[str]:
+    """Let the requests in flight finish until ``deadline``, then close the sessions with what
+    is left of it, in a thread (the loop goes on answering). A request still queued then gets
+    503 (session closed), one still running 503 (session broken), rather than a cancellation."""
+    while repository.inflight() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)  # polled: a stop happens once
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, repository.close, deadline)
+
+
 async def serve(
     specs: Sequence[ModelSpec],
     options: ServerOptions = ServerOptions(),
     npu_load: Optional[NpuLoadSource] = None,
-) -> None:
+) -> list[str]:
     """Serve ``specs`` until SIGTERM/SIGINT; raises if a model fails to load or a port is
-    taken (after releasing whatever was started)."""
+    taken (after releasing whatever was started). Returns the models whose session had to be
+    abandoned at the stop (one line each, with the reason; empty: all closed cleanly)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     received: list[str] = []
+    deadline: list[float] = []  # the stop's one deadline, from the first signal
 
     def on_signal(sig: signal.Signals) -> None:
         received.append(sig.name)
+        if not deadline:
+            deadline.append(time.monotonic() + options.shutdown_timeout)
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     metrics = ServerMetrics(npu_load)
     repository = Repository(specs, metrics)
+    metrics.watch_engines(repository.engine_stats)
     http_socket = _listen(options.host, options.port)
     http = _Uvicorn(
         uvicorn.Config(
@@ -109,7 +137,7 @@ async def serve(
             log_level="error",  # no per-request lines (uvicorn warns on malformed HTTP)
             access_log=False,
             lifespan="off",
-            timeout_graceful_shutdown=max(1, round(options.shutdown_timeout)),
+            timeout_graceful_shutdown=math.ceil(options.shutdown_timeout),
         )
     )
     grpc = GrpcTransport(repository, metrics, options.token)
@@ -143,15 +171,26 @@ async def serve(
             stopping.cancel()
         inflight = repository.inflight()
     finally:
+        if not deadline:  # stopped by an error, not a signal
+            deadline.append(time.monotonic() + options.shutdown_timeout)
         http.should_exit = True
-        await asyncio.gather(
-            grpc.stop(options.shutdown_timeout),
+        transports = asyncio.gather(
+            grpc.stop(max(0.0, deadline[0] - time.monotonic())),
             *(() if http_task is None else (http_task,)),
         )
+        abandoned = await _drain_and_close(repository, deadline[0] - _reserve(options))
+        await transports
         http_socket.close()
-        repository.close()
-    LOGGER.info(
-        "stop: %s; %d request(s) in flight were answered, sessions closed",
-        received[0] if received else "stopped",
-        inflight,
-    )
+    cause = received[0] if received else "stopped"
+    if abandoned:
+        LOGGER.error(
+            "stop: %s; %d request(s) were in flight; session(s) abandoned (exit 1): %s",
+            cause,
+            inflight,
+            " | ".join(abandoned),
+        )
+    else:
+        LOGGER.info(
+            "stop: %s; %d request(s) in flight were answered, sessions closed", cause, inflight
+        )
+    return abandoned
