@@ -252,9 +252,21 @@ def decode_data(values: Any, datatype: Any, shape: Any, tensor: str) -> np.ndarr
             ErrorKind.INVALID,
             f"input {tensor!r}: 'data' holds {_describe(parsed)}, which is not {datatype}",
         )
-    array = parsed.astype(dtype)
+    with np.errstate(over="ignore"):  # an overflow is refused below, not warned about
+        array = parsed.astype(dtype)
+    if dtype.kind == "f" and parsed.dtype.kind in "iuf" and _overflowed(parsed, array):
+        raise ProtocolError(
+            ErrorKind.INVALID,
+            f"input {tensor!r}: 'data' holds values out of the range of {datatype} "
+            f"(largest magnitude {np.finfo(dtype).max})",
+        )
     return _reshaped(array, dims, tensor)
 
+
+def _overflowed(parsed: np.ndarray, cast: np.ndarray) -> bool:
+    """Whether a finite value became an infinity in ``cast`` (given infinities stay)."""
+    infinite = np.isinf(cast)
+    return bool(infinite.any()) and bool((infinite & ~np.isinf(parsed)).any())
 
 
 def _fits(parsed: np.ndarray, dtype: np.dtype) -> bool:
