@@ -65,25 +65,43 @@ def decode_request(request: Any) -> InferRequest:
     inputs = []
     for position, tensor in enumerate(request.inputs):
         refuse_extensions(tensor.parameters, "input", tensor.name)
-        shape = list(tensor.shape)
+        given = [descriptor.name for descriptor, _ in tensor.contents.ListFields()]
+        if raw and given:  # one of the two would be ignored
+            raise ProtocolError(
+                ErrorKind.INVALID,
+                f"input {tensor.name!r}: {given[0]} given together with raw_input_contents; "
+                "send one or the other",
+            )
         if raw:
-            array = decode_raw(raw[position], tensor.datatype, shape, tensor.name)
+            array = decode_raw(raw[position], tensor.datatype, list(tensor.shape), tensor.name)
         else:
-            dtype_of(tensor.datatype, tensor.name)  # unknown and refused datatypes first
-            field = _CONTENTS_FIELD.get(tensor.datatype)
-            if field is None:  # FP16
-                raise ProtocolError(
-                    ErrorKind.INVALID,
-                    f"input {tensor.name!r}: {tensor.datatype} data must be sent in "
-                    "raw_input_contents",
-                )
-            values = list(getattr(tensor.contents, field))
-            array = decode_data(values, tensor.datatype, shape, tensor.name)
+            array = _decode_contents(tensor, given)
         inputs.append(InputTensor(tensor.name, array))
     for output in request.outputs:
         refuse_extensions(output.parameters, "output", output.name)
     outputs = [RequestedOutput(output.name) for output in request.outputs]
     return InferRequest(inputs, outputs, request.id)
+
+
+def _decode_contents(tensor: Any, given: list[str]) -> Any:
+    """An input's typed contents, from the one field its datatype uses (``given``: the
+    non-empty fields; values in another would be ignored, so they are refused)."""
+    dtype_of(tensor.datatype, tensor.name)  # unknown and refused datatypes first
+    field = _CONTENTS_FIELD.get(tensor.datatype)
+    if field is None:  # FP16
+        raise ProtocolError(
+            ErrorKind.INVALID,
+            f"input {tensor.name!r}: {tensor.datatype} data must be sent in raw_input_contents",
+        )
+    stray = [name for name in given if name != field]
+    if stray:
+        raise ProtocolError(
+            ErrorKind.INVALID,
+            f"input {tensor.name!r}: {tensor.datatype} values go in {field}, "
+            f"not {', '.join(stray)}",
+        )
+    values = list(getattr(tensor.contents, field))
+    return decode_data(values, tensor.datatype, list(tensor.shape), tensor.name)
 
 
 def encode_response(response: InferResponse) -> Any:
