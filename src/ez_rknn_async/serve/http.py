@@ -89,6 +89,11 @@ def _decompress(body: bytes, encoding: str, model: ServedModel) -> bytes:
     model.check_size(len(data))
     if not inflater.eof:
         raise ProtocolError(ErrorKind.INVALID, f"the {encoding} body is truncated")
+    if inflater.unused_data:  # a second gzip member, or junk: it would be dropped unread
+        raise ProtocolError(
+            ErrorKind.INVALID,
+            f"{len(inflater.unused_data)} bytes follow after the end of the {encoding} stream",
+        )
     return data
 
 
