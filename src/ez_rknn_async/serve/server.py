@@ -35,6 +35,7 @@ from .. import __version__
 from .config import ModelSpec
 from .grpc_service import GrpcTransport
 from .http import build_app
+from .http_protocol import BoundedHeadProtocol
 from .metrics import NpuLoadSource, ServerMetrics
 from .repository import Repository
 
@@ -137,6 +138,7 @@ async def serve(
             log_level="error",  # no per-request lines (uvicorn warns on malformed HTTP)
             access_log=False,
             lifespan="off",
+            http=BoundedHeadProtocol,
             timeout_graceful_shutdown=math.ceil(options.shutdown_timeout),
         )
     )
