@@ -41,6 +41,4 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._head_bytes += len(data)  # the whole read: its head part is not told apart
         if self._head_bytes > MAX_HEAD_BYTES:
             self._in_head = False
-            self.send_400_response(
-                f"the request line and headers are over {MAX_HEAD_BYTES} bytes"
-            )
+            self.send_400_response(f"the request line and headers are over {MAX_HEAD_BYTES} bytes")
