@@ -13,6 +13,7 @@ from collections.abc import Awaitable
 from typing import Any, Callable, Optional
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from .grpc_schema import METHODS, SERVICE, message
 from .metrics import ServerMetrics
@@ -164,23 +165,32 @@ class GrpcTransport:
     def _handler(self) -> grpc.GenericRpcHandler:
         handlers = {}
         for name, (request_class, response_class) in METHODS.items():
-            handlers[name] = grpc.unary_unary_rpc_method_handler(
-                self._guard(name, getattr(self, f"_{name}")),
-                request_deserializer=request_class.FromString,
+            handlers[name] = grpc.unary_unary_rpc_method_handler(  # parsed in the guard
+                self._guard(name, request_class, getattr(self, f"_{name}")),
                 response_serializer=response_class.SerializeToString,
             )
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
     def _guard(
-        self, name: str, method: Callable[[Any, Any], Awaitable[Any]]
-    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
-        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self, name: str, request_class: Any, method: Callable[[Any, Any], Awaitable[Any]]
+    ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
+        """``method`` behind the token check, given the parsed request: parsed here rather
+        than by grpc, whose failed deserializer answers UNKNOWN, not INVALID_ARGUMENT."""
+
+        async def call(data: bytes, context: grpc.aio.ServicerContext) -> Any:
             if name not in _OPEN_RPCS:
                 metadata = dict(context.invocation_metadata() or ())
                 if not authorized(metadata.get("authorization"), self._token):
                     await context.abort(
                         grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token"
                     )
+            try:
+                request = request_class.FromString(data)
+            except DecodeError as exc:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the request is not a valid {request_class.DESCRIPTOR.name}: {exc}",
+                )
             try:
                 return await method(request, context)
             except ProtocolError as exc:
