@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import signal
 import socket
 import string
 from typing import Optional
@@ -240,3 +241,33 @@ def test_grpc_bytes_that_are_no_infer_request_are_invalid_argument(server):
             assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT, info.value
             assert "ModelInferRequest" in info.value.details()
     still_serving(server)
+
+
+def test_a_body_still_arriving_at_the_stop_deadline_gets_503_without_a_traceback(tmp_path):
+    """uvicorn cancels a request still reading its body when the stop's grace ends; the
+    cancellation went up as "Exception in ASGI application" with a traceback in the log (the
+    stop is meant to log one line) and the client got nothing."""
+    model = save(tmp_path, "add_mul.onnx", add_mul_model())
+    process = ServerProcess([f"add_mul={model}", "--shutdown-timeout", "1"]).start()
+    try:
+        with socket.create_connection((process.host, process.http_port), timeout=30) as stalled:
+            stalled.sendall(
+                b"POST /v2/models/add_mul/infer HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Length: 1000\r\n\r\n" + b'{"inputs": ['
+            )
+            still_serving(process)  # the stalled request's head was read before this one
+            process.process.send_signal(signal.SIGTERM)
+            answer = b""
+            with contextlib.suppress(ConnectionError):
+                while b"stopping" not in answer:
+                    chunk = stalled.recv(4096)
+                    if not chunk:
+                        break
+                    answer += chunk
+        assert process.stop() == 0, process.log
+    finally:
+        if process.process.poll() is None:
+            process.process.kill()
+            process.process.wait(10)
+    assert answer.startswith(b"HTTP/1.1 503") and b"stopping" in answer, answer
+    assert not [line for line in process.log if "Traceback" in line], process.log
