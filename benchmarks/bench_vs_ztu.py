@@ -6,7 +6,7 @@
 The yardstick of issue 11 (per-task overhead): the same 1x16 float32 model file, the same
 emulated librknnrt (tests/npu_emulator, ``compute_us`` of NPU time per inference), the same
 provider options (``schedule=[0, 1, 2]``, ``max_queue_size=--depth``), the bench's own drivers
-(``ez_rknn_async.cli.bench``: ``run`` in a loop, ``run_async`` with ``--depth`` frames in flight,
+(``ez_rknn_async.cli.measure``: ``run`` in a loop, ``run_async`` with ``--depth`` frames in flight,
 ``run_pipeline(feed, depth)``). Rounds interleave ours and the original's; the median tasks/s of
 the rounds is kept and the ratio ours/original printed (>= 1.0: ours is faster).
 
@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from ez_rknn_async.cli.bench import Budget, Timeline, _make_driver, measure  # noqa: E402
+from ez_rknn_async.cli.comparators import make_driver  # noqa: E402
+from ez_rknn_async.cli.measure import Budget, Timeline, measure  # noqa: E402
 from ez_rknn_async.cli.rivals import ZTU_LIBRARY_VAR, ZTU_MODULE  # noqa: E402
 
 from rknn_emu import EmuModel, EmuTensor, Npu, emulator_build  # noqa: E402
@@ -65,7 +66,7 @@ def compare(npu: Npu, ztu, path: str, compute_us: int, args) -> list[dict]:
         for mode in args.modes:
             kinds = {"ours": mode, "ztu": "ztu-pipeline" if mode == "pipeline" else mode}
             drivers = {
-                name: _make_driver(kinds[name], s, feed, args.depth) for name, s in sessions.items()
+                name: make_driver(kinds[name], s, feed, args.depth) for name, s in sessions.items()
             }
             for each in drivers.values():
                 measure(each, Budget(seconds=min(0.3, args.seconds)))  # warm-up
