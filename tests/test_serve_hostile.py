@@ -179,11 +179,16 @@ ADD_MUL = {
 }
 
 
+READ_TIMEOUT = 1.0
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("hostile")
-    with ServerProcess([f"add_mul={save(folder, 'add_mul.onnx', add_mul_model())}"]) as process:
+    model = save(folder, "add_mul.onnx", add_mul_model())
+    with ServerProcess([f"add_mul={model}", "--read-timeout", str(READ_TIMEOUT)]) as process:
         yield process.start()
+    assert not [line for line in process.log if "Traceback" in line], process.log
 
 
 def still_serving(server) -> None:
@@ -210,6 +215,39 @@ def test_an_endless_request_head_is_refused_before_it_is_held(server):
     assert answer.startswith(b"HTTP/1.1 400"), answer
     assert f"over {MAX_HEAD_BYTES} bytes".encode() in answer, answer
     assert sent < 8 << 20, "the whole head was taken in"
+    still_serving(server)
+
+
+def refusal_after_stalling(server, sent: bytes) -> bytes:
+    """What the server answers a connection that sent ``sent`` and then nothing."""
+    answer = b""
+    with socket.create_connection((server.host, server.http_port), timeout=30) as client:
+        client.sendall(sent)
+        with contextlib.suppress(ConnectionError):
+            while True:
+                chunk = client.recv(4096)
+                if not chunk:
+                    return answer
+                answer += chunk
+
+
+@pytest.mark.parametrize(
+    ("sent", "words"),
+    [
+        (b"", "headers did not arrive in 1 s"),
+        (b"POST /v2/models/add_mul/infer HTTP/1.1\r\nHost: x\r\n", "did not arrive in 1 s"),
+        (
+            b"POST /v2/models/add_mul/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 99\r\n\r\n{",
+            "no request body bytes arrived for 1 s",
+        ),
+    ],
+    ids=["silent", "half a head", "half a body"],
+)
+def test_a_stalled_request_is_refused_and_its_connection_closed(server, sent, words):
+    """uvicorn has no read timeout: a connection that sent half a request (or nothing) was
+    held open for ever, so a few hundred of them used up the server's file descriptors."""
+    answer = refusal_after_stalling(server, sent)
+    assert answer.startswith(b"HTTP/1.1 400") and words.encode() in answer, answer
     still_serving(server)
 
 
