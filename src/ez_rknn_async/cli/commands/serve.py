@@ -127,6 +127,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="the bound of a stop: requests in flight are answered and sessions closed "
         "within it, else abandoned (exit 1) (default: 30)",
     )
+    serve.add_argument(
+        "--read-timeout",
+        type=positive(float),
+        default=30.0,
+        metavar="SECONDS",
+        help="a request's line and headers must arrive within it, and its body must not stall "
+        "for it; else 400 and the connection is closed (default: 30)",
+    )
     serve.set_defaults(func=run)
 
 
@@ -171,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
         grpc_port=args.grpc_port,
         token=serve_token(args.token),
         shutdown_timeout=args.shutdown_timeout,
+        read_timeout=args.read_timeout,
     )
     try:
         with user_input(MODEL_HINT):  # a model or option the library refuses
