@@ -2,6 +2,10 @@
 
     .venv/bin/python benchmarks/bench_vs_ztu.py                      # 0, 200, 1000, 20000 us
     .venv/bin/python benchmarks/bench_vs_ztu.py --compute-us 0 --modes async,pipeline --seconds 2
+    .venv/bin/python benchmarks/bench_vs_ztu.py --compute-us 200,1000 --ours-threads 2
+
+``--ours-threads 2`` adds ours with ``threads_per_core=2`` (two contexts per core) to the same
+interleaved rounds, one row each (``mode/t2``), against the same original figure.
 
 The yardstick of issue 11 (per-task overhead): the same 1x16 float32 model file, the same
 emulated librknnrt (tests/npu_emulator, ``compute_us`` of NPU time per inference), the same
@@ -62,6 +66,10 @@ def compare(npu: Npu, ztu, path: str, compute_us: int, args) -> list[dict]:
         "ours": InferenceSession(path, provider_options=make_provider_options(**options)),
         "ztu": ztu.InferenceSession(path, provider_options=ztu.make_provider_options(**options)),
     }
+    for threads in args.ours_threads:  # ours with more contexts per core, in the same rounds
+        sessions[f"ours_t{threads}"] = InferenceSession(
+            path, provider_options=make_provider_options(threads_per_core=threads, **options)
+        )
     rows = []
     try:
         for mode in args.modes:
@@ -69,10 +77,7 @@ def compare(npu: Npu, ztu, path: str, compute_us: int, args) -> list[dict]:
             # flushes with dummy frames, whose work overlaps the next round; ours draining
             # instead would idle cores at every round's end and start (2-3% at 20 ms).
             kind = "ztu-pipeline" if mode == "pipeline" else mode
-            kinds = {"ours": kind, "ztu": kind}
-            drivers = {
-                name: make_driver(kinds[name], s, feed, args.depth) for name, s in sessions.items()
-            }
+            drivers = {name: make_driver(kind, s, feed, args.depth) for name, s in sessions.items()}
             for each in drivers.values():
                 measure(each, Budget(seconds=min(0.3, args.seconds)))  # warm-up
             samples: dict[str, list[float]] = {name: [] for name in drivers}
@@ -82,21 +87,26 @@ def compare(npu: Npu, ztu, path: str, compute_us: int, args) -> list[dict]:
                     tasks_per_s, stalled = rate(measure(each, Budget(seconds=args.seconds)))
                     samples[name].append(tasks_per_s)
                     stalls[name] += stalled
-            ours, theirs = (statistics.median(samples[name]) for name in ("ours", "ztu"))
-            rows.append(
-                {
-                    "compute_us": compute_us,
-                    "mode": mode,
-                    "ours": ours,
-                    "ztu": theirs,
-                    "ratio": ours / theirs if theirs else float("inf"),
-                    "ztu_stalls": stalls["ztu"],
-                    "ours_stalls": stalls["ours"],
-                }
-            )
-            print_row(rows[-1])
+            theirs = statistics.median(samples["ztu"])
+            for name in (n for n in drivers if n != "ztu"):
+                ours = statistics.median(samples[name])
+                rows.append(
+                    {
+                        "compute_us": compute_us,
+                        "mode": mode,
+                        "ours": ours,
+                        "ztu": theirs,
+                        "ratio": ours / theirs if theirs else float("inf"),
+                        "ztu_stalls": stalls["ztu"],
+                        "ours_stalls": stalls[name],
+                        "threads_per_core": int(name[6:]) if name != "ours" else 1,
+                    }
+                )
+                print_row(rows[-1])
     finally:
-        sessions["ours"].close()
+        for name, session in sessions.items():
+            if name != "ztu":
+                session.close()
         sessions.clear()  # the original has no close(): freed with its last reference
         gc.collect()
     return rows
@@ -104,8 +114,9 @@ def compare(npu: Npu, ztu, path: str, compute_us: int, args) -> list[dict]:
 
 def print_row(row: dict) -> None:
     stalls = f"{row['ztu_stalls']}/{row['ours_stalls']}"
+    mode = f"{row['mode']}/t{row['threads_per_core']}"
     print(
-        f"{row['compute_us']:>9}  {row['mode']:<8}  {row['ours']:>10.0f}  {row['ztu']:>10.0f}"
+        f"{row['compute_us']:>9}  {mode:<11}  {row['ours']:>10.0f}  {row['ztu']:>10.0f}"
         f"  {row['ratio']:>6.2f}x  {stalls:>7}",
         flush=True,
     )
@@ -118,9 +129,15 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=1.0, help="per row and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--depth", type=int, default=6, help="frames in flight, queue size")
+    parser.add_argument(
+        "--ours-threads",
+        default="",
+        help="comma list: also measure ours with these threads_per_core (e.g. 2), same rounds",
+    )
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     args.modes = [m for m in args.modes.split(",") if m]
+    args.ours_threads = [int(v) for v in args.ours_threads.split(",") if v]
     if importlib.util.find_spec(ZTU_MODULE) is None:
         print("the original is not installed: pip install ztu-somemodelruntime-ez-rknn-async")
         return 2
@@ -134,7 +151,7 @@ def main() -> int:
         f"{args.seconds} s, median tasks/s; stalls = original/ours waits over {STALL_SECONDS} s"
     )
     print(
-        f"{'compute us':>9}  {'mode':<8}  {'ours /s':>10}  {'original /s':>10}  {'ratio':>7}  "
+        f"{'compute us':>9}  {'mode/tpc':<11}  {'ours /s':>10}  {'original /s':>10}  {'ratio':>7}  "
         f"{'stalls':>7}"
     )
     rows = []
