@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_rknn3_emulator.py
 	$(BIN)/python benchmarks/bench_zero_copy.py
 	$(BIN)/python benchmarks/bench_vs_ztu.py
+	$(BIN)/python benchmarks/bench_worker_gap.py
 	$(BIN)/python benchmarks/bench_native_sequence.py
 	$(BIN)/python benchmarks/bench_serve.py
 	$(BIN)/python benchmarks/soak.py --seconds 60
