@@ -92,13 +92,13 @@ def worker_loop(engine: Engine, worker: Worker) -> None:
                 worker.wake.wait()
                 continue
             worker.state = Slot.RUNNING
+            worker.since = start = time.monotonic()  # stats(): the running task's busy time
             inflight.append(task)
             woken = admission.grant() if admission.async_waiters else None
             lock.release()
             if woken:
                 admission.wake_waiters(woken)
                 del woken
-            start = time.monotonic()
             waited = start - task.queued_at
             ok = None
             try:
