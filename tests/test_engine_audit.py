@@ -3,7 +3,14 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import Future
+
+import pytest
+
+from ez_rknn_async import SessionBrokenError, SessionClosedError, SubmitTimeoutError
+from ez_rknn_async.engine.lifecycle import State
 
 from fakes import Gate, make_engine, wait_for
 
@@ -26,3 +33,17 @@ def test_busy_time_of_a_slot_running_a_queued_task_is_that_tasks_time_not_the_up
     after = engine.stats().slots[0].busy_s
     assert running.busy_s <= after <= time.monotonic() - before  # a counter only grows
     assert engine.close(timeout=5) is True
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 1e300, float("nan"), -0.5])
+def test_an_unbounded_close_timeout_is_refused_before_anything_closes(timeout):
+    """close(timeout=inf) (or any value past the platform's longest wait) raised OverflowError
+    from inside the join, after the queue was failed: the engine stayed CLOSING forever, its
+    runners never closed and its callback thread never ended."""
+    engine, runners = make_engine(1)
+    with pytest.raises(ValueError, match=r"close\(timeout=\)"):
+        engine.close(timeout=timeout)
+    assert engine.state is State.OPEN and engine.run_inline([2], (0,)) == [2]
+    assert engine.close(timeout=5) is True
+    assert engine.state is State.CLOSED and runners[0].closed == 1
+    assert wait_for(lambda: not engine._callbacks.thread.is_alive())
