@@ -47,3 +47,112 @@ def test_an_unbounded_close_timeout_is_refused_before_anything_closes(timeout):
     assert engine.close(timeout=5) is True
     assert engine.state is State.CLOSED and runners[0].closed == 1
     assert wait_for(lambda: not engine._callbacks.thread.is_alive())
+
+
+class _Outcomes:
+    """Counts how often each Future and each run_async callback is resolved."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.futures: list[Future] = []
+        self.callbacks: dict[object, int] = {}
+        self.submitted: list[object] = []
+
+    def callback(self, results, user_data, err) -> None:
+        with self.lock:
+            self.callbacks[user_data] = self.callbacks.get(user_data, 0) + 1
+
+
+def test_close_with_timeout_zero_races_every_call_mode_while_a_run_hangs():
+    """Eight threads submit in every mode while one worker hangs and close(timeout=0) lands:
+    close returns at once (BROKEN), every Future is resolved, every callback called exactly
+    once, every later call refuses with SessionBrokenError, and nothing is freed under the
+    hung run."""
+    gate = Gate()
+    engine, runners = make_engine(2, gate, max_queue_size=4, submit_timeout_ms=2000)
+    seen = _Outcomes()
+    hung = engine.submit([0], (0,))
+    assert gate.wait_entered(1)
+    gate_two = threading.Barrier(9)
+    errors: list[BaseException] = []
+
+    def client(n: int) -> None:
+        gate_two.wait(5)
+        for i in range(50):
+            key = (n, i)
+            try:
+                if i % 3 == 0:
+                    future = engine.submit([key], (0,))
+                    with seen.lock:
+                        seen.futures.append(future)
+                elif i % 3 == 1:
+                    engine.submit_callback([key], (0,), seen.callback, key)
+                    with seen.lock:
+                        seen.submitted.append(key)
+                else:
+                    engine.run_inline([key], (0,))
+            except (SessionBrokenError, SessionClosedError, SubmitTimeoutError):
+                pass
+            except BaseException as exc:  # noqa: BLE001 - fails the test below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    gate_two.wait(5)
+    start = time.monotonic()
+    with pytest.warns(RuntimeWarning, match="did not finish within close"):
+        assert engine.close(timeout=0) is True
+    assert time.monotonic() - start < 2.0
+    for thread in threads:
+        thread.join(10)
+    assert not errors and not any(thread.is_alive() for thread in threads)
+    assert engine.state is State.BROKEN
+    with pytest.raises(SessionBrokenError, match="abandoned"):
+        hung.result(0)
+    for future in seen.futures:
+        assert future.done()  # resolved: results, closed or broken
+    assert wait_for(lambda: len(seen.callbacks) == len(seen.submitted))
+    assert set(seen.callbacks.values()) <= {1}
+    with pytest.raises(SessionBrokenError):
+        engine.run_inline([1], (0,))
+    assert [r.closed for r in runners] == [0, 0]
+    gate.open()
+    assert wait_for(lambda: not any(w.thread.is_alive() for w in engine._workers))
+    assert sum(seen.callbacks.values()) == len(seen.submitted)  # no late second call
+    assert all(r.violations == 0 for r in runners)
+
+
+def test_a_stuck_callback_and_a_stuck_inference_are_both_named_and_nothing_is_lost():
+    gate = Gate()
+    release = threading.Event()
+    entered = threading.Event()
+    engine, runners = make_engine(2, gate, max_queue_size=4)
+    calls: list[tuple[object, str]] = []
+
+    def callback(results, user_data, err):
+        calls.append((user_data, err))
+        if user_data == "stuck callback":
+            entered.set()
+            release.wait(10)
+
+    gate_first = engine.submit([0], (0,))
+    assert gate.wait_entered(1)
+    gate.open()  # lets "stuck callback"'s inference through, then closes the gate again
+    gate_first.result(5)
+    engine.submit_callback([1], (0,), callback, "stuck callback")
+    assert entered.wait(5)
+    gate._open.clear()
+    engine.submit_callback([2], (0,), callback, "stuck inference")
+    assert gate.wait_entered(3)
+    with pytest.warns(RuntimeWarning) as warned:
+        assert engine.close(timeout=0.2) is True
+    message = str(warned[0].message)
+    assert "EzRknn_W" in message and "run_async callback" in message
+    release.set()
+    assert wait_for(lambda: len(calls) == 2)
+    assert calls[0] == ("stuck callback", "")
+    assert calls[1][0] == "stuck inference" and "abandoned" in calls[1][1]
+    gate.open()
+    assert wait_for(lambda: not engine._callbacks.thread.is_alive())
+    assert len(calls) == 2 and [r.closed for r in runners] == [0, 0]
