@@ -156,3 +156,19 @@ def test_a_stuck_callback_and_a_stuck_inference_are_both_named_and_nothing_is_lo
     gate.open()
     assert wait_for(lambda: not engine._callbacks.thread.is_alive())
     assert len(calls) == 2 and [r.closed for r in runners] == [0, 0]
+
+
+def test_a_hung_inference_alone_does_not_blame_a_callback():
+    """Only the worker is stuck: the warning names it, not the callback thread that has yet
+    to deliver the abandoned task's error."""
+    gate = Gate()
+    engine, _ = make_engine(1, gate)
+    delivered = threading.Event()
+    engine.submit_callback([1], (0,), lambda *args: delivered.set(), None)
+    assert gate.wait_entered(1)
+    with pytest.warns(RuntimeWarning) as warned:
+        engine.close(timeout=0.1)
+    assert "EzRknn_W0" in str(warned[0].message)
+    assert "callback" not in str(warned[0].message)
+    assert delivered.wait(5)
+    gate.open()

@@ -258,15 +258,14 @@ class Engine:
                     if worker.state in (Slot.RUNNING, Slot.BORROWED)
                     and worker.thread is not current
                 ]
-            if stuck:
-                self._abandon(stuck)
+            errors = self._abandon(stuck) if stuck else 0
             self._callbacks.close()
             thread = self._callbacks.thread
             callback_stuck = False
             if thread is not current:  # else close() was called from a callback
                 join_until(thread, deadline)
                 with self._lock:
-                    callback_stuck = self._callbacks.stuck(deadline)
+                    callback_stuck = self._callbacks.stuck(deadline, errors)
             if stuck or callback_stuck:
                 self._break(stuck, callback_stuck)
             else:
@@ -290,9 +289,11 @@ class Engine:
 
     # -- internals (called with the lock held unless said otherwise) ------------------------
 
-    def _abandon(self, stuck: list[Worker]) -> None:
+    def _abandon(self, stuck: list[Worker]) -> int:
         """Fail the tasks of workers still inside their runner at the deadline (lock NOT held).
-        Each task is claimed from its worker first, so the worker's late outcome is dropped."""
+        Each task is claimed from its worker first, so the worker's late outcome is dropped.
+        Returns how many of them were ``run_async`` tasks (each adds an error to deliver)."""
+        errors = 0
         for worker in stuck:
             try:
                 task = worker.inflight.pop()
@@ -306,6 +307,8 @@ class Engine:
                     "is inside)"
                 )
             )
+            errors += task.deliver is not None
+        return errors
 
     def _break(self, stuck: list[Worker], callback_stuck: bool) -> None:
         """CLOSING -> BROKEN: leak the runners (and, in the session, the backend); warn once."""
