@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from concurrent.futures import Future
@@ -172,3 +173,109 @@ def test_a_hung_inference_alone_does_not_blame_a_callback():
     assert "callback" not in str(warned[0].message)
     assert delivered.wait(5)
     gate.open()
+
+
+def test_close_from_a_callback_while_an_inference_hangs_returns_at_its_deadline():
+    """The callback thread closes the engine while a worker hangs: close() returns at its own
+    deadline, the session is BROKEN, and the hung task's callback comes after, exactly once."""
+    gate = Gate()
+    engine, runners = make_engine(2, gate, max_queue_size=4, sequential_callbacks=False)
+    calls: list[tuple[object, str]] = []
+    closed = threading.Event()
+
+    def callback(results, user_data, err):
+        calls.append((user_data, err))
+        if user_data == "closer":
+            with pytest.warns(RuntimeWarning, match="did not finish within close"):
+                assert engine.close(timeout=0.2) is True
+            closed.set()
+
+    engine.submit_callback([0], (0,), callback, "hung")
+    assert gate.wait_entered(1)
+    engine._workers[1].runner.fn = lambda inputs, indices: [inputs[0]]  # the other slot is free
+    engine.submit_callback([1], (0,), callback, "closer")
+    assert closed.wait(5)
+    assert engine.state is State.BROKEN
+    assert wait_for(lambda: len(calls) == 2)
+    assert calls[1][0] == "hung" and "abandoned" in calls[1][1]
+    gate.open()
+    assert wait_for(lambda: not engine._callbacks.thread.is_alive())
+    assert len(calls) == 2 and runners[0].closed == 0
+
+
+def test_a_future_done_callback_that_closes_while_another_run_hangs():
+    """A done-callback (on the worker that finished) closes the engine while the other worker
+    hangs: close waits only for its deadline, and a concurrent close() from the test thread
+    returns once that close is over."""
+    gate = Gate()
+    engine, runners = make_engine(2, gate, max_queue_size=4)
+    hung = engine.submit([0], (0,))
+    assert gate.wait_entered(1)
+    engine._workers[1].runner.fn = lambda inputs, indices: [inputs[0]]
+    done = threading.Event()
+    outcome: list[object] = []
+
+    def close_from_done_callback(future):
+        with pytest.warns(RuntimeWarning):
+            outcome.append(engine.close(timeout=0.2))
+        done.set()
+
+    engine.submit([1], (0,)).add_done_callback(close_from_done_callback)
+    assert done.wait(5) and outcome == [True]
+    assert engine.close(timeout=5) is False and engine.state is State.BROKEN
+    with pytest.raises(SessionBrokenError):
+        hung.result(0)
+    gate.open()
+    assert wait_for(lambda: not any(w.thread.is_alive() for w in engine._workers))
+    assert [r.closed for r in runners] == [0, 0]
+
+
+def test_stats_totals_agree_with_slots_and_every_task_is_counted_under_many_threads():
+    engine, _ = make_engine(3, max_queue_size=3, submit_timeout_ms=10000)
+    start = threading.Barrier(6)
+
+    def fn(inputs, indices):
+        if inputs[0] % 7 == 0:
+            raise ValueError("bad frame")
+        return [inputs[0]]
+
+    for worker in engine._workers:
+        worker.runner.fn = fn
+    snapshots = []
+    callbacks = threading.Semaphore(0)
+
+    def client(n: int) -> None:
+        start.wait(5)
+        for i in range(60):
+            value = n * 1000 + i
+            if i % 3 == 0:
+                engine.submit_callback([value], (0,), lambda *args: callbacks.release(), None)
+            elif i % 3 == 1:
+                with contextlib.suppress(ValueError):
+                    engine.submit([value], (0,)).result(10)
+            else:
+                with contextlib.suppress(ValueError):
+                    engine.run_inline([value], (0,))
+            if i % 10 == 0:
+                snapshots.append(engine.stats())
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    for _ in range(6 * 20):
+        assert callbacks.acquire(timeout=10)
+    failures = sum(1 for n in range(6) for i in range(60) if (n * 1000 + i) % 7 == 0)
+    calls = 6 * 60
+    for snap in snapshots:
+        assert snap.completed == sum(s.completed for s in snap.slots)
+        assert snap.failed == sum(s.failed for s in snap.slots)
+        assert snap.completed + snap.failed <= snap.submitted + snap.inline_runs
+        assert snap.queued <= 3 and snap.running <= 3
+    assert wait_for(lambda: engine.stats().completed + engine.stats().failed == calls)
+    final = engine.stats()
+    assert final.submitted + final.inline_runs == calls and final.failed == failures
+    assert final.queue_waits == final.submitted
+    assert all(slot.state == "idle" for slot in final.slots) and final.running == 0
+    assert engine.close(timeout=5) is True
