@@ -6,9 +6,10 @@
 The yardstick of issue 11 (per-task overhead): the same 1x16 float32 model file, the same
 emulated librknnrt (tests/npu_emulator, ``compute_us`` of NPU time per inference), the same
 provider options (``schedule=[0, 1, 2]``, ``max_queue_size=--depth``), the bench's own drivers
-(``ez_rknn_async.cli.bench``: ``run`` in a loop, ``run_async`` with ``--depth`` frames in flight,
-``run_pipeline(feed, depth)``). Rounds interleave ours and the original's; the median tasks/s of
-the rounds is kept and the ratio ours/original printed (>= 1.0: ours is faster).
+(``ez_rknn_async.cli.measure``: ``run`` in a loop, ``run_async`` with ``--depth`` frames in flight,
+``run_pipeline(feed, depth)``; for both libraries the driver the original needs, which has no
+drain: it flushes with dummy frames). Rounds interleave ours and the original's; the median
+tasks/s of the rounds is kept and the ratio ours/original printed (>= 1.0: ours is faster).
 
 The original's submit sometimes misses a wake-up and waits its whole ``submit_timeout_ms``
 (10 s) before going on (seen in ``run_pipeline`` after tens of thousands of calls). Such stalls
@@ -31,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from ez_rknn_async.cli.bench import Budget, Timeline, _make_driver, measure  # noqa: E402
+from ez_rknn_async.cli.comparators import make_driver  # noqa: E402
+from ez_rknn_async.cli.measure import Budget, Timeline, measure  # noqa: E402
 from ez_rknn_async.cli.rivals import ZTU_LIBRARY_VAR, ZTU_MODULE  # noqa: E402
 
 from rknn_emu import EmuModel, EmuTensor, Npu, emulator_build  # noqa: E402
@@ -63,9 +65,13 @@ def compare(npu: Npu, ztu, path: str, compute_us: int, args) -> list[dict]:
     rows = []
     try:
         for mode in args.modes:
-            kinds = {"ours": mode, "ztu": "ztu-pipeline" if mode == "pipeline" else mode}
+            # One driver for both: the original's run_pipeline has no drain, so its driver
+            # flushes with dummy frames, whose work overlaps the next round; ours draining
+            # instead would idle cores at every round's end and start (2-3% at 20 ms).
+            kind = "ztu-pipeline" if mode == "pipeline" else mode
+            kinds = {"ours": kind, "ztu": kind}
             drivers = {
-                name: _make_driver(kinds[name], s, feed, args.depth) for name, s in sessions.items()
+                name: make_driver(kinds[name], s, feed, args.depth) for name, s in sessions.items()
             }
             for each in drivers.values():
                 measure(each, Budget(seconds=min(0.3, args.seconds)))  # warm-up

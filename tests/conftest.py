@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 
 import pytest
 
 from onnx_models import add_mul_model, dynamic_hw_model, mixed_types_model, save, yolo_path
+
+# A suite started as a background job of a non-interactive shell (`make test &`, some CI runners)
+# inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler, neither here nor
+# in the processes the tests start. The Ctrl-C tests need the handler a terminal user has.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

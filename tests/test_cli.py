@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -14,6 +15,8 @@ import pytest
 
 from ez_rknn_async.cli import main as cli_main
 from ez_rknn_async.cli import report as cli_report
+from ez_rknn_async.cli.commands import COMMANDS
+from ez_rknn_async.cli.commands import bench as bench_command
 from ez_rknn_async.cli.errors import ExitCode, explain
 from ez_rknn_async.cli.main import main
 from ez_rknn_async.cli.report import JSON_SCHEMA
@@ -195,7 +198,7 @@ def test_missing_matplotlib_prints_the_pip_command_before_measuring(
     capsys, add_mul_path, tmp_path, monkeypatch
 ):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    monkeypatch.setattr(cli_main, "run_plan", lambda *a, **k: pytest.fail("measured anyway"))
+    monkeypatch.setattr(bench_command, "run_plan", lambda *a, **k: pytest.fail("measured anyway"))
     code, _, err = run_cli(capsys, "bench", add_mul_path, "--plot", tmp_path / "x.png")
     assert code == ExitCode.MISSING_DEPENDENCY
     assert "pip install 'ez-rknn-async[plot]'" in err
@@ -206,7 +209,7 @@ def test_interrupt_is_130_unknown_errors_keep_their_traceback(capsys, add_mul_pa
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_main, "run_plan", interrupted)
+    monkeypatch.setattr(bench_command, "run_plan", interrupted)
     assert run_cli(capsys, "bench", add_mul_path)[0] == ExitCode.INTERRUPTED
 
     class Bug(Exception):
@@ -215,7 +218,7 @@ def test_interrupt_is_130_unknown_errors_keep_their_traceback(capsys, add_mul_pa
     def buggy(*args, **kwargs):
         raise Bug("a bug")
 
-    monkeypatch.setattr(cli_main, "run_plan", buggy)
+    monkeypatch.setattr(bench_command, "run_plan", buggy)
     with pytest.raises(Bug):
         main(["bench", add_mul_path])
 
@@ -238,6 +241,22 @@ def test_help_teaches(capsys):
     for text in ("examples:", "--compare", "ort-async", "OpenVINO AsyncInferQueue", "--shape",
                  "run_pipeline(feed, depth)", "p90"):  # fmt: skip
         assert text in out
+
+
+def test_every_command_module_registers_its_own_run_and_is_documented(capsys):
+    """The dispatcher's wiring: each module in ``COMMANDS`` adds one sub-command whose ``func``
+    is that module's ``run``, ``ez-rknn --help`` lists it, and its own ``--help`` works."""
+    parser = cli_main.build_parser()
+    (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    names = list(subparsers.choices)
+    assert names == ["info", "bench", "compare", "doctor", "top", "demo", "serve"]
+    for name, module in zip(names, COMMANDS):
+        assert subparsers.choices[name].get_default("func") is module.run, name
+    _, main_help, _ = run_cli(capsys, "--help")
+    for name in names:
+        assert f"\n  {name} " in main_help.split("commands:")[1], name
+        code, out, _ = run_cli(capsys, name, "--help")
+        assert code == 0 and out.startswith(f"usage: ez-rknn {name}"), name
 
 
 # --- info --------------------------------------------------------------------------------------

@@ -33,15 +33,20 @@ def test_thousands_of_callbacks_from_many_threads_exactly_once(sequential):
     )
     delivered: list[tuple[int, int]] = []
     on_callback_thread = []
+    active, overlaps = [0], []
     done = threading.Event()
     threads, per_thread = 6, 400
 
     def callback(results, user_data, err):
+        active[0] += 1
+        if active[0] != 1:
+            overlaps.append(user_data)  # two callbacks at once
         assert err == ""
         on_callback_thread.append(threading.current_thread().name)
         delivered.append((user_data, int(results[0])))
         if len(delivered) == threads * per_thread:
             done.set()
+        active[0] -= 1
 
     submit_order: list[int] = []
     order_lock = threading.Lock()
@@ -62,7 +67,10 @@ def test_thousands_of_callbacks_from_many_threads_exactly_once(sequential):
     engine.close()
     assert all(user == value for user, value in delivered)
     assert sorted(u for u, _ in delivered) == list(range(threads * per_thread))  # exactly once
-    assert set(on_callback_thread) == {"EzRknn_Callback"}
+    # One at a time, on the callback thread or on a worker that delivers while callbacks are
+    # quick (engine/ordering.py), never on a submitter's thread.
+    assert overlaps == []
+    assert set(on_callback_thread) <= {"EzRknn_Callback"} | {f"EzRknn_W{i}_C{i}" for i in range(4)}
     if sequential:
         assert [u for u, _ in delivered] == submit_order
     assert sum(len(r.threads) for r in runners) == threads * per_thread
@@ -202,13 +210,18 @@ def test_callback_exceptions_are_unraisable_and_the_session_goes_on(monkeypatch)
     assert all("run_async callback" in r.err_msg for r in reported)
 
 
-def test_run_and_run_async_inside_a_callback_do_not_deadlock():
-    engine, _ = make_engine(1, submit_timeout_ms=2000, max_queue_size=1)
+@pytest.mark.parametrize("slots", [1, 2])
+def test_run_and_run_async_inside_a_callback_do_not_deadlock(slots):
+    """One slot: callbacks come on the callback thread; two: on a worker (while quick), and
+    the other worker serves what the callback waits for (engine/ordering.py)."""
+    engine, _ = make_engine(slots, submit_timeout_ms=2000, max_queue_size=1)
     inner = []
+    threads = []
     done = threading.Event()
 
     def callback(results, user_data, err):
         if user_data == "outer":
+            threads.append(threading.current_thread().name)
             inner.append(engine.run_inline([7], (0,)))  # the original deadlocks here
             inner.append(engine.submit([8], (0,)).result(5))
             for i in range(CALLBACK_BACKLOG + 4):  # more than the backlog allows
@@ -219,6 +232,7 @@ def test_run_and_run_async_inside_a_callback_do_not_deadlock():
     engine.submit_callback([1], (0,), callback, "outer")
     assert done.wait(10)
     assert inner == [[7], [8]]
+    assert threads == ["EzRknn_Callback" if slots == 1 else "EzRknn_W0_C0"]
     engine.close()
 
 

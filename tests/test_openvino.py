@@ -13,7 +13,8 @@ import pytest
 
 from ez_rknn_async import InferenceSession, make_provider_options
 
-pytest.importorskip("openvino")
+ov = pytest.importorskip("openvino")
+STATIC_COMPILES = pytest.importorskip("ez_rknn_async.backends.openvino").STATIC_COMPILES
 
 
 def openvino(**options):
@@ -68,6 +69,71 @@ def test_bad_input_is_caught_before_openvino_sees_it(mixed_path):
         got = sess.run(None, {"ids": ids, "h": h})
         np.testing.assert_array_equal(got[0], ids * 2)
         np.testing.assert_array_equal(got[1], h + h)
+
+
+def _hw_frames(*hw):
+    rng = np.random.default_rng(5)
+    return [rng.random((1, 3, h, w), dtype=np.float32) for h, w in hw]
+
+
+def test_static_compile_per_repeated_shape_lru_and_exact_results(dynamic_path):
+    ref = ort.InferenceSession(dynamic_path)
+    shapes = [(8, 8), (8, 16), (16, 8), (4, 4), (12, 12)]  # one more than the cache holds
+    frames = _hw_frames(*shapes)
+    with InferenceSession(dynamic_path, provider_options=openvino(precision="f32")) as sess:
+        backend = sess._backend
+
+        def static():
+            return [key for key in backend.compiled_precisions() if key is not None]
+
+        def check(frame):
+            for got, want in zip(sess.run(None, [frame]), ref.run(None, {"img": frame})):
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+        check(frames[0])
+        assert static() == []  # a shape seen once runs on the dynamic compile
+        check(frames[0])
+        assert static() == [((1, 3, 8, 8),)]
+        for frame in frames[1:]:
+            check(frame)
+            check(frame)
+        assert len(static()) == STATIC_COMPILES
+        # the least recently used shape, (8, 8), went; the others stay, oldest first
+        assert static() == [((1, 3, h, w),) for h, w in shapes[1:]]
+        check(frames[1])  # a hit refreshes its place
+        assert static()[-1] == ((1, 3, 8, 16),)
+        results = [sess.run_pipeline(frame, depth=2) for frame in frames * 2][2:]
+        results += sess.drain_pipeline()
+        for frame, got in zip(frames * 2, results):
+            for g, w in zip(got, ref.run(None, {"img": frame})):
+                np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4)
+
+
+def test_precision_is_honoured_by_every_compile(dynamic_path):
+    frame = _hw_frames((8, 8))[0]
+    core = ov.Core()
+    default = core.compile_model(
+        core.read_model(dynamic_path), "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"}
+    )
+    openvino_default = default.get_property("INFERENCE_PRECISION_HINT").to_string()
+    for precision, want in (("f32", "f32"), (None, openvino_default)):
+        with InferenceSession(dynamic_path, provider_options=openvino(precision=precision)) as sess:
+            sess.run(None, [frame])
+            sess.run(None, [frame])  # now with a static compile too
+            assert sess._backend.compiled_precisions() == {None: want, ((1, 3, 8, 8),): want}
+
+
+def test_default_slots_are_the_requests_openvino_recommends(dynamic_path, add_mul_path):
+    core = ov.Core()
+    for path in (dynamic_path, add_mul_path):
+        compiled = core.compile_model(
+            core.read_model(path), "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"}
+        )
+        want = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+        with InferenceSession(path, provider_options=openvino()) as sess:
+            assert len(sess.worker_slots) == want
+        with InferenceSession(path, provider_options=openvino(schedule=[0])) as sess:
+            assert len(sess.worker_slots) == 1
 
 
 CTRL_C_AFTER_A_SESSION = """

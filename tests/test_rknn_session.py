@@ -131,3 +131,26 @@ def test_closed_session_raises_at_once(npu):
     sess.close()
     with pytest.raises(RuntimeError):
         sess.run(None, frames(1)[0])
+
+
+def test_output_selection_repeats_and_read_only_inputs(npu):
+    """Each requested output is its own array (a name asked twice gets a copy), in the order
+    asked, also after other selections were served; read-only inputs are read as they are."""
+    npu.use("rk3588")
+    frame = frames(1)[0]
+    frame.setflags(write=False)
+    logits, mask = expected(frame)
+    with InferenceSession(MODEL.data(), provider_options=make_provider_options(schedule=[0])) as s:
+        for names, want in (
+            (["mask", "logits", "mask"], [mask, logits, mask]),
+            (["logits"], [logits]),
+            (["mask", "mask"], [mask, mask]),
+            (None, [logits, mask]),
+            (["mask", "logits", "mask"], [mask, logits, mask]),
+        ):
+            got = s.run(names, {"image": frame})
+            assert len(got) == len(want)
+            for g, w in zip(got, want):
+                np.testing.assert_array_equal(g, w)
+            assert len({id(g) for g in got}) == len(got)
+            assert all(g.flags.writeable and g.flags.c_contiguous for g in got)

@@ -1,34 +1,33 @@
-"""``ez-rknn bench``: one measurement loop, many drivers.
+"""``ez-rknn bench``: what to run (``Plan``), running it (``run_plan``) and what came out.
 
-A *driver* issues frames one at a time and reports each completion; the loop in ``measure`` owns
-the clock. Three drivers cover everything: ``RunDriver`` (sequential ``run``), ``AsyncDriver``
-(``run_async`` with a window of ``depth`` frames in flight) and ``PipelineDriver``
-(``run_pipeline``), plus ``OpenVinoDriver`` for OpenVINO's ``AsyncInferQueue``. Our session and
-plain onnxruntime share the first two, because onnxruntime's ``run`` and ``run_async`` have the
-signatures ours copies, so the comparison runs literally the same loop.
-
-Latency of a frame = its completion instant minus its submission instant, as the caller sees it
-(for the pipeline: until ``run_pipeline`` hands the result back). Duration = first submission to
-last completion; fps = frames / duration (OpenVINO ``benchmark_app``'s definitions).
+The parts: ``measure.py`` is the one measurement loop and its drivers; ``comparators.py`` the
+runtimes measured next to ours and how each is opened; ``report.py`` the table, JSON and plot;
+``stats.py`` the arithmetic. ``__all__`` still names the measurement's pieces (re-exported from
+``measure.py`` and ``comparators.py``), so imports of them from here keep working.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import importlib.util
-import math
-import threading
-import time
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import InferenceError
-from .errors import MODEL_HINT, UsageError, user_input
+from .comparators import COMPARATORS, ROWS, Sessions, make_driver, row_names, why_not
+from .errors import UsageError, user_input
+from .measure import (
+    AsyncDriver,
+    Budget,
+    Driver,
+    OpenVinoDriver,
+    PipelineDriver,
+    Progress,
+    RunDriver,
+    Timeline,
+    measure,
+)
 from .models import InputSpec, ShapeSpec, build_feed
 from .stats import LatencyStats, autorange, summarize, unstable, window_rates
 
@@ -58,241 +57,6 @@ __all__ = [
 STABILITY_MIN_SECONDS = 1.0
 #: Our session's modes, in table order.
 MODES = ("run", "async", "pipeline")
-Done = Callable[[int], None]
-
-
-@dataclass(frozen=True)
-class Budget:
-    """When a measurement stops: after ``frames`` frames or ``seconds`` seconds, whichever first."""
-
-    frames: Optional[int] = None
-    seconds: Optional[float] = None
-
-    def __post_init__(self) -> None:
-        if self.frames is None and self.seconds is None:
-            raise ValueError("a budget needs frames or seconds")
-
-    def reached(self, frames: int, elapsed: float) -> bool:
-        return (self.frames is not None and frames >= self.frames) or (
-            self.seconds is not None and elapsed >= self.seconds
-        )
-
-    def split(self, parts: int) -> Budget:
-        """The budget of one of ``parts`` interleaved rounds."""
-        frames = None if self.frames is None else max(1, math.ceil(self.frames / parts))
-        seconds = None if self.seconds is None else self.seconds / parts
-        return Budget(frames, seconds)
-
-
-@dataclass
-class Timeline:
-    """Submission and completion instants (``perf_counter`` seconds) of each frame."""
-
-    submitted: list[float] = field(default_factory=list)
-    done: list[float] = field(default_factory=list)
-
-    @property
-    def count(self) -> int:
-        return len(self.submitted)
-
-    @property
-    def duration(self) -> float:
-        return max(self.done) - self.submitted[0] if self.submitted else 0.0
-
-    @property
-    def latencies(self) -> list[float]:
-        return [end - start for start, end in zip(self.submitted, self.done)]
-
-
-class Progress(ABC):
-    """Where the loop reports how far it is (a tqdm bar in human mode, nothing otherwise)."""
-
-    @abstractmethod
-    def start(self, title: str, budget: Budget) -> None: ...
-
-    @abstractmethod
-    def update(self, frames: int, elapsed: float) -> None: ...
-
-    @abstractmethod
-    def stop(self) -> None: ...
-
-
-class Driver(ABC):
-    """Issues frames to one runtime in one mode."""
-
-    def begin(self, done: Done) -> None:
-        """Called before the first ``issue`` of a measurement with the completion recorder."""
-        self._done = done
-
-    @abstractmethod
-    def issue(self, index: int) -> None:
-        """Submit frame ``index``; ``self._done(index)`` must be called once it completes."""
-
-    def finish(self) -> None:  # noqa: B027 - synchronous drivers have nothing in flight
-        """Wait until every issued frame completed; raise the first failure."""
-
-
-class RunDriver(Driver):
-    """``sess.run(None, feed)`` in a loop: ours or onnxruntime's, same call."""
-
-    def __init__(self, session: Any, feed: dict[str, Any]) -> None:
-        self._session, self._feed = session, feed
-
-    def issue(self, index: int) -> None:
-        self._session.run(None, self._feed)
-        self._done(index)
-
-
-class AsyncDriver(Driver):
-    """``sess.run_async`` with at most ``depth`` frames in flight (ours or onnxruntime's >= 1.16).
-
-    The window is what OpenVINO's ``-nireq`` is: without it, latency would measure queueing.
-    """
-
-    def __init__(self, session: Any, feed: dict[str, Any], depth: int) -> None:
-        self._session, self._feed, self._depth = session, feed, depth
-        self._slots = threading.Semaphore(depth)
-        self._error = ""
-
-    def _callback(self, results: Any, index: int, err: str) -> None:
-        if err and not self._error:
-            self._error = err
-        self._done(index)
-        self._slots.release()
-
-    def _raise_error(self) -> None:
-        if self._error:
-            error, self._error = self._error, ""
-            raise InferenceError(f"run_async failed: {error}")  # a callback has only the text
-
-    def issue(self, index: int) -> None:
-        self._slots.acquire()
-        self._raise_error()
-        self._session.run_async(None, self._feed, self._callback, index)
-
-    def finish(self) -> None:
-        for _ in range(self._depth):
-            self._slots.acquire()
-        for _ in range(self._depth):
-            self._slots.release()
-        self._raise_error()
-
-
-class PipelineDriver(Driver):
-    """``sess.run_pipeline(feed, depth)``: each call returns the frame ``depth`` calls older."""
-
-    def __init__(self, session: Any, feed: dict[str, Any], depth: int) -> None:
-        self._session, self._feed, self._depth = session, feed, depth
-        self._pending: collections.deque[int] = collections.deque()
-
-    def issue(self, index: int) -> None:
-        self._pending.append(index)
-        if self._session.run_pipeline(self._feed, self._depth) is not None:
-            self._done(self._pending.popleft())
-
-    def finish(self) -> None:
-        for _ in self._session.drain_pipeline():
-            self._done(self._pending.popleft())
-        if self._pending:
-            raise RuntimeError(f"drain_pipeline left {len(self._pending)} frames unaccounted")
-
-
-class OpenVinoDriver(Driver):
-    """OpenVINO's ``AsyncInferQueue`` with ``depth`` infer requests (``benchmark_app -nireq``)."""
-
-    def __init__(self, compiled: Any, feed: dict[str, Any], depth: int) -> None:
-        import openvino
-
-        self._feed = feed
-        self._queue = openvino.AsyncInferQueue(compiled, depth)
-        self._queue.set_callback(lambda request, index: self._done(index))
-
-    def issue(self, index: int) -> None:
-        self._queue.start_async(self._feed, index)
-
-    def finish(self) -> None:
-        self._queue.wait_all()
-
-
-def measure(
-    driver: Driver, budget: Budget, progress: Optional[Progress] = None, title: str = ""
-) -> Timeline:
-    """Issue frames until ``budget`` is reached, then wait for all of them. The only loop."""
-    timeline = Timeline()
-    submitted, done = timeline.submitted, timeline.done
-    clock = time.perf_counter
-
-    def complete(index: int) -> None:
-        done[index] = clock()
-
-    driver.begin(complete)
-    if progress is not None:
-        progress.start(title, budget)
-    start = clock()
-    frames = 0
-    try:
-        while not budget.reached(frames, clock() - start):
-            submitted.append(clock())
-            done.append(math.nan)
-            driver.issue(frames)
-            frames += 1
-            if progress is not None:
-                progress.update(frames, clock() - start)
-        driver.finish()
-    finally:
-        if progress is not None:
-            progress.stop()
-    return timeline
-
-
-# --- what to run -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Comparator:
-    """A plain-runtime row: what it is, what it needs, how its driver is made. ``model`` is the
-    file kind it loads; ``per_mode`` comparators give one row per mode of ours (``ztu-run``...)."""
-
-    label: str
-    requires: str
-    pip: str
-    model: str = "onnx"
-    per_mode: bool = False
-
-
-COMPARATORS: dict[str, Comparator] = {
-    "ort": Comparator(
-        "onnxruntime run (default threads)", "onnxruntime", "pip install onnxruntime"
-    ),
-    "ort-1t": Comparator(
-        "onnxruntime run (intra_op_num_threads=1)", "onnxruntime", "pip install onnxruntime"
-    ),
-    "ort-async": Comparator(
-        "onnxruntime run_async (default threads)", "onnxruntime", "pip install onnxruntime"
-    ),
-    "openvino": Comparator(
-        "OpenVINO AsyncInferQueue (CPU, THROUGHPUT hint)", "openvino", "pip install openvino"
-    ),
-    "ztu": Comparator(
-        "the original C++ library (.rknn), one row per --mode",
-        "ztu_somemodelruntime_ez_rknn_async",
-        "pip install ztu-somemodelruntime-ez-rknn-async",
-        model="rknn",
-        per_mode=True,
-    ),
-    "rknnlite": Comparator(
-        "Rockchip RKNNLite inference (.rknn, boards)",
-        "rknnlite",
-        "pip install rknn-toolkit-lite2 on the board",
-        model="rknn",
-    ),
-}
-_OUR_LABELS = {
-    "run": "ez-rknn run",
-    "async": "ez-rknn run_async",
-    "pipeline": "ez-rknn run_pipeline",
-}
-_ZTU_LABELS = {mode: label.replace("ez-rknn", "original") for mode, label in _OUR_LABELS.items()}
 
 
 def _parse_list(text: str, allowed: Sequence[str], option: str, extra: Sequence[str]) -> list[str]:
@@ -422,122 +186,31 @@ class BenchResult:
         return result.fps / base.fps if base is not None and base.fps > 0 else None
 
 
-# --- opening runtimes --------------------------------------------------------------------------
-
-#: Row -> (session it runs on, driver). Rows share sessions where the runtime allows it (our three
-#: modes; ``ort`` and ``ort-async``), so a comparison loads each model once per runtime.
-_ROWS: dict[str, tuple[str, str]] = {
-    "run": ("ours", "run"),
-    "async": ("ours", "async"),
-    "pipeline": ("ours", "pipeline"),
-    "ort": ("ort", "run"),
-    "ort-1t": ("ort-1t", "run"),
-    "ort-async": ("ort", "async"),
-    "openvino": ("openvino", "openvino"),
-    "ztu-run": ("ztu", "run"),
-    "ztu-async": ("ztu", "async"),
-    "ztu-pipeline": ("ztu", "ztu-pipeline"),
-    "rknnlite": ("rknnlite", "run"),
-}
-
-
-class _Sessions:
-    """Opens each runtime once, times the load, and closes everything at the end."""
-
-    def __init__(self, plan: Plan, stack: contextlib.ExitStack) -> None:
-        self._plan, self._stack = plan, stack
-        self._cache: dict[str, tuple[Any, float]] = {}
-        self._openers: dict[str, Callable[[], Any]] = {
-            "ours": self._open_ours,
-            "ort": lambda: self._open_ort(None),
-            "ort-1t": lambda: self._open_ort(1),
-            "openvino": self._open_openvino,
-            "ztu": self._open_ztu,
-            "rknnlite": self._open_rknnlite,
-        }
-
-    def get(self, key: str) -> tuple[Any, float]:
-        """(session, seconds its load took) of ``ours``, ``ort``, ``ort-1t`` or ``openvino``."""
-        if key not in self._cache:
-            start = time.perf_counter()
-            session = self._openers[key]()
-            self._cache[key] = (session, time.perf_counter() - start)
-        return self._cache[key]
-
-    def _options(self) -> dict[str, Any]:
-        """Provider options of ours and of the original: the plan's, and a queue for --depth."""
-        depth = self._plan.depth
-        queue: dict[str, Any] = {} if depth is None else {"max_queue_size": max(3, depth)}
-        return {**queue, **self._plan.provider_options}
-
-    def _open_ours(self) -> Any:
-        from .. import InferenceSession, make_provider_options
-
-        options = make_provider_options(**self._options())
-        with user_input(MODEL_HINT):
-            session = InferenceSession(self._plan.model, provider_options=options)
-        self._stack.callback(session.close)
-        return session
-
-    def _open_ztu(self) -> Any:
-        from .rivals import open_ztu
-
-        return open_ztu(self._plan.model, self._options())  # freed with its last reference
-
-    def _open_rknnlite(self) -> Any:
-        from .rivals import open_rknnlite
-
-        session = open_rknnlite(self._plan.model)
-        self._stack.callback(session.close)
-        return session
-
-    def _open_ort(self, threads: Optional[int]) -> Any:
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        return onnxruntime.InferenceSession(
-            self._plan.model, options, providers=["CPUExecutionProvider"]
-        )
-
-    def _open_openvino(self) -> Any:
-        import openvino
-
-        return openvino.Core().compile_model(
-            self._plan.model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"}
-        )
-
-
-def _make_driver(kind: str, session: Any, feed: dict[str, Any], depth: int) -> Driver:
-    if kind == "run":
-        return RunDriver(session, feed)
-    if kind == "async":
-        return AsyncDriver(session, feed, depth)
-    if kind == "pipeline":
-        return PipelineDriver(session, feed, depth)
-    if kind == "ztu-pipeline":
-        from .rivals import ZtuPipelineDriver
-
-        return ZtuPipelineDriver(session, feed, depth)
-    return OpenVinoDriver(session, feed, depth)
-
-
-def _why_not(name: str, backend: str) -> Optional[str]:
-    """Why comparator ``name`` cannot run here, or None if it can."""
-    comparator = COMPARATORS[name]
-    if comparator.model == "onnx" and backend == "rknn":
-        return "needs an ONNX model (this one is .rknn)"
-    if comparator.model == "rknn" and backend != "rknn":
-        return "needs an .rknn model on the RKNN backend"
-    if importlib.util.find_spec(comparator.requires) is None:
-        return f"{comparator.requires} is not installed ({comparator.pip})"
-    if name == "ort-async":
-        import onnxruntime
-
-        if not hasattr(onnxruntime.InferenceSession, "run_async"):
-            return f"onnxruntime {onnxruntime.__version__} has no run_async (needs >= 1.16)"
-    return None
+def _open_rows(
+    plan: Plan, sessions: Sessions, feed: dict[str, Any], depth: int, backend: str
+) -> tuple[list[tuple[ModeResult, Driver]], list[Skipped]]:
+    """A driver per requested row, ours first. A comparator that cannot run here (not installed,
+    cannot load this model) becomes one ``Skipped`` note instead of failing the whole run."""
+    rows: list[tuple[ModeResult, Driver]] = []
+    skipped: dict[str, Skipped] = {}
+    for row, comparator, label in row_names(plan):
+        if comparator in skipped:
+            continue
+        key, kind = ROWS[row]
+        reason = why_not(comparator, backend) if comparator else None
+        if reason is None:
+            try:
+                session, load = sessions.get(key)
+            except Exception as exc:
+                if not comparator:
+                    raise
+                reason = f"failed to load: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+        if reason is not None:
+            skipped[comparator] = Skipped(comparator, reason)
+            continue
+        result = ModeResult(row, label, not comparator, load, 0.0, 0)
+        rows.append((result, make_driver(kind, session, feed, depth)))
+    return rows, list(skipped.values())
 
 
 def _warm(driver: Driver, warmup: Optional[int]) -> tuple[float, int]:
@@ -560,45 +233,6 @@ def _warm(driver: Driver, warmup: Optional[int]) -> tuple[float, int]:
     return first, warmup
 
 
-def _row_names(plan: Plan) -> list[tuple[str, str, str]]:
-    """(row, comparator or "" for ours, label) of every requested row, ours first; a per-mode
-    comparator gives one row per mode of ours."""
-    names = [(mode, "", _OUR_LABELS[mode]) for mode in plan.modes]
-    for name in plan.compare:
-        if COMPARATORS[name].per_mode:
-            names += [(f"{name}-{mode}", name, _ZTU_LABELS[mode]) for mode in plan.modes]
-        else:
-            names.append((name, name, COMPARATORS[name].label))
-    return names
-
-
-def _open_rows(
-    plan: Plan, sessions: _Sessions, feed: dict[str, Any], depth: int, backend: str
-) -> tuple[list[tuple[ModeResult, Driver]], list[Skipped]]:
-    """A driver per requested row, ours first. A comparator that cannot run here (not installed,
-    cannot load this model) becomes one ``Skipped`` note instead of failing the whole run."""
-    rows: list[tuple[ModeResult, Driver]] = []
-    skipped: dict[str, Skipped] = {}
-    for row, comparator, label in _row_names(plan):
-        if comparator in skipped:
-            continue
-        key, kind = _ROWS[row]
-        reason = _why_not(comparator, backend) if comparator else None
-        if reason is None:
-            try:
-                session, load = sessions.get(key)
-            except Exception as exc:
-                if not comparator:
-                    raise
-                reason = f"failed to load: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
-        if reason is not None:
-            skipped[comparator] = Skipped(comparator, reason)
-            continue
-        result = ModeResult(row, label, not comparator, load, 0.0, 0)
-        rows.append((result, _make_driver(kind, session, feed, depth)))
-    return rows, list(skipped.values())
-
-
 def run_plan(plan: Plan, progress: Optional[Progress] = None) -> BenchResult:
     """Open every row, warm each up, then measure them in ``repeat`` interleaved rounds.
 
@@ -611,7 +245,7 @@ def run_plan(plan: Plan, progress: Optional[Progress] = None) -> BenchResult:
     if not plan.modes:
         raise UsageError("bench needs at least one --mode")
     with contextlib.ExitStack() as stack:
-        sessions = _Sessions(plan, stack)
+        sessions = Sessions(plan, stack)
         ours = sessions.get("ours")[0]
         feed = build_feed(ours.get_inputs(), plan.shapes, plan.files)
         with user_input():  # one run: the library's verdict on the user's feed, before timing

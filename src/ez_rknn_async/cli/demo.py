@@ -8,7 +8,8 @@ threading, so the speed-up column answers "what do the async modes buy me?" hone
 
 from __future__ import annotations
 
-from .bench import Budget, Plan
+from .bench import Plan
+from .measure import Budget
 from .models import ShapeSpec, find_demo_model
 
 __all__ = ["demo_plan", "DEMO_SECONDS"]

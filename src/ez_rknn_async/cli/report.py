@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, TextIO
 
-from .bench import BenchResult, Budget, ModeResult, Progress
+from .bench import BenchResult, ModeResult
 from .errors import MissingDependencyError
+from .measure import Budget, Progress
 from .stats import UNSTABLE_FACTOR, pick_unit
 
 __all__ = [

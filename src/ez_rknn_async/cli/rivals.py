@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .bench import Driver
+from .measure import Driver
 
 __all__ = ["ZTU_MODULE", "ZTU_LIBRARY_VAR", "open_ztu", "open_rknnlite", "ZtuPipelineDriver"]
 

@@ -285,7 +285,7 @@ class Admission:
         # Places claimed for async waiters count as taken, except for the claimant itself.
         if len(self.queue) + self._claims - claim >= config.max_queue_size:
             return f"the task queue is full (max_queue_size={config.max_queue_size})"
-        # A callback submitting from the callback thread must not wait for itself to deliver.
+        # A callback submitting from the thread that delivers it must not wait for itself.
         if (
             callback
             and self.callbacks.backlog >= CALLBACK_BACKLOG

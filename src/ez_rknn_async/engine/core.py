@@ -85,6 +85,7 @@ class Engine:
         self._flushed: list[Task] = []  # queued tasks close() fails
         self._closed_event = threading.Event()
         self._inline = 0
+        self._waking = 0  # slots notified that have not taken a task yet
         for worker in self._workers:
             core = "auto" if worker.spec.core is None else worker.spec.core
             worker.thread = threading.Thread(
@@ -262,7 +263,9 @@ class Engine:
             self._callbacks.close()
             thread = self._callbacks.thread
             callback_stuck = False
-            if thread is not current:  # else close() was called from a callback
+            # Not from inside a callback, on that thread or on a worker delivering it: the
+            # callback thread ends once that callback has returned.
+            if not self._callbacks.on_thread():
                 join_until(thread, deadline)
                 with self._lock:
                     callback_stuck = self._callbacks.stuck(deadline, errors)
@@ -371,13 +374,18 @@ class Engine:
             raise
 
     def _dispatch(self, core: Optional[int]) -> None:
-        """A task for ``core`` was queued: wake one idle worker that may take it."""
+        """A task for ``core`` was queued: wake one idle worker that may take it, unless the task
+        may run anywhere and a woken worker is on its way (it wakes the next: workers.py)."""
+        if core is None and self._waking:
+            return
         for worker in self._workers:
             if worker.state is Slot.IDLE and (core is None or worker.spec.core == core):
                 self._wake(worker)
                 return
 
     def _wake(self, worker: Worker) -> None:
+        if worker.state is not Slot.WAKING:
+            self._waking += 1  # the worker's thread counts it down (workers.py)
         worker.state = Slot.WAKING
         worker.wake.notify()
 

@@ -2,7 +2,11 @@
 
 Each slot is IDLE (its thread parked on its own condition), WAKING (notified for a task), RUNNING
 (its thread runs a task) or BORROWED (a ``run()`` caller runs a task on the slot inline). A submit
-wakes exactly one idle slot that may take the task, so there is no herd.
+wakes one idle slot that may take the task, so there is no herd; and while a woken slot has not
+yet taken its task, further tasks any slot may run wake nobody: that slot, once it takes one, wakes
+the next idle slot if tasks are still queued. A burst thus wakes the workers it needs one after
+another, and with tasks shorter than a thread switch (the GIL serialises their Python part anyway)
+it wakes few: each wake-up costs a switch to a thread that may find nothing left to do.
 
 A running task is also in its slot's ``inflight`` list, and whoever pops it publishes its outcome:
 the worker when the runner returns, or ``close()`` when the worker is still inside the backend at
@@ -79,9 +83,16 @@ def worker_loop(engine: Engine, worker: Worker) -> None:
     core = worker.spec.core
     inflight = worker.inflight
     claim = inflight.pop  # see the module doc: IndexError once close() took the task over
+    queue = admission.queue
+    if len(engine._workers) > 1 and engine._config.routes is None:
+        # Another worker can always run what a callback waits for (ordering.py).
+        engine._callbacks.allow_inline()
     with lock:
         while True:
             task = None
+            if worker.state is Slot.WAKING:
+                engine._waking -= 1
+                worker.state = Slot.IDLE
             if worker.state is not Slot.BORROWED:
                 task = admission.take(core)
             if task is None:
@@ -93,6 +104,8 @@ def worker_loop(engine: Engine, worker: Worker) -> None:
                 continue
             worker.state = Slot.RUNNING
             worker.since = start = time.monotonic()  # stats(): the running task's busy time
+            if queue:
+                engine._dispatch(queue[0].core)  # the next woken worker takes the rest
             inflight.append(task)
             woken = admission.grant() if admission.async_waiters else None
             lock.release()

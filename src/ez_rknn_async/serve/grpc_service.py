@@ -13,6 +13,7 @@ from collections.abc import Awaitable
 from typing import Any, Callable, Optional
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from .grpc_schema import METHODS, SERVICE, message
 from .metrics import ServerMetrics
@@ -65,25 +66,43 @@ def decode_request(request: Any) -> InferRequest:
     inputs = []
     for position, tensor in enumerate(request.inputs):
         refuse_extensions(tensor.parameters, "input", tensor.name)
-        shape = list(tensor.shape)
+        given = [descriptor.name for descriptor, _ in tensor.contents.ListFields()]
+        if raw and given:  # one of the two would be ignored
+            raise ProtocolError(
+                ErrorKind.INVALID,
+                f"input {tensor.name!r}: {given[0]} given together with raw_input_contents; "
+                "send one or the other",
+            )
         if raw:
-            array = decode_raw(raw[position], tensor.datatype, shape, tensor.name)
+            array = decode_raw(raw[position], tensor.datatype, list(tensor.shape), tensor.name)
         else:
-            dtype_of(tensor.datatype, tensor.name)  # unknown and refused datatypes first
-            field = _CONTENTS_FIELD.get(tensor.datatype)
-            if field is None:  # FP16
-                raise ProtocolError(
-                    ErrorKind.INVALID,
-                    f"input {tensor.name!r}: {tensor.datatype} data must be sent in "
-                    "raw_input_contents",
-                )
-            values = list(getattr(tensor.contents, field))
-            array = decode_data(values, tensor.datatype, shape, tensor.name)
+            array = _decode_contents(tensor, given)
         inputs.append(InputTensor(tensor.name, array))
     for output in request.outputs:
         refuse_extensions(output.parameters, "output", output.name)
     outputs = [RequestedOutput(output.name) for output in request.outputs]
     return InferRequest(inputs, outputs, request.id)
+
+
+def _decode_contents(tensor: Any, given: list[str]) -> Any:
+    """An input's typed contents, from the one field its datatype uses (``given``: the
+    non-empty fields; values in another would be ignored, so they are refused)."""
+    dtype_of(tensor.datatype, tensor.name)  # unknown and refused datatypes first
+    field = _CONTENTS_FIELD.get(tensor.datatype)
+    if field is None:  # FP16
+        raise ProtocolError(
+            ErrorKind.INVALID,
+            f"input {tensor.name!r}: {tensor.datatype} data must be sent in raw_input_contents",
+        )
+    stray = [name for name in given if name != field]
+    if stray:
+        raise ProtocolError(
+            ErrorKind.INVALID,
+            f"input {tensor.name!r}: {tensor.datatype} values go in {field}, "
+            f"not {', '.join(stray)}",
+        )
+    values = list(getattr(tensor.contents, field))
+    return decode_data(values, tensor.datatype, list(tensor.shape), tensor.name)
 
 
 def encode_response(response: InferResponse) -> Any:
@@ -146,23 +165,32 @@ class GrpcTransport:
     def _handler(self) -> grpc.GenericRpcHandler:
         handlers = {}
         for name, (request_class, response_class) in METHODS.items():
-            handlers[name] = grpc.unary_unary_rpc_method_handler(
-                self._guard(name, getattr(self, f"_{name}")),
-                request_deserializer=request_class.FromString,
+            handlers[name] = grpc.unary_unary_rpc_method_handler(  # parsed in the guard
+                self._guard(name, request_class, getattr(self, f"_{name}")),
                 response_serializer=response_class.SerializeToString,
             )
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
     def _guard(
-        self, name: str, method: Callable[[Any, Any], Awaitable[Any]]
-    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
-        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self, name: str, request_class: Any, method: Callable[[Any, Any], Awaitable[Any]]
+    ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
+        """``method`` behind the token check, given the parsed request: parsed here rather
+        than by grpc, whose failed deserializer answers UNKNOWN, not INVALID_ARGUMENT."""
+
+        async def call(data: bytes, context: grpc.aio.ServicerContext) -> Any:
             if name not in _OPEN_RPCS:
                 metadata = dict(context.invocation_metadata() or ())
                 if not authorized(metadata.get("authorization"), self._token):
                     await context.abort(
                         grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token"
                     )
+            try:
+                request = request_class.FromString(data)
+            except DecodeError as exc:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the request is not a valid {request_class.DESCRIPTOR.name}: {exc}",
+                )
             try:
                 return await method(request, context)
             except ProtocolError as exc:

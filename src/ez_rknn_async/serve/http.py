@@ -15,6 +15,7 @@ come from ``rest``, behaviour from the repository: nothing else here.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import zlib
@@ -79,6 +80,18 @@ async def _read_body(request: Request, model: ServedModel) -> bytes:
     return body if encoding == "identity" else _decompress(body, encoding, model)
 
 
+async def _read_body_until_stop(request: Request, model: ServedModel) -> bytes:
+    """``_read_body``, but a body still arriving when uvicorn's stop grace ends (it cancels the
+    request's task) gets 503 "stopping" rather than a traceback in the log and no answer."""
+    try:
+        return await _read_body(request, model)
+    except asyncio.CancelledError:
+        raise ProtocolError(
+            ErrorKind.UNAVAILABLE,
+            "the server is stopping and the request body had not all arrived",
+        ) from None
+
+
 def _decompress(body: bytes, encoding: str, model: ServedModel) -> bytes:
     inflater = zlib.decompressobj(_DECOMPRESS[encoding])
     limit = model.spec.max_request_bytes
@@ -89,6 +102,11 @@ def _decompress(body: bytes, encoding: str, model: ServedModel) -> bytes:
     model.check_size(len(data))
     if not inflater.eof:
         raise ProtocolError(ErrorKind.INVALID, f"the {encoding} body is truncated")
+    if inflater.unused_data:  # a second gzip member, or junk: it would be dropped unread
+        raise ProtocolError(
+            ErrorKind.INVALID,
+            f"{len(inflater.unused_data)} bytes follow after the end of the {encoding} stream",
+        )
     return data
 
 
@@ -126,7 +144,7 @@ def build_app(
         try:
             model = model_of(request)
             label = model.name
-            body = await _read_body(request, model)
+            body = await _read_body_until_stop(request, model)
             decoded = parse_infer_body(body, request.headers.get(HEADER_LENGTH))
             content, header_length = render_infer_response(await model.infer(decoded))
         except Exception as exc:

@@ -214,8 +214,19 @@ def decode_raw(data: Any, datatype: Any, shape: Any, tensor: str) -> np.ndarray:
             f"{expected}",
         )
     if dtype.kind == "b":  # one byte per element; anything but 0 is true
-        return np.frombuffer(data, dtype=np.uint8).astype(np.bool_).reshape(dims)
-    return np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape(dims)
+        return _reshaped(np.frombuffer(data, dtype=np.uint8).astype(np.bool_), dims, tensor)
+    return _reshaped(np.frombuffer(data, dtype=dtype.newbyteorder("<")), dims, tensor)
+
+
+def _reshaped(array: np.ndarray, dims: tuple[int, ...], tensor: str) -> np.ndarray:
+    """``array`` in ``dims``; a shape of zero elements passes the size checks yet may be one
+    numpy cannot hold (a dim past 2**63, more dims than numpy's maximum)."""
+    try:
+        return array.reshape(dims)
+    except ValueError as exc:
+        raise ProtocolError(
+            ErrorKind.INVALID, f"input {tensor!r}: shape {list(dims)} cannot be held: {exc}"
+        ) from None
 
 
 def decode_data(values: Any, datatype: Any, shape: Any, tensor: str) -> np.ndarray:
@@ -241,7 +252,21 @@ def decode_data(values: Any, datatype: Any, shape: Any, tensor: str) -> np.ndarr
             ErrorKind.INVALID,
             f"input {tensor!r}: 'data' holds {_describe(parsed)}, which is not {datatype}",
         )
-    return parsed.astype(dtype).reshape(dims)
+    with np.errstate(over="ignore"):  # an overflow is refused below, not warned about
+        array = parsed.astype(dtype)
+    if dtype.kind == "f" and parsed.dtype.kind in "iuf" and _overflowed(parsed, array):
+        raise ProtocolError(
+            ErrorKind.INVALID,
+            f"input {tensor!r}: 'data' holds values out of the range of {datatype} "
+            f"(largest magnitude {np.finfo(dtype).max})",
+        )
+    return _reshaped(array, dims, tensor)
+
+
+def _overflowed(parsed: np.ndarray, cast: np.ndarray) -> bool:
+    """Whether a finite value became an infinity in ``cast`` (given infinities stay)."""
+    infinite = np.isinf(cast)
+    return bool(infinite.any()) and bool((infinite & ~np.isinf(parsed)).any())
 
 
 def _fits(parsed: np.ndarray, dtype: np.dtype) -> bool:

@@ -75,6 +75,8 @@ def parse_infer_body(body: bytes, header_length: Optional[str] = None) -> InferR
         document = json.loads(header)
     except (UnicodeDecodeError, ValueError) as exc:
         raise _invalid(f"the request is not valid JSON: {exc}") from None
+    except RecursionError:  # json's decoder recurses once per level of nesting
+        raise _invalid("the request is not valid JSON: it is nested too deeply") from None
     document = _object(document, "the request")
     request_id = document.get("id", "")
     if not isinstance(request_id, str):

@@ -35,6 +35,7 @@ from .. import __version__
 from .config import ModelSpec
 from .grpc_service import GrpcTransport
 from .http import build_app
+from .http_protocol import bounded_protocol
 from .metrics import NpuLoadSource, ServerMetrics
 from .repository import Repository
 
@@ -50,6 +51,8 @@ class ServerOptions:
     grpc_port: int = 8001
     token: Optional[str] = None
     shutdown_timeout: float = 30.0
+    #: a request head must arrive, and a body must not stall, within this (seconds)
+    read_timeout: float = 30.0
 
 
 class ListenError(OSError):
@@ -137,6 +140,7 @@ async def serve(
             log_level="error",  # no per-request lines (uvicorn warns on malformed HTTP)
             access_log=False,
             lifespan="off",
+            http=bounded_protocol(options.read_timeout),
             timeout_graceful_shutdown=math.ceil(options.shutdown_timeout),
         )
     )

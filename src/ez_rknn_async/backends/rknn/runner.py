@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 __all__ = ["RknnRunner"]
 
+#: Distinct ``output_indices`` requests whose fetch plan a runner keeps.
+_PLAN_CACHE = 32
+
 
 class RknnRunner(Runner):
     """Runs tasks on one context: inputs_set -> run -> outputs_get (float32) -> release."""
@@ -51,42 +54,60 @@ class RknnRunner(Runner):
         #: The input shapes last set on this runner's context (None: unknown, set on next run).
         self._current: Optional[tuple[Dims, ...]] = None
         self._inputs = (RknnInput * len(backend.inputs))()
-        for index, item in enumerate(self._inputs):
+        for index, (item, (fmt, _)) in enumerate(zip(self._inputs, self._input_formats)):
             item.index = index
+            item.fmt = fmt
         self._outputs = (RknnOutput * max(1, len(backend.outputs)))()
         for item in self._outputs:
             item.want_float = 1  # dequantised float32, as the original
             item.is_prealloc = 1  # straight into the numpy array we return
         #: The copying run's native calls by number of outputs asked (see sequence.py).
         self._sequences: dict[int, NativeSequence] = {}
+        #: output_indices -> (distinct indices, positions in them), built once per request.
+        self._plans: dict[tuple[int, ...], tuple[tuple[int, ...], Optional[list[int]]]] = {}
 
     def run(self, inputs: Sequence[np.ndarray], output_indices: Sequence[int]) -> list[np.ndarray]:
         if self._dynamic is not None:
             self._set_shapes(inputs)
         feeds = []
-        for item, array, (fmt, transpose) in zip(self._inputs, inputs, self._input_formats):
+        for item, array, (_, transpose) in zip(self._inputs, inputs, self._input_formats):
             array = np.ascontiguousarray(array.transpose(0, 2, 3, 1) if transpose else array)
-            item.buf = array.ctypes.data
+            item.buf = _address(array)
             item.size = array.nbytes
             item.type = attrs.INPUT_TYPES[array.dtype]
-            item.fmt = fmt
             feeds.append(array)  # alive until rknn_inputs_set has copied it
-        wanted = list(dict.fromkeys(output_indices))
-        results = {}
+        wanted, positions = self._plan(output_indices)
+        results = []
         for item, index in zip(self._outputs, wanted):
-            result = results[index] = np.empty(self._output_shapes[index], np.float32)
+            result = np.empty(self._output_shapes[index], np.float32)
             item.index = index
-            item.buf = result.ctypes.data
+            item.buf = _address(result)
             item.size = result.nbytes
+            results.append(result)
         sequence = self._sequences.get(len(wanted)) or self._copying_sequence(len(wanted))
         with self._context.lock:
             sequence.run()
-        first = set()
-        ordered = []
-        for index in output_indices:
-            ordered.append(results[index] if index not in first else results[index].copy())
-            first.add(index)
+        if positions is None:
+            return results
+        # A name asked for twice: each later request gets its own copy.
+        ordered: list[np.ndarray] = []
+        for position in positions:
+            result = results[position]
+            ordered.append(result.copy() if any(r is result for r in ordered) else result)
         return ordered
+
+    def _plan(self, output_indices: Sequence[int]) -> tuple[tuple[int, ...], Optional[list[int]]]:
+        """The distinct outputs to fetch and, when some repeat, where each request finds its
+        result (None: fetched in the requested order). Cached: requests repeat run after run."""
+        key = tuple(output_indices)
+        plan = self._plans.get(key)
+        if plan is None:
+            wanted = tuple(dict.fromkeys(key))
+            positions = None if len(wanted) == len(key) else [wanted.index(i) for i in key]
+            plan = (wanted, positions)
+            if len(self._plans) < _PLAN_CACHE:
+                self._plans[key] = plan
+        return plan
 
     def _copying_sequence(self, n_outputs: int) -> NativeSequence:
         """inputs_set -> run -> outputs_get -> outputs_release, which a Ctrl-C cannot cut."""
@@ -146,3 +167,12 @@ class RknnRunner(Runner):
             self._binding.close()
         if self._owns_context:
             self._context.close()
+
+
+def _address(array: np.ndarray) -> int:
+    """The address of a C-contiguous array's data: through the buffer protocol (a third of the
+    cost of ``array.ctypes.data``), or ``ctypes.data`` for read-only or empty arrays."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(array))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return int(array.ctypes.data)
