@@ -279,3 +279,34 @@ def test_stats_totals_agree_with_slots_and_every_task_is_counted_under_many_thre
     assert final.queue_waits == final.submitted
     assert all(slot.state == "idle" for slot in final.slots) and final.running == 0
     assert engine.close(timeout=5) is True
+
+
+def test_a_ctrl_c_while_close_waits_finishes_the_close_without_waiting_and_reraises():
+    """A Ctrl-C (here a KeyboardInterrupt from a tracer at the first join) while close() waits
+    for a hung inference left the engine CLOSING forever: the task's Future never resolved, the
+    callback thread never ended, and every later close() was a no-op. Now the deadline becomes
+    that instant: the hung worker is abandoned (BROKEN), then the interrupt goes on up."""
+    gate = Gate()
+    engine, runners = make_engine(1, gate)
+    hung = engine.submit([1], (0,))
+    assert gate.wait_entered(1)
+    real_join = threading.Thread.join
+
+    def interrupted_join(thread, timeout=None):
+        if thread is engine._workers[0].thread:
+            raise KeyboardInterrupt
+        return real_join(thread, timeout)
+
+    threading.Thread.join = interrupted_join  # type: ignore[method-assign]
+    try:
+        with pytest.warns(RuntimeWarning, match="did not finish"), pytest.raises(KeyboardInterrupt):
+            engine.close(timeout=5)
+    finally:
+        threading.Thread.join = real_join  # type: ignore[method-assign]
+    assert engine.state is State.BROKEN
+    with pytest.raises(SessionBrokenError, match="abandoned"):
+        hung.result(0)
+    assert wait_for(lambda: not engine._callbacks.thread.is_alive())
+    gate.open()
+    assert wait_for(lambda: not engine._workers[0].thread.is_alive())
+    assert runners[0].closed == 0 and engine.close() is False
