@@ -242,6 +242,18 @@ class Engine:
     def finish_close(self, deadline: float) -> None:
         """CLOSING -> CLOSED, or BROKEN if a thread is still busy at ``deadline``."""
         current = threading.current_thread()
+        interrupt: list[BaseException] = []
+
+        def wait(thread: threading.Thread) -> None:
+            # A Ctrl-C while waiting makes the deadline now: the close goes on without waiting
+            # (never left CLOSING, with futures unresolved) and the interrupt is raised after.
+            nonlocal deadline
+            try:
+                join_until(thread, deadline)
+            except BaseException as exc:  # noqa: BLE001 - re-raised once the close is done
+                interrupt.append(exc)
+                deadline = time.monotonic()
+
         try:
             flushed, self._flushed = self._flushed, []
             closed = SessionClosedError("session closed before the task started")
@@ -249,7 +261,7 @@ class Engine:
                 task.fail(closed)
             for worker in self._workers:
                 if worker.thread is not None and worker.thread is not current:
-                    join_until(worker.thread, deadline)
+                    wait(worker.thread)
             # Stuck: still inside its runner (or lent to a run() caller). A thread that is only
             # on its way out is not waited for: it never touches its runner again.
             with self._lock:
@@ -266,7 +278,7 @@ class Engine:
             # Not from inside a callback, on that thread or on a worker delivering it: the
             # callback thread ends once that callback has returned.
             if not self._callbacks.on_thread():
-                join_until(thread, deadline)
+                wait(thread)
                 with self._lock:
                     callback_stuck = self._callbacks.stuck(deadline, errors)
             if stuck or callback_stuck:
@@ -276,6 +288,8 @@ class Engine:
                     worker.runner.close()
                 with self._lock:
                     self._state = State.CLOSED
+            if interrupt:
+                raise interrupt[0]
         finally:
             self._closed_event.set()
             lifecycle.unregister(self)
