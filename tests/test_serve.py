@@ -752,6 +752,7 @@ def test_serve_help_lists_options_and_exit_codes(capsys):
     text = capsys.readouterr().out
     for option in ("--host", "--port", "--grpc-port", "--config", "--token", "--max-inflight"):
         assert option in text
+    assert "--max-total-request-mb" in text and "503 + Retry-After" in text
     assert "EZ_RKNN_SERVE_TOKEN" in text and "exit codes:" in text and "warmup_shapes" in text
     assert "a session had to be abandoned" in text and "--shutdown-timeout" in text
 

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 import grpc
 from google.protobuf.message import DecodeError
 
+from .body_budget import BodyBudget
 from .grpc_schema import METHODS, SERVICE, message
 from .metrics import ServerMetrics
 from .protocol import (
@@ -129,16 +130,20 @@ class GrpcTransport:
         self,
         repository: Repository,
         metrics: ServerMetrics,
+        budget: BodyBudget,
         token: Optional[str] = None,
     ) -> None:
         self._repository = repository
         self._metrics = metrics
+        self._budget = budget
         self._token = token
         self.server: Optional[grpc.aio.Server] = None
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` (0: any free port); return the port, 0 if it is taken."""
-        limit = self._repository.max_request_bytes + 1024 * 1024  # headroom for the header
+        # grpc holds a whole message before any handler runs: the largest a model takes, plus
+        # headroom for the request's fields, and never more than all bodies may hold at once
+        limit = min(self._repository.max_request_bytes + 1024 * 1024, self._budget.limit)
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", limit),
@@ -192,7 +197,9 @@ class GrpcTransport:
                     f"the request is not a valid {request_class.DESCRIPTOR.name}: {exc}",
                 )
             try:
-                return await method(request, context)
+                with self._budget.hold() as hold:  # the message's bytes, until it is answered
+                    hold.grow_to(len(data))
+                    return await method(request, context)
             except ProtocolError as exc:
                 await context.abort(grpc.StatusCode[exc.kind.grpc_code], str(exc))
 

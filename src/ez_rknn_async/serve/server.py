@@ -32,6 +32,7 @@ from typing import Optional
 import uvicorn
 
 from .. import __version__
+from .body_budget import DEFAULT_MAX_TOTAL_REQUEST_BYTES, BodyBudget
 from .config import ModelSpec
 from .grpc_service import GrpcTransport
 from .http import build_app
@@ -53,6 +54,8 @@ class ServerOptions:
     shutdown_timeout: float = 30.0
     #: a request head must arrive, and a body must not stall, within this (seconds)
     read_timeout: float = 30.0
+    #: the bytes all request bodies (HTTP and gRPC) may hold at once; past it, 503
+    max_total_request_bytes: int = DEFAULT_MAX_TOTAL_REQUEST_BYTES
 
 
 class ListenError(OSError):
@@ -132,11 +135,12 @@ async def serve(
         loop.add_signal_handler(sig, on_signal, sig)
     metrics = ServerMetrics(npu_load)
     repository = Repository(specs, metrics)
+    budget = BodyBudget(options.max_total_request_bytes)
     metrics.watch_engines(repository.engine_stats)
     http_socket = _listen(options.host, options.port)
     http = _Uvicorn(
         uvicorn.Config(
-            build_app(repository, metrics, options.token),
+            build_app(repository, metrics, budget, options.token),
             log_level="error",  # no per-request lines (uvicorn warns on malformed HTTP)
             access_log=False,
             lifespan="off",
@@ -144,7 +148,7 @@ async def serve(
             timeout_graceful_shutdown=math.ceil(options.shutdown_timeout),
         )
     )
-    grpc = GrpcTransport(repository, metrics, options.token)
+    grpc = GrpcTransport(repository, metrics, budget, options.token)
     http_task: Optional[asyncio.Task] = None
     try:
         grpc_port = await grpc.start(options.host, options.grpc_port)

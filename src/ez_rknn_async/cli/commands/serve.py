@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Optional
+from collections.abc import Sequence
+from typing import Any, Optional
 
 from ..args import RAW, convert, positive, require_file
 from ..errors import (
@@ -120,6 +121,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="largest request body per model (default: 64; config: max_request_bytes)",
     )
     serve.add_argument(
+        "--max-total-request-mb",
+        type=positive(float),
+        default=256.0,
+        metavar="MB",
+        help="request bytes all bodies being received or served may hold at once, HTTP and "
+        "gRPC together; a request past it gets 503 + Retry-After (gRPC UNAVAILABLE), before "
+        "its body is read when Content-Length tells (default: 256)",
+    )
+    serve.add_argument(
         "--shutdown-timeout",
         type=positive(float),
         default=30.0,
@@ -142,6 +152,20 @@ def serve_token(option: Optional[str]) -> Optional[str]:
     """The bearer token: ``--token``, else ``$EZ_RKNN_SERVE_TOKEN``, else none; an empty value
     counts as none (``Environment=EZ_RKNN_SERVE_TOKEN=`` in a unit file)."""
     return option or os.environ.get(TOKEN_ENV) or None
+
+
+def _total_request_bytes(args: argparse.Namespace, specs: Sequence[Any]) -> int:
+    """``--max-total-request-mb`` in bytes; refused below a model's own body limit, which
+    would make that model's largest requests fail for ever."""
+    total = int(args.max_total_request_mb * 1024 * 1024)
+    for spec in specs:
+        if spec.max_request_bytes > total:
+            raise UsageError(
+                f"--max-total-request-mb {args.max_total_request_mb:g} ({total} bytes) is below "
+                f"model {spec.name!r}'s max_request_bytes ({spec.max_request_bytes})",
+                hint="raise --max-total-request-mb or lower the model's limit",
+            )
+    return total
 
 
 def run(args: argparse.Namespace) -> int:
@@ -180,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
         token=serve_token(args.token),
         shutdown_timeout=args.shutdown_timeout,
         read_timeout=args.read_timeout,
+        max_total_request_bytes=_total_request_bytes(args, specs),
     )
     try:
         with user_input(MODEL_HINT):  # a model or option the library refuses

@@ -1,0 +1,112 @@
+"""Server-wide limits and strictness left open by the serve audit, one regression test each
+(each failed before its fix), against the real server in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from ez_rknn_async.cli.main import main
+
+from onnx_models import add_mul_model, save
+from serve_process import ServerProcess, infer_input
+
+MB = 1024 * 1024
+PER_MODEL_MB = 6
+TOTAL_MB = 10
+ADD_MUL = {
+    "inputs": [{"name": n, "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]} for n in "ab"]
+}
+INFER = "/v2/models/add_mul/infer"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("limits")
+    model = save(folder, "add_mul.onnx", add_mul_model())
+    args = [f"add_mul={model}", "--max-request-mb", str(PER_MODEL_MB)]
+    with ServerProcess([*args, "--max-total-request-mb", str(TOTAL_MB)]) as process:
+        yield process.start()
+    assert not [line for line in process.log if "Traceback" in line], process.log
+
+
+def padded(nbytes: int) -> bytes:
+    """A valid ADD_MUL request of exactly ``nbytes`` (JSON allows trailing whitespace)."""
+    document = json.dumps(ADD_MUL).encode()
+    return document + b" " * (nbytes - len(document))
+
+
+def head(length: int) -> bytes:
+    return (
+        f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def answer_of(client: socket.socket) -> bytes:
+    """One whole response (its body ends the JSON object: the server's answers are small)."""
+    answer = b""
+    while not (b"\r\n\r\n" in answer and answer.rstrip().endswith(b"}")):
+        chunk = client.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+    return answer
+
+
+def test_bodies_together_stay_within_the_server_budget_and_are_given_back(server):
+    """Each model limited one body, nothing limited them together: twelve 60 MB bodies took
+    a server from 102 to 822 MB. Now past --max-total-request-mb a request gets 503 +
+    Retry-After, before its body is read when Content-Length tells, while it streams
+    otherwise; gRPC counts in the same budget; the bytes come back when a request ends."""
+    held = padded(6 * MB)
+    with socket.create_connection((server.host, server.http_port), timeout=30) as holder:
+        holder.sendall(head(len(held)) + held[: MB // 2])  # 6 MB held while its body comes
+        status, headers, body = server.request(  # after the holder's head: it holds already
+            "POST", INFER, None, {"Content-Length": str(5 * MB)}
+        )
+        assert status == 503 and headers.get("retry-after") == "1", (status, body)
+        assert b"--max-total-request-mb" in body, body  # refused with no body byte sent
+
+        chunked = socket.create_connection((server.host, server.http_port), timeout=30)
+        with chunked:
+            chunked.sendall(
+                f"POST {INFER} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+            )
+            for start in range(0, 5 * MB, MB):  # 5 MB: under the model's limit, not the budget's
+                chunked.sendall(b"%x\r\n" % MB + padded(5 * MB)[start : start + MB] + b"\r\n")
+            chunked.sendall(b"0\r\n\r\n")
+            answer = answer_of(chunked)
+        assert answer.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in answer, answer[:300]
+
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            big = np.ones((160_000, 4), np.float32)  # 2 x 2.56 MB
+            inputs = [infer_input(grpcclient, n, big, "FP32") for n in "ab"]
+            with pytest.raises(grpcclient.InferenceServerException) as info:
+                client.infer("add_mul", inputs)
+            assert info.value.status() == "StatusCode.UNAVAILABLE", info.value
+            assert "--max-total-request-mb" in info.value.message()
+
+        holder.sendall(held[MB // 2 :])
+        answer = answer_of(holder)
+        assert answer.startswith(b"HTTP/1.1 200") and b'"data":[2.0,4.0,6.0,8.0]' in answer
+
+    # everything was given back: two bodies at once fit again, one after the other
+    for _ in range(2):
+        status, _, body = server.request("POST", INFER, padded(9 * MB // 2))
+        assert status == 200, body
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        assert client.infer("add_mul", inputs).as_numpy("sum")[0, 0] == 2.0
+
+
+def test_a_total_budget_below_a_models_body_limit_is_refused(tmp_path, capsys):
+    """That model's largest requests would get 503 for ever."""
+    model = save(tmp_path, "add_mul.onnx", add_mul_model())
+    args = ["serve", str(model), "--max-request-mb", "8", "--max-total-request-mb", "4"]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "--max-total-request-mb 4" in error and "'add_mul'" in error
