@@ -110,3 +110,23 @@ def test_a_total_budget_below_a_models_body_limit_is_refused(tmp_path, capsys):
     assert main(args) == 2
     error = capsys.readouterr().err
     assert "--max-total-request-mb 4" in error and "'add_mul'" in error
+
+
+def test_the_bearer_scheme_is_case_insensitive_and_the_token_is_not(tmp_path):
+    """RFC 7235: the auth-scheme is case-insensitive; "bearer TOKEN" was refused with 401."""
+    model = save(tmp_path, "add_mul.onnx", add_mul_model())
+    token = "s3cret-Token"
+    with ServerProcess([f"add_mul={model}", "--token", token]) as process:
+        process.start()
+        for scheme in ("Bearer", "bearer", "BEARER", "bEaReR"):
+            for value in (f"{scheme} {token}", f"{scheme}   {token}"):
+                assert process.get("/v2", {"Authorization": value})[0] == 200, value
+        for value in (f"Bearer {token.lower()}", f"Bearer {token}x", token, f"Basic {token}",
+                      "Bearer", f"Bearer{token}", f"Bearer {token[:-1]}"):  # fmt: skip
+            assert process.get("/v2", {"Authorization": value})[0] == 401, value
+        with grpcclient.InferenceServerClient(process.grpc_url) as client:
+            metadata = client.get_server_metadata(headers={"authorization": f"bearer {token}"})
+            assert metadata.name == "ez-rknn-async"
+            with pytest.raises(grpcclient.InferenceServerException) as info:
+                client.get_server_metadata(headers={"authorization": f"bearer {token.upper()}"})
+            assert "UNAUTHENTICATED" in info.value.status()

@@ -81,11 +81,17 @@ def server_metadata() -> dict[str, Any]:
 
 
 def authorized(header: Optional[str], token: Optional[str]) -> bool:
-    """Whether an ``Authorization`` header carries the bearer ``token`` (always, without one);
-    compared in constant time."""
+    """Whether an ``Authorization`` header carries the bearer ``token`` (always, without one).
+    The scheme is case-insensitive (RFC 7235 2.1: ``bearer`` and ``BEARER`` are ``Bearer``),
+    the token is not, and is compared as bytes in constant time."""
     if token is None:
         return True
-    return header is not None and hmac.compare_digest(header.encode(), f"Bearer {token}".encode())
+    if header is None:
+        return False
+    scheme, _, credentials = header.strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        credentials.lstrip(" ").encode("utf-8", "surrogateescape"), token.encode()
+    )
 
 
 class ErrorKind(enum.Enum):
