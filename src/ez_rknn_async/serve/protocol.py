@@ -341,8 +341,15 @@ class InferRequest:
         return feed
 
     def output_names(self) -> Optional[list[str]]:
-        """The session's ``output_names``: None for all."""
-        return [output.name for output in self.outputs] or None
+        """The session's ``output_names`` (None for all), refusing a name asked twice: the
+        response would carry two tensors of one name, and the binary data extension would
+        send the data twice."""
+        names: list[str] = []
+        for output in self.outputs:
+            if output.name in names:
+                raise ProtocolError(ErrorKind.INVALID, f"output {output.name!r} is asked twice")
+            names.append(output.name)
+        return names or None
 
 
 @dataclass(frozen=True)
