@@ -9,6 +9,7 @@ import socket
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 
 from ez_rknn_async.cli.main import main
 
@@ -130,3 +131,41 @@ def test_the_bearer_scheme_is_case_insensitive_and_the_token_is_not(tmp_path):
             with pytest.raises(grpcclient.InferenceServerException) as info:
                 client.get_server_metadata(headers={"authorization": f"bearer {token.upper()}"})
             assert "UNAUTHENTICATED" in info.value.status()
+
+
+def test_an_output_asked_twice_gets_400_naming_it(server):
+    """It was answered twice (the binary data extension sent its bytes twice)."""
+    document = {**ADD_MUL, "outputs": [{"name": "sum"}, {"name": "prod"}, {"name": "sum"}]}
+    status, _, body = server.request("POST", INFER, json.dumps(document).encode())
+    assert status == 400 and json.loads(body)["error"] == "output 'sum' is asked twice", body
+    feed = np.ones((1, 4), np.float32)
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        inputs = [infer_input(grpcclient, n, feed, "FP32") for n in "ab"]
+        outputs = [grpcclient.InferRequestedOutput(n) for n in ("prod", "prod")]
+        with pytest.raises(grpcclient.InferenceServerException) as info:
+            client.infer("add_mul", inputs, outputs=outputs)
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT", info.value
+        assert "output 'prod' is asked twice" in info.value.message()
+
+
+def test_nan_and_infinities_travel_in_json_as_triton_writes_them(server):
+    """Strict JSON has no NaN or infinity; Triton reads and writes the literals NaN, Infinity
+    and -Infinity (rapidjson's NanAndInf flags, triton-inference-server/server#3870), and so
+    does this server, so tritonclient's JSON path gets the same floats back."""
+    a = np.array([[np.nan, np.inf, -np.inf, 1.0]], np.float32)
+    b = np.ones((1, 4), np.float32)
+    body = (
+        b'{"inputs": [{"name": "a", "datatype": "FP32", "shape": [1, 4], '
+        b'"data": [NaN, Infinity, -Infinity, 1]}, '
+        b'{"name": "b", "datatype": "FP32", "shape": [1, 4], "data": [1, 1, 1, 1]}]}'
+    )
+    status, _, answer = server.request("POST", INFER, body)
+    assert status == 200, answer
+    assert b'"data":[NaN,Infinity,-Infinity,2.0]' in answer, answer
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        inputs = [
+            infer_input(httpclient, n, x, "FP32", binary=False) for n, x in (("a", a), ("b", b))
+        ]
+        outputs = [httpclient.InferRequestedOutput("sum", binary_data=False)]
+        result = client.infer("add_mul", inputs, outputs=outputs).as_numpy("sum")
+    np.testing.assert_array_equal(result, a + b)  # NaN equals NaN here

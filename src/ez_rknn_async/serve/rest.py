@@ -160,7 +160,9 @@ def render_infer_response(response: InferResponse) -> tuple[bytes, Optional[int]
     }
     if response.id:
         document["id"] = response.id
-    header = json.dumps(document, separators=(",", ":")).encode()
+    # NaN and +-inf outputs are written NaN, Infinity, -Infinity (not strict JSON), as Triton
+    # writes them (rapidjson's kWriteNanAndInfFlag) and as tritonclient's json.loads reads them
+    header = json.dumps(document, separators=(",", ":"), allow_nan=True).encode()
     if not chunks:
         return header, None
     return b"".join([header, *chunks]), len(header)
