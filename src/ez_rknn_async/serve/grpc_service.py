@@ -137,6 +137,7 @@ class GrpcTransport:
         self._metrics = metrics
         self._budget = budget
         self._token = token
+        self._draining = False
         self.server: Optional[grpc.aio.Server] = None
 
     async def start(self, host: str, port: int) -> int:
@@ -161,6 +162,13 @@ class GrpcTransport:
         await server.start()
         self.server = server
         return bound
+
+    def drain(self) -> None:
+        """From now on answer new rpcs UNAVAILABLE (ServerReady: not ready), while the server
+        keeps running. ``grpc.aio``'s ``stop`` would refuse them instead, but a call that
+        arrives once it is called and has not reached a handler ends CANCELLED
+        (grpc/grpc#41785), which a client does not retry; so ``stop`` comes after the drain."""
+        self._draining = True
 
     async def stop(self, grace: float) -> None:
         """Refuse new rpcs, let running ones finish for up to ``grace`` seconds."""
@@ -189,6 +197,10 @@ class GrpcTransport:
                     await context.abort(
                         grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token"
                     )
+            if self._draining and name not in _OPEN_RPCS:
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE, "the server is stopping: retry on another"
+                )
             try:
                 request = request_class.FromString(data)
             except DecodeError as exc:
@@ -209,7 +221,7 @@ class GrpcTransport:
         return _reply("ServerLive", live=True)
 
     async def _ServerReady(self, request: Any, context: Any) -> Any:
-        return _reply("ServerReady", ready=self._repository.ready)
+        return _reply("ServerReady", ready=self._repository.ready and not self._draining)
 
     async def _ModelReady(self, request: Any, context: Any) -> Any:
         return _reply("ModelReady", ready=self._repository.is_ready(request.name, request.version))

@@ -5,7 +5,8 @@ Order of events (each logged as one line, none per request):
 1. start: the HTTP socket and the gRPC port are bound (port 0 picks a free one; the line says
    which), health/live answers at once, health/ready says 503;
 2. ready: every model is loaded (in a thread: loading blocks) and has run a warm-up inference;
-3. stop: on SIGTERM or SIGINT both transports stop accepting, every request in flight is
+3. stop: on SIGTERM or SIGINT HTTP stops accepting and gRPC answers new calls UNAVAILABLE
+   (it stops after the drain: see ``GrpcTransport.drain``), every request in flight is
    answered, the sessions are closed, all within one deadline ``shutdown_timeout`` seconds
    after the signal: a session whose inference is still running then is abandoned (BROKEN,
    its worker leaked rather than freed under) and that request gets 503. ``serve`` returns
@@ -182,12 +183,12 @@ async def serve(
         if not deadline:  # stopped by an error, not a signal
             deadline.append(time.monotonic() + options.shutdown_timeout)
         http.should_exit = True
-        transports = asyncio.gather(
+        grpc.drain()  # gRPC goes on answering, new calls UNAVAILABLE, and stops after the drain
+        abandoned = await _drain_and_close(repository, deadline[0] - _reserve(options))
+        await asyncio.gather(
             grpc.stop(max(0.0, deadline[0] - time.monotonic())),
             *(() if http_task is None else (http_task,)),
         )
-        abandoned = await _drain_and_close(repository, deadline[0] - _reserve(options))
-        await transports
         http_socket.close()
     cause = received[0] if received else "stopped"
     if abandoned:

@@ -40,11 +40,12 @@ Each MODEL is [NAME=]PATH (NAME defaults to the file's stem) and gets its own se
 Ready means every model is loaded and has run one warm-up inference. Requests run through
 the session's asyncio path; at most --max-inflight per model are admitted, others wait up to
 the model's submit_timeout_ms and then get 503 + Retry-After (gRPC UNAVAILABLE). SIGTERM or
-SIGINT: stop accepting, answer every request in flight, close the sessions, exit 0, all
-within --shutdown-timeout: an inference still running then (a hung NPU) is abandoned, its
-session left broken and leaked rather than freed under, and the exit code is 1. A model
-whose session is broken answers not-ready (HTTP 503, gRPC ready=false), and so does
-/v2/health/ready; its requests get 503 (UNAVAILABLE); the other models keep serving.
+SIGINT: stop accepting (gRPC answers new calls UNAVAILABLE), answer every request in
+flight, close the sessions, exit 0, all within --shutdown-timeout: an inference still
+running then (a hung NPU) is abandoned, its session left broken and leaked rather than freed
+under, and the exit code is 1. A model whose session is broken answers not-ready (HTTP
+503, gRPC ready=false), and so does /v2/health/ready; its requests get 503 (UNAVAILABLE);
+the other models keep serving.
 """
 
 _SERVE_EPILOG = f"""\
