@@ -242,6 +242,18 @@ class Engine:
     def finish_close(self, deadline: float) -> None:
         """CLOSING -> CLOSED, or BROKEN if a thread is still busy at ``deadline``."""
         current = threading.current_thread()
+        interrupt: list[BaseException] = []
+
+        def wait(thread: threading.Thread) -> None:
+            # A Ctrl-C while waiting makes the deadline now: the close goes on without waiting
+            # (never left CLOSING, with futures unresolved) and the interrupt is raised after.
+            nonlocal deadline
+            try:
+                join_until(thread, deadline)
+            except BaseException as exc:  # noqa: BLE001 - re-raised once the close is done
+                interrupt.append(exc)
+                deadline = time.monotonic()
+
         try:
             flushed, self._flushed = self._flushed, []
             closed = SessionClosedError("session closed before the task started")
@@ -249,7 +261,7 @@ class Engine:
                 task.fail(closed)
             for worker in self._workers:
                 if worker.thread is not None and worker.thread is not current:
-                    join_until(worker.thread, deadline)
+                    wait(worker.thread)
             # Stuck: still inside its runner (or lent to a run() caller). A thread that is only
             # on its way out is not waited for: it never touches its runner again.
             with self._lock:
@@ -259,17 +271,16 @@ class Engine:
                     if worker.state in (Slot.RUNNING, Slot.BORROWED)
                     and worker.thread is not current
                 ]
-            if stuck:
-                self._abandon(stuck)
+            errors = self._abandon(stuck) if stuck else 0
             self._callbacks.close()
             thread = self._callbacks.thread
             callback_stuck = False
             # Not from inside a callback, on that thread or on a worker delivering it: the
             # callback thread ends once that callback has returned.
             if not self._callbacks.on_thread():
-                join_until(thread, deadline)
+                wait(thread)
                 with self._lock:
-                    callback_stuck = self._callbacks.stuck(deadline)
+                    callback_stuck = self._callbacks.stuck(deadline, errors)
             if stuck or callback_stuck:
                 self._break(stuck, callback_stuck)
             else:
@@ -277,6 +288,8 @@ class Engine:
                     worker.runner.close()
                 with self._lock:
                     self._state = State.CLOSED
+            if interrupt:
+                raise interrupt[0]
         finally:
             self._closed_event.set()
             lifecycle.unregister(self)
@@ -293,9 +306,11 @@ class Engine:
 
     # -- internals (called with the lock held unless said otherwise) ------------------------
 
-    def _abandon(self, stuck: list[Worker]) -> None:
+    def _abandon(self, stuck: list[Worker]) -> int:
         """Fail the tasks of workers still inside their runner at the deadline (lock NOT held).
-        Each task is claimed from its worker first, so the worker's late outcome is dropped."""
+        Each task is claimed from its worker first, so the worker's late outcome is dropped.
+        Returns how many of them were ``run_async`` tasks (each adds an error to deliver)."""
+        errors = 0
         for worker in stuck:
             try:
                 task = worker.inflight.pop()
@@ -309,6 +324,8 @@ class Engine:
                     "is inside)"
                 )
             )
+            errors += task.deliver is not None
+        return errors
 
     def _break(self, stuck: list[Worker], callback_stuck: bool) -> None:
         """CLOSING -> BROKEN: leak the runners (and, in the session, the backend); warn once."""

@@ -73,8 +73,13 @@ def close_timeout(timeout: Any) -> float:
         raise TypeError(
             f"close(timeout=) must be a number of seconds, got {type(timeout).__name__}"
         )
-    if not timeout >= 0:
-        raise ValueError(f"close(timeout=) must be >= 0 seconds, got {timeout}")
+    # Bounded: past threading.TIMEOUT_MAX (inf included) a join raises OverflowError halfway
+    # through the close, leaving the engine CLOSING with its runners never closed.
+    if not 0 <= timeout <= threading.TIMEOUT_MAX:
+        raise ValueError(
+            f"close(timeout=) must be between 0 and {threading.TIMEOUT_MAX:.0f} seconds, "
+            f"got {timeout}"
+        )
     return float(timeout)
 
 

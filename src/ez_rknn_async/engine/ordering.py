@@ -111,15 +111,17 @@ class CallbackStage:
             self._inline_threads.clear()  # the rest is the callback thread's
             self._wakeup.notify()
 
-    def stuck(self, deadline: float) -> bool:
+    def stuck(self, deadline: float, errors: int = 0) -> bool:
         """Whether, after ``close()``'s deadline, deliveries are left and the one running (if
         any) began before the deadline (lock held). Results still waiting may be views of
-        backend memory, so the caller must not free the backend then; a delivery that began
-        after the deadline (the error of an abandoned task) is not a stuck callback."""
+        backend memory, so the caller must not free the backend then; the ``errors`` of tasks
+        abandoned at the deadline, and a delivery that began after it, are not stuck callbacks."""
         if self.backlog == 0 or not self.thread.is_alive():
             return False
         since = self.calling_since
-        return since is None or since < deadline
+        if since is None:
+            return self.backlog > errors
+        return since < deadline
 
     def on_thread(self) -> bool:
         """Whether the calling thread is delivering a callback (calls from inside one)."""

@@ -103,6 +103,7 @@ def worker_loop(engine: Engine, worker: Worker) -> None:
                 worker.wake.wait()
                 continue
             worker.state = Slot.RUNNING
+            worker.since = start = time.monotonic()  # stats(): the running task's busy time
             if queue:
                 engine._dispatch(queue[0].core)  # the next woken worker takes the rest
             inflight.append(task)
@@ -111,7 +112,6 @@ def worker_loop(engine: Engine, worker: Worker) -> None:
             if woken:
                 admission.wake_waiters(woken)
                 del woken
-            start = time.monotonic()
             waited = start - task.queued_at
             ok = None
             try:

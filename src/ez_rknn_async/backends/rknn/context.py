@@ -7,6 +7,7 @@ is closed and that count is zero, so closing in any order destroys in the runtim
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from typing import Optional
@@ -74,3 +75,14 @@ class Context:
             if node.parent is not None:
                 node.parent.children -= 1
             node = node.parent
+
+
+def _new_tree_lock_in_child() -> None:
+    """A forked child: a parent thread may have held the class-wide tree lock at fork() (closing
+    a session, freeing a tensor mem) and never releases it here. The child's own contexts get a
+    lock nobody holds; the inherited ones are the parent's and are never touched (lifecycle.py)."""
+    Context._tree_lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork()
+    os.register_at_fork(after_in_child=_new_tree_lock_in_child)
