@@ -33,7 +33,7 @@ from .body_budget import BodyBudget, BodyHold
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .protocol import ErrorKind, ProtocolError, authorized, classify, server_metadata
 from .repository import Repository, ServedModel
-from .rest import HEADER_LENGTH, error_body, parse_infer_body, render_infer_response
+from .rest import HEADER_LENGTH, Body, error_body, parse_infer_body, render_infer_response
 
 __all__ = ["build_app", "RETRY_AFTER_SECONDS"]
 
@@ -60,7 +60,7 @@ def _error(kind: ErrorKind, message: str) -> Response:
 _DECOMPRESS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
-async def _read_body(request: Request, model: ServedModel, hold: BodyHold) -> bytes:
+async def _read_body(request: Request, model: ServedModel, hold: BodyHold) -> Body:
     """The body, refused as soon as it is known to exceed the model's limit (compressed or
     not: a small gzip body cannot inflate past it either) or the server's budget of bytes in
     bodies (``hold``: before reading it when Content-Length says so)."""
@@ -74,14 +74,13 @@ async def _read_body(request: Request, model: ServedModel, hold: BodyHold) -> by
             ErrorKind.INVALID,
             f"Content-Encoding {encoding!r} is not supported; send gzip, deflate or identity",
         )
-    chunks = []
+    body = bytearray()  # grown in place: a list of chunks joined at the end held it twice
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         model.check_size(size)
         hold.grow_to(size)
-        chunks.append(chunk)
-    body = b"".join(chunks)
+        body += chunk
     if encoding == "identity":
         return body
     data = _decompress(body, encoding, model)
@@ -89,7 +88,7 @@ async def _read_body(request: Request, model: ServedModel, hold: BodyHold) -> by
     return data
 
 
-async def _read_body_until_stop(request: Request, model: ServedModel, hold: BodyHold) -> bytes:
+async def _read_body_until_stop(request: Request, model: ServedModel, hold: BodyHold) -> Body:
     """``_read_body``, but a body still arriving when uvicorn's stop grace ends (it cancels the
     request's task) gets 503 "stopping" rather than a traceback in the log and no answer."""
     try:
@@ -101,7 +100,7 @@ async def _read_body_until_stop(request: Request, model: ServedModel, hold: Body
         ) from None
 
 
-def _decompress(body: bytes, encoding: str, model: ServedModel) -> bytes:
+def _decompress(body: Body, encoding: str, model: ServedModel) -> bytes:
     inflater = zlib.decompressobj(_DECOMPRESS[encoding])
     limit = model.spec.max_request_bytes
     try:
