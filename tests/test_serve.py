@@ -736,6 +736,51 @@ def test_sigterm_answers_every_request_in_flight_and_exits_0(slow_server):
         grpc.channel_ready_future(grpc.insecure_channel(slow_server.grpc_url)).result(1)
 
 
+def test_grpc_calls_during_the_drain_get_unavailable_never_cancelled(models, emulator):
+    """grpc.aio's stop() cancels calls that arrive once it is called (grpc/grpc#41785): a
+    client retrying on UNAVAILABLE got CANCELLED, which it must not retry. Now the gRPC
+    server keeps answering during the drain, new calls UNAVAILABLE, and stops after it."""
+    process = ServerProcess(
+        [f"npu={models['emu']}", "--max-inflight", "8"],
+        env=emu_env(emulator),
+        emulated=("rk3588", SLOW_US),
+    )
+    codes: list = []
+    drained = threading.Event()
+
+    def call_until_refused() -> None:
+        client = tgrpc.InferenceServerClient(process.grpc_url)
+        inputs = [infer_input(tgrpc, "image", ZERO_FRAME, "UINT8")]
+        deadline = time.monotonic() + 30
+        try:
+            while not drained.is_set() and time.monotonic() < deadline:
+                try:
+                    client.infer("npu", inputs, client_timeout=30)
+                    codes.append("OK")
+                except InferenceServerException as exc:
+                    codes.append(exc.status())
+                    if "stopping" in (exc.message() or ""):
+                        drained.set()
+                    if exc.status() != "StatusCode.UNAVAILABLE":
+                        return
+        finally:
+            client.close()
+
+    with process:
+        process.start()
+        with in_flight(process, "npu", 3):  # three rounds of 0.6 s on one core: the drain
+            process.process.send_signal(signal.SIGTERM)
+            callers = [threading.Thread(target=call_until_refused) for _ in range(4)]
+            for caller in callers:
+                caller.start()
+            assert drained.wait(30), codes
+            for caller in callers:
+                caller.join(30)
+        assert process.stop() == 0, process.log
+    assert codes and set(codes) <= {"OK", "StatusCode.UNAVAILABLE"}, codes
+    assert "SIGTERM; 3 request(s) in flight were answered" in process.log[-1], process.log
+
+
 # --- the command line -----------------------------------------------------------------------
 
 
@@ -752,6 +797,7 @@ def test_serve_help_lists_options_and_exit_codes(capsys):
     text = capsys.readouterr().out
     for option in ("--host", "--port", "--grpc-port", "--config", "--token", "--max-inflight"):
         assert option in text
+    assert "--max-total-request-mb" in text and "503 + Retry-After" in text
     assert "EZ_RKNN_SERVE_TOKEN" in text and "exit codes:" in text and "warmup_shapes" in text
     assert "a session had to be abandoned" in text and "--shutdown-timeout" in text
 

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 import grpc
 from google.protobuf.message import DecodeError
 
+from .body_budget import BodyBudget
 from .grpc_schema import METHODS, SERVICE, message
 from .metrics import ServerMetrics
 from .protocol import (
@@ -129,16 +130,21 @@ class GrpcTransport:
         self,
         repository: Repository,
         metrics: ServerMetrics,
+        budget: BodyBudget,
         token: Optional[str] = None,
     ) -> None:
         self._repository = repository
         self._metrics = metrics
+        self._budget = budget
         self._token = token
+        self._draining = False
         self.server: Optional[grpc.aio.Server] = None
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` (0: any free port); return the port, 0 if it is taken."""
-        limit = self._repository.max_request_bytes + 1024 * 1024  # headroom for the header
+        # grpc holds a whole message before any handler runs: the largest a model takes, plus
+        # headroom for the request's fields, and never more than all bodies may hold at once
+        limit = min(self._repository.max_request_bytes + 1024 * 1024, self._budget.limit)
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", limit),
@@ -156,6 +162,13 @@ class GrpcTransport:
         await server.start()
         self.server = server
         return bound
+
+    def drain(self) -> None:
+        """From now on answer new rpcs UNAVAILABLE (ServerReady: not ready), while the server
+        keeps running. ``grpc.aio``'s ``stop`` would refuse them instead, but a call that
+        arrives once it is called and has not reached a handler ends CANCELLED
+        (grpc/grpc#41785), which a client does not retry; so ``stop`` comes after the drain."""
+        self._draining = True
 
     async def stop(self, grace: float) -> None:
         """Refuse new rpcs, let running ones finish for up to ``grace`` seconds."""
@@ -184,6 +197,10 @@ class GrpcTransport:
                     await context.abort(
                         grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token"
                     )
+            if self._draining and name not in _OPEN_RPCS:
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE, "the server is stopping: retry on another"
+                )
             try:
                 request = request_class.FromString(data)
             except DecodeError as exc:
@@ -192,7 +209,9 @@ class GrpcTransport:
                     f"the request is not a valid {request_class.DESCRIPTOR.name}: {exc}",
                 )
             try:
-                return await method(request, context)
+                with self._budget.hold() as hold:  # the message's bytes, until it is answered
+                    hold.grow_to(len(data))
+                    return await method(request, context)
             except ProtocolError as exc:
                 await context.abort(grpc.StatusCode[exc.kind.grpc_code], str(exc))
 
@@ -202,7 +221,7 @@ class GrpcTransport:
         return _reply("ServerLive", live=True)
 
     async def _ServerReady(self, request: Any, context: Any) -> Any:
-        return _reply("ServerReady", ready=self._repository.ready)
+        return _reply("ServerReady", ready=self._repository.ready and not self._draining)
 
     async def _ModelReady(self, request: Any, context: Any) -> Any:
         return _reply("ModelReady", ready=self._repository.is_ready(request.name, request.version))

@@ -9,7 +9,8 @@
 
 Errors are ``{"error": message}`` with the status of their ``ErrorKind``; a 503 carries
 ``Retry-After``. The body of an infer request is read up to the model's ``max_request_bytes``
-and no further, and may be gzip or deflate compressed (limited after inflating too). Bodies
+and no further, and may be gzip or deflate compressed (limited after inflating too); all
+bodies together stay within the server's ``BodyBudget`` (503 past it). Bodies
 come from ``rest``, behaviour from the repository: nothing else here.
 """
 
@@ -28,10 +29,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .body_budget import BodyBudget, BodyHold
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .protocol import ErrorKind, ProtocolError, authorized, classify, server_metadata
 from .repository import Repository, ServedModel
-from .rest import HEADER_LENGTH, error_body, parse_infer_body, render_infer_response
+from .rest import HEADER_LENGTH, Body, error_body, parse_infer_body, render_infer_response
 
 __all__ = ["build_app", "RETRY_AFTER_SECONDS"]
 
@@ -58,33 +60,39 @@ def _error(kind: ErrorKind, message: str) -> Response:
 _DECOMPRESS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
-async def _read_body(request: Request, model: ServedModel) -> bytes:
+async def _read_body(request: Request, model: ServedModel, hold: BodyHold) -> Body:
     """The body, refused as soon as it is known to exceed the model's limit (compressed or
-    not: a small gzip body cannot inflate past it either)."""
+    not: a small gzip body cannot inflate past it either) or the server's budget of bytes in
+    bodies (``hold``: before reading it when Content-Length says so)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit():
         model.check_size(int(declared))
+        hold.grow_to(int(declared))
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding != "identity" and encoding not in _DECOMPRESS:
         raise ProtocolError(
             ErrorKind.INVALID,
             f"Content-Encoding {encoding!r} is not supported; send gzip, deflate or identity",
         )
-    chunks = []
+    body = bytearray()  # grown in place: a list of chunks joined at the end held it twice
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         model.check_size(size)
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    return body if encoding == "identity" else _decompress(body, encoding, model)
+        hold.grow_to(size)
+        body += chunk
+    if encoding == "identity":
+        return body
+    data = _decompress(body, encoding, model)
+    hold.add(len(data))
+    return data
 
 
-async def _read_body_until_stop(request: Request, model: ServedModel) -> bytes:
+async def _read_body_until_stop(request: Request, model: ServedModel, hold: BodyHold) -> Body:
     """``_read_body``, but a body still arriving when uvicorn's stop grace ends (it cancels the
     request's task) gets 503 "stopping" rather than a traceback in the log and no answer."""
     try:
-        return await _read_body(request, model)
+        return await _read_body(request, model, hold)
     except asyncio.CancelledError:
         raise ProtocolError(
             ErrorKind.UNAVAILABLE,
@@ -92,7 +100,7 @@ async def _read_body_until_stop(request: Request, model: ServedModel) -> bytes:
         ) from None
 
 
-def _decompress(body: bytes, encoding: str, model: ServedModel) -> bytes:
+def _decompress(body: Body, encoding: str, model: ServedModel) -> bytes:
     inflater = zlib.decompressobj(_DECOMPRESS[encoding])
     limit = model.spec.max_request_bytes
     try:
@@ -111,9 +119,13 @@ def _decompress(body: bytes, encoding: str, model: ServedModel) -> bytes:
 
 
 def build_app(
-    repository: Repository, metrics: ServerMetrics, token: Optional[str] = None
+    repository: Repository,
+    metrics: ServerMetrics,
+    budget: BodyBudget,
+    token: Optional[str] = None,
 ) -> Starlette:
-    """The ASGI app; ``token``: the bearer token every path but health needs."""
+    """The ASGI app; ``budget``: the bytes all infer bodies may hold at once (shared with
+    gRPC); ``token``: the bearer token every path but health needs."""
 
     def model_of(request: Request) -> ServedModel:
         params = request.path_params
@@ -142,11 +154,12 @@ def build_app(
         label = ""
         reason: Optional[str] = None
         try:
-            model = model_of(request)
-            label = model.name
-            body = await _read_body_until_stop(request, model)
-            decoded = parse_infer_body(body, request.headers.get(HEADER_LENGTH))
-            content, header_length = render_infer_response(await model.infer(decoded))
+            with budget.hold() as hold:  # given back however the request ends
+                model = model_of(request)
+                label = model.name
+                body = await _read_body_until_stop(request, model, hold)
+                decoded = parse_infer_body(body, request.headers.get(HEADER_LENGTH))
+                content, header_length = render_infer_response(await model.infer(decoded))
         except Exception as exc:
             kind, message = classify(exc)
             reason = kind.name.lower()

@@ -81,11 +81,17 @@ def server_metadata() -> dict[str, Any]:
 
 
 def authorized(header: Optional[str], token: Optional[str]) -> bool:
-    """Whether an ``Authorization`` header carries the bearer ``token`` (always, without one);
-    compared in constant time."""
+    """Whether an ``Authorization`` header carries the bearer ``token`` (always, without one).
+    The scheme is case-insensitive (RFC 7235 2.1: ``bearer`` and ``BEARER`` are ``Bearer``),
+    the token is not, and is compared as bytes in constant time."""
     if token is None:
         return True
-    return header is not None and hmac.compare_digest(header.encode(), f"Bearer {token}".encode())
+    if header is None:
+        return False
+    scheme, _, credentials = header.strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        credentials.lstrip(" ").encode("utf-8", "surrogateescape"), token.encode()
+    )
 
 
 class ErrorKind(enum.Enum):
@@ -335,8 +341,15 @@ class InferRequest:
         return feed
 
     def output_names(self) -> Optional[list[str]]:
-        """The session's ``output_names``: None for all."""
-        return [output.name for output in self.outputs] or None
+        """The session's ``output_names`` (None for all), refusing a name asked twice: the
+        response would carry two tensors of one name, and the binary data extension would
+        send the data twice."""
+        names: list[str] = []
+        for output in self.outputs:
+            if output.name in names:
+                raise ProtocolError(ErrorKind.INVALID, f"output {output.name!r} is asked twice")
+            names.append(output.name)
+        return names or None
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from .protocol import (
     ErrorKind,
@@ -28,7 +28,10 @@ from .protocol import (
     refuse_extensions,
 )
 
-__all__ = ["HEADER_LENGTH", "parse_infer_body", "render_infer_response", "error_body"]
+__all__ = ["Body", "HEADER_LENGTH", "parse_infer_body", "render_infer_response", "error_body"]
+
+#: A request body as read: grown in place, so possibly a bytearray.
+Body = Union[bytes, bytearray]
 
 #: The binary data extension's header: the length of the JSON part of a body.
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -38,7 +41,7 @@ def _invalid(message: str) -> ProtocolError:
     return ProtocolError(ErrorKind.INVALID, message)
 
 
-def _split(body: bytes, header_length: Optional[str]) -> tuple[bytes, memoryview]:
+def _split(body: Body, header_length: Optional[str]) -> tuple[Body, memoryview]:
     if header_length is None:
         return body, memoryview(b"")
     try:
@@ -67,7 +70,7 @@ def _flag(parameters: Mapping[str, Any], key: str, what: str) -> Optional[bool]:
     return value
 
 
-def parse_infer_body(body: bytes, header_length: Optional[str] = None) -> InferRequest:
+def parse_infer_body(body: Body, header_length: Optional[str] = None) -> InferRequest:
     """Decode an infer request body; ``header_length`` is the extension header's value, if
     any. Raises ProtocolError (INVALID) naming the input or field that is wrong."""
     header, binary = _split(body, header_length)
@@ -160,7 +163,9 @@ def render_infer_response(response: InferResponse) -> tuple[bytes, Optional[int]
     }
     if response.id:
         document["id"] = response.id
-    header = json.dumps(document, separators=(",", ":")).encode()
+    # NaN and +-inf outputs are written NaN, Infinity, -Infinity (not strict JSON), as Triton
+    # writes them (rapidjson's kWriteNanAndInfFlag) and as tritonclient's json.loads reads them
+    header = json.dumps(document, separators=(",", ":"), allow_nan=True).encode()
     if not chunks:
         return header, None
     return b"".join([header, *chunks]), len(header)

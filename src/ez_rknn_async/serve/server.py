@@ -5,7 +5,8 @@ Order of events (each logged as one line, none per request):
 1. start: the HTTP socket and the gRPC port are bound (port 0 picks a free one; the line says
    which), health/live answers at once, health/ready says 503;
 2. ready: every model is loaded (in a thread: loading blocks) and has run a warm-up inference;
-3. stop: on SIGTERM or SIGINT both transports stop accepting, every request in flight is
+3. stop: on SIGTERM or SIGINT HTTP stops accepting and gRPC answers new calls UNAVAILABLE
+   (it stops after the drain: see ``GrpcTransport.drain``), every request in flight is
    answered, the sessions are closed, all within one deadline ``shutdown_timeout`` seconds
    after the signal: a session whose inference is still running then is abandoned (BROKEN,
    its worker leaked rather than freed under) and that request gets 503. ``serve`` returns
@@ -32,6 +33,7 @@ from typing import Optional
 import uvicorn
 
 from .. import __version__
+from .body_budget import DEFAULT_MAX_TOTAL_REQUEST_BYTES, BodyBudget
 from .config import ModelSpec
 from .grpc_service import GrpcTransport
 from .http import build_app
@@ -53,6 +55,8 @@ class ServerOptions:
     shutdown_timeout: float = 30.0
     #: a request head must arrive, and a body must not stall, within this (seconds)
     read_timeout: float = 30.0
+    #: the bytes all request bodies (HTTP and gRPC) may hold at once; past it, 503
+    max_total_request_bytes: int = DEFAULT_MAX_TOTAL_REQUEST_BYTES
 
 
 class ListenError(OSError):
@@ -132,11 +136,12 @@ async def serve(
         loop.add_signal_handler(sig, on_signal, sig)
     metrics = ServerMetrics(npu_load)
     repository = Repository(specs, metrics)
+    budget = BodyBudget(options.max_total_request_bytes)
     metrics.watch_engines(repository.engine_stats)
     http_socket = _listen(options.host, options.port)
     http = _Uvicorn(
         uvicorn.Config(
-            build_app(repository, metrics, options.token),
+            build_app(repository, metrics, budget, options.token),
             log_level="error",  # no per-request lines (uvicorn warns on malformed HTTP)
             access_log=False,
             lifespan="off",
@@ -144,7 +149,7 @@ async def serve(
             timeout_graceful_shutdown=math.ceil(options.shutdown_timeout),
         )
     )
-    grpc = GrpcTransport(repository, metrics, options.token)
+    grpc = GrpcTransport(repository, metrics, budget, options.token)
     http_task: Optional[asyncio.Task] = None
     try:
         grpc_port = await grpc.start(options.host, options.grpc_port)
@@ -178,12 +183,12 @@ async def serve(
         if not deadline:  # stopped by an error, not a signal
             deadline.append(time.monotonic() + options.shutdown_timeout)
         http.should_exit = True
-        transports = asyncio.gather(
+        grpc.drain()  # gRPC goes on answering, new calls UNAVAILABLE, and stops after the drain
+        abandoned = await _drain_and_close(repository, deadline[0] - _reserve(options))
+        await asyncio.gather(
             grpc.stop(max(0.0, deadline[0] - time.monotonic())),
             *(() if http_task is None else (http_task,)),
         )
-        abandoned = await _drain_and_close(repository, deadline[0] - _reserve(options))
-        await transports
         http_socket.close()
     cause = received[0] if received else "stopped"
     if abandoned:

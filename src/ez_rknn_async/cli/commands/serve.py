@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Optional
+from collections.abc import Sequence
+from typing import Any, Optional
 
 from ..args import RAW, convert, positive, require_file
 from ..errors import (
@@ -39,11 +40,12 @@ Each MODEL is [NAME=]PATH (NAME defaults to the file's stem) and gets its own se
 Ready means every model is loaded and has run one warm-up inference. Requests run through
 the session's asyncio path; at most --max-inflight per model are admitted, others wait up to
 the model's submit_timeout_ms and then get 503 + Retry-After (gRPC UNAVAILABLE). SIGTERM or
-SIGINT: stop accepting, answer every request in flight, close the sessions, exit 0, all
-within --shutdown-timeout: an inference still running then (a hung NPU) is abandoned, its
-session left broken and leaked rather than freed under, and the exit code is 1. A model
-whose session is broken answers not-ready (HTTP 503, gRPC ready=false), and so does
-/v2/health/ready; its requests get 503 (UNAVAILABLE); the other models keep serving.
+SIGINT: stop accepting (gRPC answers new calls UNAVAILABLE), answer every request in
+flight, close the sessions, exit 0, all within --shutdown-timeout: an inference still
+running then (a hung NPU) is abandoned, its session left broken and leaked rather than freed
+under, and the exit code is 1. A model whose session is broken answers not-ready (HTTP
+503, gRPC ready=false), and so does /v2/health/ready; its requests get 503 (UNAVAILABLE);
+the other models keep serving.
 """
 
 _SERVE_EPILOG = f"""\
@@ -120,6 +122,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="largest request body per model (default: 64; config: max_request_bytes)",
     )
     serve.add_argument(
+        "--max-total-request-mb",
+        type=positive(float),
+        default=256.0,
+        metavar="MB",
+        help="request bytes all bodies being received or served may hold at once, HTTP and "
+        "gRPC together; a request past it gets 503 + Retry-After (gRPC UNAVAILABLE), before "
+        "its body is read when Content-Length tells (default: 256)",
+    )
+    serve.add_argument(
         "--shutdown-timeout",
         type=positive(float),
         default=30.0,
@@ -142,6 +153,20 @@ def serve_token(option: Optional[str]) -> Optional[str]:
     """The bearer token: ``--token``, else ``$EZ_RKNN_SERVE_TOKEN``, else none; an empty value
     counts as none (``Environment=EZ_RKNN_SERVE_TOKEN=`` in a unit file)."""
     return option or os.environ.get(TOKEN_ENV) or None
+
+
+def _total_request_bytes(args: argparse.Namespace, specs: Sequence[Any]) -> int:
+    """``--max-total-request-mb`` in bytes; refused below a model's own body limit, which
+    would make that model's largest requests fail for ever."""
+    total = int(args.max_total_request_mb * 1024 * 1024)
+    for spec in specs:
+        if spec.max_request_bytes > total:
+            raise UsageError(
+                f"--max-total-request-mb {args.max_total_request_mb:g} ({total} bytes) is below "
+                f"model {spec.name!r}'s max_request_bytes ({spec.max_request_bytes})",
+                hint="raise --max-total-request-mb or lower the model's limit",
+            )
+    return total
 
 
 def run(args: argparse.Namespace) -> int:
@@ -180,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
         token=serve_token(args.token),
         shutdown_timeout=args.shutdown_timeout,
         read_timeout=args.read_timeout,
+        max_total_request_bytes=_total_request_bytes(args, specs),
     )
     try:
         with user_input(MODEL_HINT):  # a model or option the library refuses
