@@ -22,6 +22,8 @@ from ez_rknn_async import (
     SessionClosedError,
     make_provider_options,
 )
+from ez_rknn_async.tensors import TensorSpec
+from ez_rknn_async.testing import FakeBackend
 from test_rknn_interrupts import (  # ctrl_c_raises: a fixture
     MODEL,
     SCHEDULE,
@@ -220,3 +222,35 @@ def test_interpreter_exit_with_a_broken_session_and_a_stuck_callback_is_bounded(
         timeout=30,
     )
     assert (proc.returncode, proc.stdout) == (0, "exiting\n"), proc.stderr
+
+
+def test_a_ctrl_c_while_close_waits_still_releases_the_backend():
+    """A Ctrl-C while close() waited for the workers (here a KeyboardInterrupt at its first join)
+    left the backend unreleased: the engine finished closing and re-raised, the session returned
+    before its own teardown, and every later close() was a no-op. Now the backend is released
+    before the interrupt goes on."""
+    specs = [TensorSpec("x", (2,), np.float32)]
+    backend = FakeBackend(lambda xs: [xs[0]], specs, specs)
+    sess = backend.session()
+    sess.run(None, [np.ones(2, np.float32)])
+    workers = {worker.thread for worker in sess._engine._workers}
+    real_join = threading.Thread.join
+
+    def interrupted_join(thread, timeout=None):
+        if thread in workers:
+            workers.clear()  # one interrupt, at the first worker joined
+            raise KeyboardInterrupt
+        return real_join(thread, timeout)
+
+    threading.Thread.join = interrupted_join  # type: ignore[method-assign]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sess.close()
+    finally:
+        threading.Thread.join = real_join  # type: ignore[method-assign]
+    assert sess.stats().state == "closed"
+    assert backend.closed == 1 and all(runner.closed for runner in backend.runners)
+    sess.close()  # idempotent afterwards
+    assert backend.closed == 1
+    with pytest.raises(SessionClosedError):
+        sess.run(None, [np.ones(2, np.float32)])

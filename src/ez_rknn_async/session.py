@@ -282,8 +282,20 @@ class InferenceSession:
         # First: it wakes a run_pipeline caller blocked on a full queue. Only the call that
         # closed the engine goes on, so a concurrent close() never frees the backend under a
         # running task.
-        if not engine.close(timeout):
-            return
+        try:
+            closed_here = engine.close(timeout)
+        except BaseException:
+            # A Ctrl-C while the engine waited: it still finished closing (CLOSED, or BROKEN
+            # for what was running) before passing the interrupt on. No later close() comes
+            # back here, so the rest of the teardown happens now.
+            if engine.closed_by_current_thread():
+                self._release(engine)
+            raise
+        if closed_here:
+            self._release(engine)
+
+    def _release(self, engine: Engine) -> None:
+        """The teardown after this thread closed ``engine``: the pipeline, then the backend."""
         self._pipeline.discard()
         if engine.state is State.BROKEN:
             return  # a thread may still be inside the backend: never free it

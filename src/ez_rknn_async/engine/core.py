@@ -219,6 +219,14 @@ class Engine:
             self._closed_event.wait(max(0.0, deadline - time.monotonic()))
         return False
 
+    def closed_by_current_thread(self) -> bool:
+        """Whether this thread's ``close()`` took the engine out of OPEN and saw it to CLOSED or
+        BROKEN (so its caller owns what follows, even when that close() raised an interrupt)."""
+        return self._closer is threading.current_thread() and self._state in (
+            State.CLOSED,
+            State.BROKEN,
+        )
+
     # -- lifecycle (lifecycle.py calls these too) -------------------------------------------
 
     def begin_close(self) -> bool:
