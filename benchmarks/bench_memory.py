@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import threading
 import time
@@ -34,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from bench_engine import rss_kib  # noqa: E402
 
-from rknn_emu import EmuModel, EmuTensor, Npu, emulator_build  # noqa: E402
+from rknn_emu import EmuModel, EmuTensor, process_npu  # noqa: E402
 
 MODEL = EmuModel(
     inputs=[EmuTensor("x", "float32", (1, 16))], outputs=[EmuTensor("y", "float32", (1, 16))]
@@ -141,9 +140,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--traced", type=int, default=20_000)
     args = parser.parse_args(argv)
-    paths = emulator_build.build()
-    os.environ["EZ_RKNN_RUNTIME_LIB"] = str(paths.library)
-    npu = Npu(paths, os.environ.__setitem__)
+    npu = process_npu()
     npu.use("rk3588", compute_us=0)
 
     from ez_rknn_async import InferenceSession, make_provider_options

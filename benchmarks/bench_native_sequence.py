@@ -12,7 +12,6 @@ at 0 us of NPU time, rounds interleaved, best round kept; then a whole ``sess.ru
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import timeit
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from rknn_emu import EmuModel, EmuTensor, Npu, emulator_build  # noqa: E402
+from rknn_emu import EmuModel, EmuTensor, process_npu  # noqa: E402
 
 MODEL = EmuModel([EmuTensor("x", "float32", (1, 16))], [EmuTensor("y", "float32", (1, 16))])
 
@@ -30,9 +29,7 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    paths = emulator_build.build()
-    os.environ["EZ_RKNN_RUNTIME_LIB"] = str(paths.library)
-    npu = Npu(paths, os.environ.__setitem__)
+    npu = process_npu()
     npu.use("rk3588", compute_us=0)
 
     from ez_rknn_async import InferenceSession

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from rknn_emu import EmuModel, EmuTensor, Npu, emulator_build  # noqa: E402
+from rknn_emu import EmuModel, EmuTensor, Npu, process_npu  # noqa: E402
 
 MODEL = EmuModel(
     inputs=[EmuTensor("image", "uint8", (1, 16, 16, 3), scale=1 / 255)],
@@ -114,9 +113,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tasks", type=int, default=3000)
     args = parser.parse_args(argv)
-    paths = emulator_build.build()
-    os.environ["EZ_RKNN_RUNTIME_LIB"] = str(paths.library)
-    npu = Npu(paths, os.environ.__setitem__)
+    npu = process_npu()
 
     fps = scaling(npu, args.frames, args.rounds)
     base = fps["schedule=[0]"]

@@ -40,7 +40,7 @@ from ez_rknn_async.cli.comparators import make_driver  # noqa: E402
 from ez_rknn_async.cli.measure import Budget, Timeline, measure  # noqa: E402
 from ez_rknn_async.cli.rivals import ZTU_LIBRARY_VAR, ZTU_MODULE  # noqa: E402
 
-from rknn_emu import EmuModel, EmuTensor, Npu, emulator_build  # noqa: E402
+from rknn_emu import EmuModel, EmuTensor, Npu, process_npu  # noqa: E402
 
 MODEL = EmuModel([EmuTensor("x", "float32", (1, 16))], [EmuTensor("y", "float32", (1, 16))])
 MODES = ("run", "async", "pipeline")
@@ -141,9 +141,8 @@ def main() -> int:
     if importlib.util.find_spec(ZTU_MODULE) is None:
         print("the original is not installed: pip install ztu-somemodelruntime-ez-rknn-async")
         return 2
-    paths = emulator_build.build()
-    os.environ["EZ_RKNN_RUNTIME_LIB"] = os.environ[ZTU_LIBRARY_VAR] = str(paths.library)
-    npu = Npu(paths, os.environ.__setitem__)
+    npu = process_npu()
+    os.environ[ZTU_LIBRARY_VAR] = str(npu.paths.library)
     ztu = importlib.import_module(ZTU_MODULE)
     path = str(MODEL.write(Path(os.environ.get("TMPDIR", "/tmp")) / "bench_vs_ztu.rknn"))
     print(

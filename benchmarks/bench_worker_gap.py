@@ -31,7 +31,7 @@ from ez_rknn_async.cli.comparators import make_driver  # noqa: E402
 from ez_rknn_async.cli.measure import Budget, measure  # noqa: E402
 from ez_rknn_async.engine.tasks import Task  # noqa: E402
 
-from rknn_emu import EmuModel, EmuTensor, Npu, emulator_build  # noqa: E402
+from rknn_emu import EmuModel, EmuTensor, process_npu  # noqa: E402
 
 MODEL = EmuModel([EmuTensor("x", "float32", (1, 16))], [EmuTensor("y", "float32", (1, 16))])
 #: (class, method, mark before, mark after): the marks a worker passes, in call order.
@@ -78,9 +78,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--depth", type=int, default=6)
     args = parser.parse_args()
-    paths = emulator_build.build()
-    os.environ["EZ_RKNN_RUNTIME_LIB"] = str(paths.library)
-    npu = Npu(paths, os.environ.__setitem__)
+    npu = process_npu()
     npu.use("rk3588", compute_us=args.compute_us)
     for each in PROBES:
         probe(*each)

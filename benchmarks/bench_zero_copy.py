@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from rknn_emu import EmuModel, EmuTensor, Npu, emulator_build  # noqa: E402
+from rknn_emu import EmuModel, EmuTensor, process_npu  # noqa: E402
 
 H, W = 1080, 1920
 MODEL = EmuModel(
@@ -88,10 +88,8 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
-    paths = emulator_build.build()
-    os.environ["EZ_RKNN_RUNTIME_LIB"] = str(paths.library)
     os.environ["EZ_RKNN_SOC"] = "rk3588"
-    npu = Npu(paths, os.environ.__setitem__)
+    npu = process_npu()
     npu.use("rk3588", compute_us=0)
 
     results = measure(args.frames, args.rounds)

@@ -6,6 +6,7 @@ The fixtures live in ``rknn_fixtures`` (load it with ``pytest_plugins = ("rknn_f
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -230,3 +231,11 @@ class Npu:
     @property
     def max_parallel(self) -> int:
         return self.lib.rknn_emu_max_parallel()
+
+
+def process_npu() -> Npu:
+    """The emulator, built and made this process's librknnrt (``EZ_RKNN_RUNTIME_LIB``): for
+    scripts (the benchmarks) that have no pytest fixture to do it."""
+    paths = emulator_build.build()
+    os.environ["EZ_RKNN_RUNTIME_LIB"] = str(paths.library)
+    return Npu(paths, os.environ.__setitem__)
