@@ -63,6 +63,20 @@ def _parameters(entry: Mapping[str, Any], what: str) -> Mapping[str, Any]:
     return _object(entry.get("parameters", {}), f"{what} 'parameters'")
 
 
+def _tensor_entry(
+    raw: Any, kind: str, position: int
+) -> tuple[Mapping[str, Any], str, Mapping[str, Any]]:
+    """One entry of ``inputs`` or ``outputs``: the object, its name and its parameters, with the
+    extensions we do not serve refused by name."""
+    entry = _object(raw, f"{kind}s[{position}]")
+    name = entry.get("name")
+    if not isinstance(name, str):
+        raise _invalid(f"{kind}s[{position}] needs a 'name' string")
+    parameters = _parameters(entry, f"{kind} {name!r}")
+    refuse_extensions(parameters, kind, name)
+    return entry, name, parameters
+
+
 def _flag(parameters: Mapping[str, Any], key: str, what: str) -> Optional[bool]:
     value = parameters.get(key)
     if value is not None and not isinstance(value, bool):
@@ -90,12 +104,7 @@ def parse_infer_body(body: Body, header_length: Optional[str] = None) -> InferRe
     inputs = []
     offset = 0
     for position, raw in enumerate(raw_inputs):
-        entry = _object(raw, f"inputs[{position}]")
-        name = entry.get("name")
-        if not isinstance(name, str):
-            raise _invalid(f"inputs[{position}] needs a 'name' string")
-        parameters = _parameters(entry, f"input {name!r}")
-        refuse_extensions(parameters, "input", name)
+        entry, name, parameters = _tensor_entry(raw, "input", position)
         size = parameters.get("binary_data_size")
         if size is None:
             if "data" not in entry:
@@ -128,12 +137,7 @@ def _requested_outputs(raw_outputs: Any) -> list[RequestedOutput]:
         raise _invalid("'outputs' must be a list")
     outputs = []
     for position, raw in enumerate(raw_outputs):
-        entry = _object(raw, f"outputs[{position}]")
-        name = entry.get("name")
-        if not isinstance(name, str):
-            raise _invalid(f"outputs[{position}] needs a 'name' string")
-        parameters = _parameters(entry, f"output {name!r}")
-        refuse_extensions(parameters, "output", name)
+        _, name, parameters = _tensor_entry(raw, "output", position)
         outputs.append(RequestedOutput(name, _flag(parameters, "binary_data", f"output {name!r}")))
     return outputs
 
