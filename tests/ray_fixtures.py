@@ -83,7 +83,14 @@ def ray_boards() -> Iterator[Boards]:
     # The head has no NPU; its CPUs run Ray Data's read and split tasks.
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 2, "env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
+        # dashboard_port None: Ray tries ports from 8265 on. Given a port (its default) it
+        # test-binds it and, when another cluster holds it, leaks that socket (a
+        # ResourceWarning, an error in this suite).
+        head_node_args={
+            "num_cpus": 2,
+            "env_vars": {"RAY_USAGE_STATS_ENABLED": "0"},
+            "dashboard_port": None,
+        },
     )
     boards = Boards(cluster, board_env)
     try:
