@@ -37,7 +37,7 @@ _BOARD_CPUS = 2
 
 @dataclass
 class Boards:
-    """The running cluster: ``address`` for ``ray.init``/``ez-rknn serve --ray``, the board nodes."""
+    """The running cluster: ``address`` (``ray.init``, ``ez-rknn serve --ray``), the boards."""
 
     cluster: Cluster
     board_env: dict[str, str]
@@ -93,6 +93,10 @@ def ray_boards() -> Iterator[Boards]:
             "num_cpus": 2,
             "env_vars": {"RAY_USAGE_STATS_ENABLED": "0"},
             "dashboard_port": None,
+            # A killed board is declared dead (and its actors restart elsewhere) after 3
+            # failed health checks 1 s apart instead of 5 checks 3 s apart; a check still
+            # waits up to 10 s for a busy raylet's answer, so a slow board is not "dead".
+            "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3},
         },
     )
     boards = Boards(cluster, board_env)

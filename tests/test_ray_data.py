@@ -112,8 +112,10 @@ def test_an_input_without_batch_axis_is_held_whole(npu, tmp_path):
             )
         with pytest.raises(ValueError) as info:
             p({"image": images, "scale": scales[:, None]})
-        assert "column 'scale' (model input 'scale', [2] tensor(float)): a row must hold [2], " \
+        assert (
+            "column 'scale' (model input 'scale', [2] tensor(float)): a row must hold [2], "
             "got a row of [1, 2]" in str(info.value)
+        )
     finally:
         p.close()
 

@@ -163,7 +163,7 @@ class Predictor:
         return f"<{self._label} {'closed' if self._session is None else 'open'}>"
 
 
-def _pandas_frame() -> Optional[type]:
+def _pandas_frame() -> Any:
     """``pandas.DataFrame`` if pandas is importable (Ray Data needs it; this module does not)."""
     try:
         import pandas
