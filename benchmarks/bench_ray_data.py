@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_ray_data.py [--frames 1500] [--batch-size 64]
                                                   [--rounds 2]
 
-A local cluster (``ray.cluster_utils.Cluster``, as ``tests/ray_fixtures.py`` builds it): a head
+A local cluster (``start_boards`` of ``tests/ray_fixtures.py``, the tests' cluster): a head
 without NPU and two boards, each advertising ``{"rknpu": 1}`` and running the emulated librknnrt
 of an RK3588 (3 cores, 20 ms per inference: at most 150 frames/s per board). The same dataset of
 ``--frames`` frames goes through ``map_batches(Predictor, compute=ActorPoolStrategy(size=N),
@@ -24,45 +24,25 @@ from pathlib import Path
 
 import numpy as np
 import ray
-from ray.cluster_utils import Cluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from ez_rknn_async.ray import Predictor  # noqa: E402
 
-from rknn_emu import EmuModel, EmuTensor, emulator_build  # noqa: E402
+from ray_fixtures import BOARDS, Boards, start_boards  # noqa: E402
+from rknn_emu import EmuModel, EmuTensor  # noqa: E402
 
 MODEL = EmuModel(
     inputs=[EmuTensor("image", "uint8", (1, 32, 32, 3), scale=1 / 255)],
     outputs=[EmuTensor("scores", "int8", (1, 10), zp=-5, scale=0.02)],
 )
 BOARD_LIMIT = 150.0  # 3 cores / 20 ms
-BOARDS = 2
 
 
-def start_cluster() -> Cluster:
-    emulator = emulator_build.build()
-    env = {
-        "EZ_RKNN_RUNTIME_LIB": str(emulator.library),
-        "RKNN_EMU_SOC": "rk3588",
-        "RKNN_EMU_COMPUTE_US": "20000",
-        "EZ_RKNN_SOC": "rk3588",  # what the board's device tree says
-    }
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 2,
-            "env_vars": {"RAY_USAGE_STATS_ENABLED": "0"},
-            "dashboard_port": None,
-        },
-    )
-    for _ in range(BOARDS):
-        cluster.add_node(num_cpus=2, resources={"rknpu": 1}, env_vars=env)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
+def connect(boards: Boards) -> None:
+    ray.init(address=boards.address, log_to_driver=False)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
-    return cluster
 
 
 def one_run(images: np.ndarray, model: str, boards: int, batch_size: int) -> tuple[float, float]:
@@ -98,9 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
     images = np.random.default_rng(0).integers(0, 256, (args.frames, 3, 32, 32), np.uint8)
-    cluster = start_cluster()
+    boards = start_boards(BOARDS)
     best: dict[int, tuple[float, float]] = {}
     try:
+        connect(boards)
         with tempfile.TemporaryDirectory() as tmp:
             model = str(MODEL.write(Path(tmp) / "model.rknn"))
             print(f"{args.frames} frames, batch_size {args.batch_size}, limit 150 frames/s/board")
@@ -117,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                     best[boards] = (min(w, wall), max(s, steady))
     finally:
         ray.shutdown()
-        cluster.shutdown()
+        boards.cluster.shutdown()
     (w1, s1), (w2, s2) = best[1], best[BOARDS]
     print(f"2 boards / 1 board: steady rate x{s2 / s1:.2f}, wall time x{w1 / w2:.2f}")
     return 0

@@ -27,7 +27,7 @@ from rknn_emu import emulator_build
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-__all__ = ["Boards", "BOARDS", "BOARD_COMPUTE_US"]
+__all__ = ["Boards", "BOARDS", "BOARD_COMPUTE_US", "start_boards"]
 
 BOARDS = 2
 BOARD_COMPUTE_US = 20_000
@@ -71,9 +71,9 @@ class Boards:
         return [node.node_id for node in self.nodes]
 
 
-@pytest.fixture(scope="session")
-def ray_boards() -> Iterator[Boards]:
-    """The cluster, with this process connected to it as a driver."""
+def start_boards(count: int = BOARDS) -> Boards:
+    """A head without NPU and ``count`` boards, all up (the fixture's cluster; benchmarks
+    build theirs with it too). The caller shuts ``boards.cluster`` down."""
     emulator = emulator_build.build()
     board_env = {
         "EZ_RKNN_RUNTIME_LIB": str(emulator.library),
@@ -101,12 +101,23 @@ def ray_boards() -> Iterator[Boards]:
     )
     boards = Boards(cluster, board_env)
     try:
-        for _ in range(BOARDS):
+        for _ in range(count):
             boards.add()
         cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False)
+    except BaseException:
+        cluster.shutdown()
+        raise
+    return boards
+
+
+@pytest.fixture(scope="session")
+def ray_boards() -> Iterator[Boards]:
+    """The cluster, with this process connected to it as a driver."""
+    boards = start_boards()
+    try:
+        ray.init(address=boards.address, log_to_driver=False)
         yield boards
     finally:
         ray.shutdown()
-        cluster.shutdown()
+        boards.cluster.shutdown()
         os.environ.pop("RAY_ADDRESS", None)
