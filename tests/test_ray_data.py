@@ -166,6 +166,11 @@ BAD_BATCHES = {
         ValueError,
         "row 1 of column 'image' (model input 'image'",
     ),
+    "ragged list": (
+        {"image": [np.zeros((3, 4, 4), np.float32), np.zeros(5, np.float32)]},
+        ValueError,
+        "column 'image': rows of several shapes must come as an object array",
+    ),
     "dtype": (
         {"image": frames(2).astype(np.float64)},
         TypeError,
@@ -201,6 +206,8 @@ def test_bad_constructor_arguments(npu, model_path):
         Predictor(model=model_path, max_quue_size=4)
     with pytest.raises(ValueError, match=r"unknown output name\(s\) \['score'\]"):
         Predictor(model=model_path, output_names=["score"])
+    with pytest.raises(TypeError, match="not a string"):
+        Predictor(model=model_path, output_names="mask")
     assert npu.live_contexts == 0
 
 

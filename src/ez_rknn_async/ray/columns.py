@@ -58,7 +58,12 @@ def input_rows(spec: NodeArg, column: Any) -> list[Any]:
     column, no copy). A numeric column is checked once; an object column (rows of several
     shapes) row by row. Dtypes are left to the session, which refuses what it cannot take."""
     where = f"column {spec.name!r}"
-    values = np.asarray(column)
+    try:
+        values = np.asarray(column)
+    except ValueError as exc:  # a list of rows of several shapes
+        raise ValueError(
+            f"{where}: rows of several shapes must come as an object array ({exc})"
+        ) from None
     if values.ndim == 0:
         raise ValueError(f"{where}: expected one value per row, got a scalar")
     if values.dtype != object:

@@ -1,11 +1,13 @@
 """``Predictor``: a callable class for ``ray.data.Dataset.map_batches``, one session per actor.
 
     ds.map_batches(Predictor, fn_constructor_kwargs={"model": PATH, **provider_options},
-                   concurrency=BOARDS, resources={"rknpu": 1}, batch_size=64)
+                   compute=ActorPoolStrategy(size=BOARDS), resources={"rknpu": 1},
+                   batch_size=64)
 
-Ray Data starts ``concurrency`` actors, each on a node that advertises an ``rknpu`` (one per
-board); each actor builds one ``InferenceSession`` over every NPU core of its board and feeds it
-batch after batch. How rows map to the model's tensors is in ``columns.py``.
+(``concurrency=BOARDS`` before Ray 2.51.) Ray Data starts that many actors, each on a node that
+advertises an ``rknpu`` (one per board); each actor builds one ``InferenceSession`` over every
+NPU core of its board and feeds it batch after batch. How rows map to the model's tensors is in
+``columns.py``.
 """
 
 from __future__ import annotations
@@ -68,7 +70,13 @@ class Predictor:
     ) -> None:
         self._session: Optional[InferenceSession] = None
         options = make_provider_options(**provider_options)
-        self._label = f"Predictor({Path(model).name if isinstance(model, (str, Path)) else '…'})"
+        if isinstance(output_names, str):
+            raise TypeError(
+                f"output_names must be a list of output names, not a string ({output_names!r})"
+            )
+        self._label = (
+            f"Predictor({Path(model).name if isinstance(model, (str, Path)) else 'bytes'})"
+        )
         self._session = InferenceSession(model, provider_options=options)
         self._inputs = self._session.get_inputs()
         outputs = {arg.name: arg for arg in self._session.get_outputs()}
