@@ -83,15 +83,17 @@ def start_boards(count: int = BOARDS) -> Boards:
         # and runs one core of the three.
         "EZ_RKNN_SOC": "rk3588",
     }
-    # The head has no NPU; its CPUs run Ray Data's read and split tasks.
+    # The head has no NPU; its CPUs run Ray Data's read and split tasks. No dashboard: the
+    # tests use the Python APIs, and it costs seconds at every start on this machine.
     cluster = Cluster(
         initialize_head=True,
-        # dashboard_port None: Ray tries ports from 8265 on. Given a port (its default) it
-        # test-binds it and, when another cluster holds it, leaks that socket (a
-        # ResourceWarning, an error in this suite).
         head_node_args={
             "num_cpus": 2,
+            "include_dashboard": False,
             "env_vars": {"RAY_USAGE_STATS_ENABLED": "0"},
+            # The API server starts even without the dashboard. dashboard_port None: Ray tries
+            # ports from 8265 on; given a port (its default) it test-binds it and, when another
+            # cluster holds it, leaks that socket (a ResourceWarning, an error in this suite).
             "dashboard_port": None,
             # A killed board is declared dead (and its actors restart elsewhere) after 3
             # failed health checks 1 s apart instead of 5 checks 3 s apart; a check still
