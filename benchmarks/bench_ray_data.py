@@ -87,15 +87,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.frames} frames, batch_size {args.batch_size}, limit 150 frames/s/board")
             print("boards | wall s | frames/s (wall) | steady frames/s | steady / limit")
             for _ in range(args.rounds):
-                for boards in (1, BOARDS):
-                    wall, steady = one_run(images, model, boards, args.batch_size)
-                    limit = BOARD_LIMIT * boards
+                for count in (1, BOARDS):
+                    wall, steady = one_run(images, model, count, args.batch_size)
+                    limit = BOARD_LIMIT * count
                     print(
-                        f"{boards:6d} | {wall:6.2f} | {args.frames / wall:15.1f} | "
+                        f"{count:6d} | {wall:6.2f} | {args.frames / wall:15.1f} | "
                         f"{steady:15.1f} | {steady / limit:14.0%}"
                     )
-                    w, s = best.get(boards, (float("inf"), 0.0))
-                    best[boards] = (min(w, wall), max(s, steady))
+                    w, s = best.get(count, (float("inf"), 0.0))
+                    best[count] = (min(w, wall), max(s, steady))
     finally:
         ray.shutdown()
         boards.cluster.shutdown()
