@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 
 import numpy as np
 import pytest
@@ -240,6 +241,17 @@ def data_context():
     ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
 
 
+@pytest.fixture
+def boards(ray_boards):
+    """The shared cluster; afterwards, every board's ``rknpu`` is free again (the dataset's
+    actors are gone), so the next tests (Serve's too) find the cluster as it was."""
+    yield ray_boards
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("rknpu", 0) < len(ray_boards.nodes):
+        assert time.monotonic() < deadline, "the Predictor actors still hold the boards"
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def shared_model(tmp_path_factory):
     return str(MODEL.write(tmp_path_factory.mktemp("ray_data") / "model.rknn"))
@@ -286,16 +298,16 @@ def check_every_frame(rows, images):
         np.testing.assert_array_equal(rows["mask"][i], mask)
 
 
-def test_map_batches_600_frames_in_order_over_both_boards(ray_boards, data_context, shared_model):
+def test_map_batches_600_frames_in_order_over_both_boards(boards, data_context, shared_model):
     images = frames(FRAMES, seed=1)
     rows = run(dataset(images), shared_model, tagging_predictor()).take_batch(FRAMES + 1)
     check_every_frame(rows, images)
     per_node = {node: int(np.sum(rows["node"] == node)) for node in set(rows["node"])}
-    assert set(per_node) == set(ray_boards.node_ids()), per_node
+    assert set(per_node) == set(boards.node_ids()), per_node
     assert all(count >= 30 for count in per_node.values()), per_node  # a batch or more each
 
 
-def test_a_bad_column_fails_the_dataset_with_our_message(ray_boards, data_context, shared_model):
+def test_a_bad_column_fails_the_dataset_with_our_message(boards, data_context, shared_model):
     ds = dataset(frames(60).astype(np.float64), blocks=2)
     with pytest.raises(Exception) as info:
         run(ds, shared_model, concurrency=1).materialize()
@@ -307,7 +319,7 @@ def test_a_bad_column_fails_the_dataset_with_our_message(ray_boards, data_contex
     assert any(wanted in text for text in chain), chain
 
 
-def test_a_board_killed_mid_stream_loses_no_frame(ray_boards, data_context, shared_model):
+def test_a_board_killed_mid_stream_loses_no_frame(boards, data_context, shared_model):
     """Both actors hold a batch (stopped at a gate) when one board dies: its actor restarts on
     the board that replaces it and the batch runs again there; every frame comes back once."""
 
@@ -332,7 +344,7 @@ def test_a_board_killed_mid_stream_loses_no_frame(ray_boards, data_context, shar
         def open(self):
             self.opened.set()
 
-    head = ray_boards.cluster.head_node.node_id
+    head = boards.cluster.head_node.node_id
     gate = Gate.options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)
     ).remote()
@@ -341,9 +353,9 @@ def test_a_board_killed_mid_stream_loses_no_frame(ray_boards, data_context, shar
     batches = iter(ds.iter_batches(batch_size=None))
     first = next(batches)  # the stream runs: the first frames are back
     waiting = ray.get(gate.nodes_waiting.remote(2), timeout=120)
-    assert set(waiting) == set(ray_boards.node_ids())
-    victim = next(node for node in ray_boards.nodes if node.node_id == waiting[0])
-    fresh = ray_boards.replace(victim)
+    assert set(waiting) == set(boards.node_ids())
+    victim = next(node for node in boards.nodes if node.node_id == waiting[0])
+    fresh = boards.replace(victim)
     ray.get(gate.open.remote(), timeout=30)
     rest = list(batches)
     rows = {
