@@ -14,6 +14,7 @@ import gc
 import json
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -234,14 +235,19 @@ def test_close_and_del_release_the_session(npu, model_path):
 
 
 @pytest.fixture
-def data_context():
-    """Row order across batches, and no progress bars, for this test only."""
+def data_context(monkeypatch):
+    """Row order across batches, and no progress bars, for this test only. No usage
+    telemetry either: Ray Data would start a driver thread that polls a Prometheus on
+    localhost:9090 every few seconds for the rest of the session."""
+    monkeypatch.setenv("RAY_DATA_USAGE_DISABLED", "1")
     ctx = ray.data.DataContext.get_current()
     saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
     yield ctx
     ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+    pollers = [t for t in threading.enumerate() if t.name == "data-usage-metrics-poller"]
+    assert not pollers
 
 
 @pytest.fixture
