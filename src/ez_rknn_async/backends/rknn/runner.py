@@ -101,7 +101,7 @@ class RknnRunner(Runner):
         feeds = [ascontiguousarray(array) for array in inputs]  # alive until inputs_set copied
         for item, array in zip(self._inputs, feeds):
             try:
-                item.buf = addressof(from_buffer(array))
+                item.buf = addressof(from_buffer(array))  # type: ignore[arg-type]
             except (TypeError, ValueError):  # read-only or empty
                 item.buf = _address(array)
             item.size = array.nbytes
@@ -114,7 +114,7 @@ class RknnRunner(Runner):
         for item, shape in plan.outputs:
             result = empty(shape, float32)
             try:
-                item.buf = addressof(from_buffer(result))
+                item.buf = addressof(from_buffer(result))  # type: ignore[arg-type]
             except ValueError:  # an empty output
                 item.buf = _address(result)
             results.append(result)
