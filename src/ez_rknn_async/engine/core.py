@@ -367,8 +367,10 @@ class Engine:
         """Lend an idle slot that may run ``task`` to the calling thread (lock NOT held), or
         None (the task is then routed for the queue)."""
         with self._lock:
-            self._check_open()
-            task.core = core = self._admission.next_route()
+            if self._state is not State.OPEN:
+                self.check_open()
+            routes = self._config.routes  # (inline: this is the hot path of run())
+            task.core = core = None if routes is None else self._admission.next_route()
             for worker in self._workers:
                 if worker.state is Slot.IDLE and (core is None or worker.spec.core == core):
                     # One line: the slot is lent and the task knows it, or neither.
@@ -391,7 +393,8 @@ class Engine:
             elif task.results is not None:
                 worker.completed += 1
             worker.busy += elapsed
-            self._admission.pace_sample(elapsed)
+            if self._config.enable_pacing:
+                self._admission.pace_sample(elapsed)
             if self._admission.queue or self._state is not State.OPEN:
                 self._wake(worker)
 
