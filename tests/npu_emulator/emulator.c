@@ -1333,6 +1333,19 @@ int rknn_emu_configure(const char* soc, int compute_us) {
     return RKNN_SUCC;
 }
 
+/* A process that cannot call rknn_emu_configure (a Ray worker, a server started by a tool) names
+ * its emulated board in the environment: RKNN_EMU_SOC (default rk3588) and RKNN_EMU_COMPUTE_US
+ * (default 0), read once when the library is loaded. */
+__attribute__((constructor)) static void configure_from_environment(void) {
+    const char* soc = getenv("RKNN_EMU_SOC");
+    const char* compute = getenv("RKNN_EMU_COMPUTE_US");
+    if (soc && *soc) {
+        snprintf(g_soc, sizeof g_soc, "%s", soc);
+        g_cores = cores_of(soc);
+    }
+    if (compute && *compute) g_compute_us = atoi(compute);
+}
+
 void rknn_emu_set_versions(const char* api_version, const char* drv_version) {
     pthread_mutex_lock(&g_lock);
     snprintf(g_api_version, sizeof g_api_version, "%s", api_version);

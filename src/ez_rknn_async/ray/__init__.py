@@ -1,0 +1,35 @@
+"""A fleet of boards on Ray (the ``[ray]`` extra): one model server per board, and batch jobs.
+
+    deployment.py  the Ray Serve application: one replica per board (custom resource ``rknpu``),
+                   each holding the served models' sessions over all of its board's NPU cores,
+                   whose HTTP ingress is ``ez-rknn serve``'s Open Inference Protocol
+    predictor.py   ``Predictor``, a callable class for ``ray.data.Dataset.map_batches``
+
+Each board advertises its NPU when it joins the cluster (``ez-rknn doctor`` prints the line):
+
+    ray start --address HEAD:6379 --resources='{"rknpu": 1}'
+
+Ray itself is imported only when a name of this package is used, so ``import ez_rknn_async``
+never needs it.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__all__ = ["Predictor", "deploy", "undeploy", "application"]
+
+_HOMES = {
+    "Predictor": ".predictor",
+    "deploy": ".deployment",
+    "undeploy": ".deployment",
+    "application": ".deployment",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(home, __name__), name)
