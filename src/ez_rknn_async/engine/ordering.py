@@ -90,9 +90,6 @@ class CallbackStage:
         me = threading.get_ident()
         with self._lock:
             if ran is not None:
-                # Clamped: a run the OS preempted (milliseconds on a busy machine) moves the
-                # average by a bounded step, so quick runs are not handed off for a while.
-                ran = min(ran, 2 * INLINE_RUNS_BELOW_S)
                 cost = self._run_cost
                 self._run_cost = ran if cost is None else cost + _COST_EMA * (ran - cost)
             self.backlog += 1
