@@ -11,7 +11,7 @@ import pytest
 
 from ez_rknn_async import SessionClosedError
 from ez_rknn_async.engine.core import CALLBACK_BACKLOG
-from ez_rknn_async.engine.ordering import INLINE_BELOW_S, INLINE_RUNS_BELOW_S
+from ez_rknn_async.engine.ordering import INLINE_BELOW_S
 
 from fakes import make_engine, wait_for
 
@@ -134,16 +134,6 @@ def test_quick_callbacks_run_on_workers_slow_ones_go_back_to_the_callback_thread
             engine, 6, lambda v: v == 0 and slow_once.wait(20 * INLINE_BELOW_S)
         )
         assert names[2:] == ["EzRknn_Callback"] * 4
-    finally:
-        engine.close()
-
-
-def test_callbacks_after_long_runs_go_to_the_callback_thread():
-    """Runs over ``INLINE_RUNS_BELOW_S``: the cores, not the CPU, are the limit, so a worker
-    hands the callbacks over instead of keeping its core idle while it calls them."""
-    engine, _ = make_engine(2, delay=3 * INLINE_RUNS_BELOW_S, max_queue_size=4)
-    try:
-        assert set(_threads_of_callbacks(engine, 20)) == {"EzRknn_Callback"}
     finally:
         engine.close()
 

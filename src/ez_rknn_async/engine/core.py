@@ -26,7 +26,6 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from time import monotonic
 from typing import Any, Callable, Optional
 
 from ..backends.base import Runner, SlotSpec
@@ -185,8 +184,7 @@ class Engine:
 
         def deliver(task: Task, results: Any, exc: Optional[BaseException]) -> None:
             err = "" if exc is None else _message(exc)
-            ran = monotonic() - task.started if task.started else None
-            complete(task.seq, (callback, results, user_data, err), ran)
+            complete(task.seq, (callback, results, user_data, err))
 
         task = Task(inputs, output_indices, method, deliver=deliver)
         self._admission.admit(task, "run_async", callback=True)

@@ -5,14 +5,10 @@ until every earlier sequence number has arrived, so callbacks see submission ord
 callbacks at once: whoever calls the user holds the *baton* (``_deliverer``). That is the
 ``EzRknn_Callback`` thread, or, while callbacks are quick (under ``INLINE_BELOW_S`` on average),
 a worker whose outcome completes the ready sequence: it calls the ready callbacks itself (at most
-``INLINE_BATCH``) instead of waking the callback thread, which saves a thread switch per task.
-That pays while runs are short (under ``INLINE_RUNS_BELOW_S`` on average): the CPU is then the
-limit, and a thread switch costs more than the run. After longer runs the cores are the limit,
-and a worker calling callbacks keeps its core idle meanwhile, so the callback thread takes them
-(at 0.2 ms per inference that was 5-10 µs of idle core per task). Only workers the engine allows
-deliver (it allows them when another worker can always run what a callback waits for: two or
-more slots, no task bound to a core). A slow callback is measured once on a worker and goes back
-to the thread.
+``INLINE_BATCH``) instead of waking the callback thread, which saves a thread switch per task (a
+third of a task's cost at 0.2 ms per inference). Only workers the engine allows do so (it allows
+them when another worker can always run what a callback waits for: two or more slots, no task
+bound to a core). A slow callback is then measured once on a worker and goes back to the thread.
 ``backlog`` (results done but not yet delivered) is what the engine's admission bounds, so a slow
 callback slows submitters down instead of letting results pile up.
 
@@ -36,8 +32,6 @@ Delivery = tuple[Callable[..., Any], Any, Any, Any]
 
 #: Workers deliver callbacks themselves while callbacks take less than this on average (s).
 INLINE_BELOW_S = 100e-6
-#: ... and while their runs take less than this on average (s).
-INLINE_RUNS_BELOW_S = 100e-6
 #: At most this many callbacks per worker delivery, then the callback thread takes over.
 INLINE_BATCH = 8
 _COST_EMA = 0.1
@@ -67,7 +61,6 @@ class CallbackStage:
         self._deliverer: Optional[int] = None  # the thread calling a callback now (the baton)
         self._inline_threads: set[int] = set()  # worker threads allowed to deliver
         self._cost = 0.0  # moving average of a callback's duration, seconds
-        self._run_cost: Optional[float] = None  # moving average of a worker's run, seconds
         self.backlog = 0
         self.calling_since: Optional[float] = None  # monotonic() when the running callback began
         self.thread = threading.Thread(target=self._loop, name="EzRknn_Callback", daemon=True)
@@ -84,14 +77,10 @@ class CallbackStage:
         with self._lock:
             self._inline_threads.add(threading.get_ident())
 
-    def complete(self, seq: int, delivery: Delivery, ran: Optional[float] = None) -> None:
-        """Called from any thread when a task's outcome is known; ``ran``: how long its run
-        took, seconds (None: it did not run)."""
+    def complete(self, seq: int, delivery: Delivery) -> None:
+        """Called from any thread when a task's outcome is known."""
         me = threading.get_ident()
         with self._lock:
-            if ran is not None:
-                cost = self._run_cost
-                self._run_cost = ran if cost is None else cost + _COST_EMA * (ran - cost)
             self.backlog += 1
             if not self._sequential:
                 self._ready.append(delivery)
@@ -108,7 +97,6 @@ class CallbackStage:
                 and self._deliverer is None
                 and self._cost < INLINE_BELOW_S
                 and me in self._inline_threads
-                and (self._run_cost or 0.0) < INLINE_RUNS_BELOW_S
             )
             if inline:
                 self._deliverer = me

@@ -40,7 +40,6 @@ class Task:
         "seq",
         "slot",
         "queued_at",
-        "started",
         "results",
         "error",
     )
@@ -63,7 +62,6 @@ class Task:
         self.seq = -1
         self.slot: Any = None
         self.queued_at = 0.0  # monotonic() when admitted to the queue
-        self.started = 0.0  # monotonic() when a worker took it (0.0: not taken)
         self.results: Optional[list[np.ndarray]] = None
         self.error: Optional[BaseException] = None
 

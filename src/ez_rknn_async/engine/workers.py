@@ -103,7 +103,7 @@ def worker_loop(engine: Engine, worker: Worker) -> None:
                 worker.wake.wait()
                 continue
             worker.state = Slot.RUNNING
-            worker.since = task.started = start = time.monotonic()  # stats(): busy time
+            worker.since = start = time.monotonic()  # stats(): the running task's busy time
             if queue:
                 engine._dispatch(queue[0].core)  # the next woken worker takes the rest
             inflight.append(task)
