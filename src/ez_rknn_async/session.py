@@ -123,8 +123,8 @@ class InferenceSession:
         """Queue one inference and return at once.
 
         ``callback(results, user_data, err)`` is called one at a time, on the session's callback
-        thread or, while callbacks and inferences take under 0.1 ms on average, on the worker
-        that completed it (a thread switch less per task; ``engine/ordering.py``):
+        thread or, while callbacks take under 0.1 ms on average, on the worker that completed it
+        (a thread switch less per task; ``engine/ordering.py``):
         ``results`` is the list of outputs and ``err == ""`` on success; ``results`` is None and
         ``err`` the message on failure. With ``sequential_callbacks`` (default) callbacks come in
         submission order. An exception raised by the callback is reported through
