@@ -34,13 +34,11 @@ pytest_plugins = ("rknn_fixtures", "ray_fixtures")
 # ray.data.context whatever the caller does. Only that module's warnings are ignored.
 pytestmark = pytest.mark.filterwarnings(r"ignore:::ray\.data\.context")
 
+#: A detector-like model: a quantized image in, scores and a mask out.
 MODEL = EmuModel(
-    inputs=[EmuTensor("image", "int8", (1, 4, 4, 3), zp=1, scale=0.05)],
-    outputs=[
-        EmuTensor("logits", "float16", (1, 6)),
-        EmuTensor("mask", "int8", (1, 2, 4, 4), scale=0.1),
-    ],
-    gain=0.5,
+    inputs=[EmuTensor("image", "uint8", (1, 4, 4, 3), zp=128, scale=0.025)],
+    outputs=[EmuTensor("logits", "float32", (1, 6)), EmuTensor("mask", "int8", (1, 2, 4, 4))],
+    gain=0.25,
 )
 #: A second input without a batch axis: each row holds it whole.
 TWO_INPUTS = EmuModel(
@@ -163,7 +161,7 @@ BAD_BATCHES = {
     "row shape": (
         {"image": np.zeros((2, 3, 5, 4), np.float32)},
         ValueError,
-        "column 'image' (model input 'image', [1, 3, 4, 4] tensor(int8)): a row must hold one "
+        "column 'image' (model input 'image', [1, 3, 4, 4] tensor(uint8)): a row must hold one "
         "sample, [3, 4, 4] (or [1, 3, 4, 4]), got a row of [3, 5, 4]",
     ),
     "row of an object column": (
