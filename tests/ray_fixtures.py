@@ -79,6 +79,8 @@ def ray_boards() -> Iterator[Boards]:
         "EZ_RKNN_RUNTIME_LIB": str(emulator.library),
         "RKNN_EMU_SOC": "rk3588",
         "RKNN_EMU_COMPUTE_US": str(BOARD_COMPUTE_US),
+        # what a board's device tree tells the backend: all 3 NPU cores get a worker
+        "EZ_RKNN_SOC": "rk3588",
     }
     # The head has no NPU; its CPUs run Ray Data's read and split tasks.
     cluster = Cluster(
