@@ -37,7 +37,7 @@ _BOARD_CPUS = 2
 
 @dataclass
 class Boards:
-    """The running cluster: ``address`` for ``ray.init``/``ez-rknn serve --ray``, the board nodes."""
+    """The running cluster: ``address`` (for ``ray.init``, ``ez-rknn serve --ray``), the boards."""
 
     cluster: Cluster
     board_env: dict[str, str]

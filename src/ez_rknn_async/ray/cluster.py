@@ -21,7 +21,7 @@ RESOURCE = "rknpu"
 CONNECT_TIMEOUT_S = 5.0
 _START_HINT = (
     "start the head with `ray start --head`, and each board with "
-    '`ray start --address HEAD:6379 --resources=\'{"rknpu": 1}\'`'
+    "`ray start --address HEAD:6379 --resources='{\"rknpu\": 1}'`"
 )
 
 

@@ -82,7 +82,7 @@ class _NodeHeader:
 class BoardServer:
     """One board's server: its models loaded (and warmed up) before Serve sends it a request."""
 
-    async def __init__(
+    async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self,
         specs: Sequence[ModelSpec],
         max_total_request_bytes: int,
@@ -148,7 +148,8 @@ def application(
     """The Serve application: ``replicas`` BoardServers, each taking ``max_ongoing`` requests at
     once (``capacity.max_ongoing_requests``)."""
     queued = options.max_queued_requests
-    return BoardServer.options(
+    deployment: Any = BoardServer  # a serve.Deployment, which mypy cannot see through
+    return deployment.options(
         name="board",
         num_replicas=replicas,
         max_ongoing_requests=max_ongoing,
@@ -199,14 +200,16 @@ def deploy(
         raise FleetError(
             f"{replicas or 'a'} replica(s) need as many boards, and the cluster has {boards} "
             f"(nodes with the `{RESOURCE}` resource)",
-            hint='on each board: ray start --address HEAD:6379 --resources=\'{"rknpu": 1}\' '
+            hint="on each board: ray start --address HEAD:6379 --resources='{\"rknpu\": 1}' "
             "(`ez-rknn doctor` prints the line)",
         )
-    if options.name in serve.status().applications:
+    if options.name in _applications():
         serve.delete(options.name)
     depths = probe(specs, max(1.0, deadline - time.monotonic()))
     max_ongoing = max_ongoing_requests(depths)
-    serve.start(proxy_location="HeadOnly", http_options={"host": options.host, "port": options.port})
+    serve.start(
+        proxy_location="HeadOnly", http_options={"host": options.host, "port": options.port}
+    )
     app = application(specs, replicas, max_ongoing, options)
     serve.run_many(
         [serve.RunTarget(target=app, name=options.name, route_prefix="/")],
@@ -214,10 +217,10 @@ def deploy(
         wait_for_applications_running=False,
     )
     _wait_running(options.name, deadline)
-    http = _http_config()
+    listening = _http_config()
     queued = options.max_queued_requests
     return Fleet(
-        url=f"http://{http.host}:{http.port}",
+        url=f"http://{listening.host}:{listening.port}",
         name=options.name,
         replicas=replicas,
         max_ongoing_requests=max_ongoing,
@@ -229,17 +232,27 @@ def _http_config() -> Any:
     """Where Serve's proxy listens: a Serve started earlier keeps its own host and port."""
     from ray.serve.context import _get_global_client
 
-    return _get_global_client().http_config
+    client = _get_global_client()
+    assert client is not None  # Serve was started just before
+    return client.http_config
 
 
 def undeploy(address: str, name: str = APP_NAME) -> bool:
     """Remove the application (False: there was none); Serve itself is shut down when no other
     application is left, which frees its HTTP port."""
     connect(address)
-    applications = serve.status().applications
-    if name not in applications:
+    if name not in _applications():
         return False
     serve.delete(name)
-    if not set(serve.status().applications) - {name}:
+    if not set(_applications()) - {name}:
         serve.shutdown()
     return True
+
+
+def _applications() -> dict[str, Any]:
+    """Serve's applications by name. A controller that another driver shut down since this
+    one last asked is forgotten first: Serve's cached client would raise ActorDiedError."""
+    from ray.serve.context import _check_cached_client_alive
+
+    _check_cached_client_alive()
+    return dict(serve.status().applications)
