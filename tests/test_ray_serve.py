@@ -5,10 +5,10 @@ The cluster is ``ray_fixtures``'s (a head and two boards, each an emulated RK358
 ``ez-rknn serve --ray`` command in a subprocess, and reached through Serve's HTTP proxy by the
 real ``tritonclient.http`` and by raw HTTP (which reads the ``EZ-RKNN-Node`` header naming the
 board that answered: that is how requests are counted per board). It serves two models: ``emu``
-over all three cores of each board, and ``slow`` on one core with a queue of one, whose
-replicas fill up quickly (for the backpressure test). The last tests kill a board under traffic
-and remove the application; the fixture removes it in any case, so the other Ray tests find no
-Serve application running.
+over all three cores of each board, and ``slow`` on one core with a queue of one; both admit
+few requests (``max_inflight``), so that the replicas fill up quickly (the backpressure test).
+The last tests kill a board under traffic and remove the application; the fixture removes it in
+any case, so the other Ray tests find no Serve application running.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 import tritonclient.http as thttp
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from rknn_emu import EmuModel, EmuTensor, reference
@@ -35,6 +36,7 @@ from serve_process import infer_input
 
 serve = pytest.importorskip("ray.serve")
 
+from ez_rknn_async.ray.capacity import ModelDepth, max_ongoing_requests  # noqa: E402
 from ez_rknn_async.ray.cluster import FleetError  # noqa: E402
 from ez_rknn_async.ray.deployment import (  # noqa: E402
     APP_NAME,
@@ -88,7 +90,18 @@ def fleet(ray_boards, tmp_path_factory) -> Iterator[Fleet]:
     model = str(EMU.write(folder / "emu.rknn"))
     config = folder / "fleet.json"
     config.write_text(
-        json.dumps({"models": {"slow": {"path": model, "schedule": [0], "max_queue_size": 1}}})
+        json.dumps(
+            {
+                "models": {
+                    "slow": {
+                        "path": model,
+                        "schedule": [0],
+                        "max_queue_size": 1,
+                        "max_inflight": 3,
+                    }
+                }
+            }
+        )
     )
     port = free_port()
     done = ez_rknn(
@@ -100,6 +113,8 @@ def fleet(ray_boards, tmp_path_factory) -> Iterator[Fleet]:
         str(config),
         "--port",
         str(port),
+        "--max-inflight",
+        "5",
     )
     try:
         assert done.returncode == 0, done.stderr
@@ -165,7 +180,7 @@ def test_the_command_says_where_it_serves(fleet, ray_boards):
     assert found, fleet.output
     assert found.group(1) == "slow, emu" and found.group(2) == "2"
     assert int(found.group(4)) == fleet.port
-    # 3 cores + 3 queued (emu) and 1 core + 1 queued (slow) per board
+    # per replica: emu min(5, 10 x (3 cores + 3 queued)) + slow min(3, 10 x (1 core + 1))
     assert "each replica takes 8 requests at once, the proxy queues 16 more" in fleet.output
     assert serve.status().applications[APP_NAME].status == "RUNNING"
 
@@ -207,6 +222,24 @@ def test_answers_are_right_and_spread_over_the_boards(fleet, ray_boards):
     # Serve's router picks the less loaded of two replicas: both boards take part
     assert set(nodes) == set(ray_boards.node_ids()), nodes
     assert min(nodes.values()) >= 5, nodes
+
+
+def test_a_replica_runs_its_model_on_every_core_of_its_board(fleet):
+    """The replica's own /metrics (the one Serve routed the scrape to): its sessions' slots."""
+    connection = http.client.HTTPConnection("127.0.0.1", fleet.port, timeout=CLIENT_TIMEOUT_S)
+    try:
+        connection.request("GET", "/metrics")
+        response = connection.getresponse()
+        assert response.status == 200
+        text = response.read().decode()
+    finally:
+        connection.close()
+    cores: dict[str, set[str]] = {"emu": set(), "slow": set()}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("ez_rknn_engine_slot") and "core" in sample.labels:
+                cores[sample.labels["model"]].add(sample.labels["core"])
+    assert cores == {"emu": {"0", "1", "2"}, "slow": {"0"}}
 
 
 def test_refused_requests_keep_the_replicas_serving(fleet, ray_boards):
@@ -367,3 +400,12 @@ def test_shutdown_removes_the_application(fleet):
         post_infer(fleet.port, "emu", frame(1))
     again = ez_rknn("serve", "--ray", fleet.address, "--shutdown")
     assert again.returncode == 0 and "nothing to remove" in again.stdout
+
+
+def test_a_replica_holds_ten_pipelines_per_model_within_its_max_inflight():
+    rk3588 = ModelDepth("detector", slots=3, max_queue_size=3, max_inflight=64)
+    assert rk3588.depth == 6 and rk3588.ongoing == 60
+    capped = ModelDepth("embedder", slots=3, max_queue_size=3, max_inflight=16)
+    assert capped.ongoing == 16
+    two_threads = ModelDepth("tiny", slots=6, max_queue_size=2, max_inflight=64)
+    assert max_ongoing_requests([rk3588, capped, two_threads]) == 60 + 16 + 64

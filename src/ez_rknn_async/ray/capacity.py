@@ -1,16 +1,20 @@
 """How many requests a replica takes at once: Serve's ``max_ongoing_requests``, from the board.
 
 A session keeps its board busy with ``slots`` inferences running (one per NPU core, times
-``threads_per_core``) and ``max_queue_size`` more waiting in its queue; a request past that
-would only wait inside the replica, where Serve can no longer send it to a board that frees up
-first. So each replica takes, summed over its models::
+``threads_per_core``) and ``max_queue_size`` more waiting in its queue: its pipeline's depth.
+A replica must hold several pipelines' worth of requests, because the ones Serve's proxy holds
+back are not handed over the moment a place frees: its router retries a full replica after
+25 ms, doubling up to 500 ms. Measured on two emulated RK3588 boards (3 cores, 20 ms; depth 6)
+with 48 clients, one board answered 5% of its 150/s holding 1 pipeline, 23% holding 4, 91%
+holding 10. So each replica takes, summed over its models::
 
-    max_ongoing_requests = sum(slots + max_queue_size)
+    max_ongoing_requests = sum(min(max_inflight, FILL * (slots + max_queue_size)))  FILL = 10
 
-(an RK3588 with the default options: 3 cores + 3 queued = 6 per model). Past it, requests wait in
-Serve's proxy, at most ``max_queued_requests`` of them (default: as many as all replicas take at
-once, so a request waits at most about two pipelines' time); past that the proxy answers 503
-with Retry-After. Backpressure thus holds from the NPU queue to the client.
+(an RK3588 with the default options: 10 x (3 + 3) = 60 per model; ``max_inflight``, the
+single-board server's own admission limit, caps it). Inside the replica the requests wait in
+order for the session's queue (``ServedModel.infer``), never busy. Past that the proxy holds at
+most ``max_queued_requests`` (default: as many as all replicas take at once) and then answers
+503 with Retry-After. Backpressure thus holds from the NPU's queue to the client.
 
 The slots are only known on a board (its SoC decides the cores), so ``probe`` opens each model
 once there, in a Ray task that asks for a sliver of ``rknpu`` (it lands on a board and does not
@@ -30,20 +34,30 @@ from ..serve.config import ModelSpec
 from ..session import InferenceSession
 from .cluster import RESOURCE, FleetError
 
-__all__ = ["ModelDepth", "probe", "max_ongoing_requests"]
+__all__ = ["FILL", "ModelDepth", "probe", "max_ongoing_requests"]
+
+#: The pipelines' worth of requests a replica holds (module docstring).
+FILL = 10
 
 
 @dataclass(frozen=True)
 class ModelDepth:
-    """One model's pipeline on a board: inferences running at once, and queued behind them."""
+    """One model's pipeline on a board: inferences running at once, queued behind them, and
+    the requests its server admits at once (``max_inflight``)."""
 
     name: str
     slots: int
     max_queue_size: int
+    max_inflight: int
 
     @property
     def depth(self) -> int:
         return self.slots + self.max_queue_size
+
+    @property
+    def ongoing(self) -> int:
+        """What a replica takes for this model (module docstring)."""
+        return min(self.max_inflight, FILL * self.depth)
 
 
 def _open_each(specs: Sequence[ModelSpec]) -> list[ModelDepth]:
@@ -58,7 +72,7 @@ def _open_each(specs: Sequence[ModelSpec]) -> list[ModelDepth]:
                 f"{type(exc).__name__}: {exc}"
             ) from None
         queue = parse_provider_options(spec.provider_options).max_queue_size
-        depths.append(ModelDepth(spec.name, slots, queue))
+        depths.append(ModelDepth(spec.name, slots, queue, spec.max_inflight))
     return depths
 
 
@@ -90,4 +104,4 @@ def probe(specs: Sequence[ModelSpec], timeout: float) -> list[ModelDepth]:
 
 def max_ongoing_requests(depths: Sequence[ModelDepth]) -> int:
     """Serve's ``max_ongoing_requests`` per replica (module docstring)."""
-    return sum(depth.depth for depth in depths)
+    return sum(depth.ongoing for depth in depths)

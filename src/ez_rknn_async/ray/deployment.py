@@ -8,9 +8,10 @@ replica's ASGI ingress. Behind Serve's HTTP proxy (on the head, port 8000 unless
 sees the same ``/v2/...`` paths, bodies and error statuses as from one board; every response
 also names the board that answered in the ``EZ-RKNN-Node`` header (its Ray node id).
 
-Backpressure: Serve sends a replica at most ``max_ongoing_requests`` requests (``capacity``: the
-board's NPU slots plus its queue, per model); the rest wait in the proxy, at most
-``max_queued_requests``, past which the proxy answers 503 with Retry-After.
+Backpressure: Serve sends a replica at most ``max_ongoing_requests`` requests (``capacity``:
+ten times the board's NPU slots plus its queue, per model, at most its ``max_inflight``); the
+rest wait in the proxy, at most ``max_queued_requests``, past which the proxy answers 503 with
+Retry-After.
 
 A board that dies: the requests it was running fail with an error status from the proxy (500),
 those not yet sent go to the other replicas, and Serve starts a replacement replica when a
