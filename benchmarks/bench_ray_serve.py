@@ -8,11 +8,12 @@ head without an NPU (Serve's controller and HTTP proxy) and two boards, each adv
 inference: 150 inferences/s per board at 20 ms). ``ez_rknn_async.ray.deploy`` serves the model
 on 1 replica, then on 2 (the application replaced in between), alternating ``--rounds`` times;
 each time ``--clients`` threads, each with its own keep-alive HTTP connection, send infer
-requests with binary tensors to Serve's proxy back to back for ``--seconds`` after a 2 s warm-up.
+requests with binary tensors to Serve's proxy back to back for ``--seconds`` after a 1 s warm-up
+(``bench_serve.closed_loop``).
 Reported: answers/s per round, errors (any status but 200: none expected, the clients never
 exceed what the replicas and the proxy queue take: ``max_queued_requests`` is set to
 ``--clients``), how the answers split over the boards
-(the ``EZ-RKNN-Node`` header), and the ratio 2 boards / 1 board of the medians.
+(the ``EZ-RKNN-Node`` header; warm-up included), and the ratio 2 boards / 1 board of the medians.
 
 Clients, proxy, replicas and the emulated NPUs all share this machine's cores.
 """
@@ -21,14 +22,12 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import os
 import statistics
 import sys
 import tempfile
-import threading
-import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +35,14 @@ from ray.cluster_utils import Cluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import ray  # noqa: E402
+from bench_serve import closed_loop  # noqa: E402
 
 from ez_rknn_async.ray.deployment import NODE_HEADER, FleetOptions, deploy, undeploy  # noqa: E402
 from ez_rknn_async.serve.config import model_specs  # noqa: E402
 from ray_fixtures import Boards  # noqa: E402
 
 from rknn_emu import EmuModel, EmuTensor, emulator_build  # noqa: E402
+from serve_process import binary_infer_request  # noqa: E402
 
 MODEL = EmuModel(
     inputs=[EmuTensor("image", "uint8", (1, 16, 16, 3), scale=1 / 255)],
@@ -50,71 +51,25 @@ MODEL = EmuModel(
 PORT = 18777
 
 
-def request_body() -> tuple[bytes, dict[str, str]]:
-    image = np.random.default_rng(0).integers(0, 256, (1, 3, 16, 16), dtype=np.uint8)
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "image",
-                    "datatype": "UINT8",
-                    "shape": list(image.shape),
-                    "parameters": {"binary_data_size": image.nbytes},
-                }
-            ],
-            "parameters": {"binary_data_output": True},
-        }
-    ).encode()
-    return header + image.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
+def infer_call(port: int, nodes: Counter) -> Callable[[], None]:
+    """One client: its own keep-alive connection; each call one request, its board counted."""
+    image = np.random.default_rng(port).integers(0, 256, (1, 3, 16, 16), dtype=np.uint8)
+    body, headers = binary_infer_request("image", image, "UINT8", binary_output=True)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
 
+    def call() -> None:
+        try:
+            connection.request("POST", "/v2/models/npu/infer", body, headers)
+            response = connection.getresponse()
+            response.read()
+        except (OSError, http.client.HTTPException):
+            connection.close()  # reconnects on the next request
+            raise
+        if response.status != 200:
+            raise RuntimeError(f"status {response.status}")
+        nodes[response.getheader(NODE_HEADER, "?")] += 1
 
-def closed_loop(url_port: int, clients: int, seconds: float) -> tuple[float, int, Counter]:
-    """``clients`` threads send back to back; answers per second in the window, errors, and
-    answers per node."""
-    body, headers = request_body()
-    start = threading.Barrier(clients + 1)
-    window = {"open": False, "stop": False}
-    done = [0] * clients
-    errors = [0] * clients
-    nodes: list[Counter] = [Counter() for _ in range(clients)]
-
-    def loop(i: int) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", url_port, timeout=30)
-        start.wait()
-        while not window["stop"]:
-            try:
-                connection.request("POST", "/v2/models/npu/infer", body, headers)
-                response = connection.getresponse()
-                response.read()
-            except (OSError, http.client.HTTPException) as exc:
-                errors[i] += 1
-                print(f"  client {i}: {exc!r}", file=sys.stderr)
-                connection.close()
-                connection = http.client.HTTPConnection("127.0.0.1", url_port, timeout=30)
-                continue
-            if not window["open"]:
-                continue
-            if response.status == 200:
-                done[i] += 1
-                nodes[i][response.getheader(NODE_HEADER, "?")] += 1
-            else:
-                errors[i] += 1
-        connection.close()
-
-    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    start.wait()
-    time.sleep(2.0)  # warm-up: connections made, the replicas' queues filled
-    window["open"] = True
-    opened = time.perf_counter()
-    time.sleep(seconds)
-    window["open"] = False
-    elapsed = time.perf_counter() - opened
-    window["stop"] = True
-    for thread in threads:
-        thread.join(60)
-    return sum(done) / elapsed, sum(errors), sum(nodes, Counter())
+    return call
 
 
 def main() -> int:
@@ -159,7 +114,10 @@ def main() -> int:
                         replicas=replicas, port=PORT, max_queued_requests=args.clients
                     )
                     fleet = deploy(cluster.address, specs, options)
-                    rate, errors, nodes = closed_loop(PORT, args.clients, args.seconds)
+                    nodes: Counter = Counter()
+                    rate, errors = closed_loop(
+                        args.clients, args.seconds, lambda _, nodes=nodes: infer_call(PORT, nodes)
+                    )
                     rates[replicas].append(rate)
                     split = "/".join(str(n) for n in sorted(nodes.values(), reverse=True))
                     print(

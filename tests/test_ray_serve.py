@@ -32,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from rknn_emu import EmuModel, EmuTensor, reference
-from serve_process import infer_input
+from serve_process import binary_infer_request, infer_input
 
 serve = pytest.importorskip("ray.serve")
 
@@ -148,29 +148,13 @@ class Answer:
 
 def post_infer(port: int, model: str, image: np.ndarray) -> Answer:
     """One infer request with the binary tensor extension, raw: the response's headers kept."""
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "image",
-                    "datatype": "UINT8",
-                    "shape": list(image.shape),
-                    "parameters": {"binary_data_size": image.nbytes},
-                }
-            ]
-        }
-    ).encode()
+    body, headers = binary_infer_request("image", image, "UINT8")
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=CLIENT_TIMEOUT_S)
     try:
-        connection.request(
-            "POST",
-            f"/v2/models/{model}/infer",
-            header + image.tobytes(),
-            {"Inference-Header-Content-Length": str(len(header))},
-        )
+        connection.request("POST", f"/v2/models/{model}/infer", body, headers)
         response = connection.getresponse()
-        headers = {k.lower(): v for k, v in response.getheaders()}
-        return Answer(response.status, headers, response.read())
+        received = {k.lower(): v for k, v in response.getheaders()}
+        return Answer(response.status, received, response.read())
     finally:
         connection.close()
 
