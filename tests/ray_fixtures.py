@@ -82,10 +82,15 @@ def ray_boards() -> Iterator[Boards]:
         # what a board's device tree tells the backend: all 3 NPU cores get a worker
         "EZ_RKNN_SOC": "rk3588",
     }
-    # The head has no NPU; its CPUs run Ray Data's read and split tasks.
+    # The head has no NPU; its CPUs run Ray Data's read and split tasks. No dashboard: the
+    # tests use the Python APIs, and it costs seconds at every start on this machine.
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 2, "env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
+        head_node_args={
+            "num_cpus": 2,
+            "include_dashboard": False,
+            "env_vars": {"RAY_USAGE_STATS_ENABLED": "0"},
+        },
     )
     boards = Boards(cluster, board_env)
     try:
