@@ -89,7 +89,11 @@ def main() -> int:
     limit = 3 / (args.compute_ms / 1000)
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 2, "env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
+        head_node_args={
+            "num_cpus": 2,
+            "include_dashboard": False,
+            "env_vars": {"RAY_USAGE_STATS_ENABLED": "0"},
+        },
     )
     boards = Boards(cluster, board_env)
     rates: dict[int, list[float]] = {1: [], 2: []}
