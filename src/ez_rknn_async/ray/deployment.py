@@ -165,8 +165,8 @@ def application(
 
 
 def _wait_running(name: str, deadline: float) -> None:
-    """Until the application is RUNNING; a FleetError with Serve's own message if it failed,
-    or with how many replicas came up if the deadline passed (the application is removed)."""
+    """Until the application is RUNNING; else a FleetError with Serve's own messages, when it
+    failed or the deadline passed (the application is removed then)."""
     while True:
         status = serve.status().applications.get(name)
         state = None if status is None else status.status
