@@ -293,7 +293,7 @@ def test_full_replicas_and_a_full_proxy_queue_give_503(fleet):
             assert b"backpressure" in answer.body
 
 
-def test_too_many_replicas_and_a_missing_cluster_are_clear_errors(fleet, ray_boards):
+def test_too_many_replicas_a_missing_model_and_no_cluster_are_clear_errors(fleet, ray_boards):
     started = time.monotonic()
     with pytest.raises(FleetError, match=r"3 replica\(s\) need as many boards.* has 2") as error:
         deploy(
@@ -301,6 +301,14 @@ def test_too_many_replicas_and_a_missing_cluster_are_clear_errors(fleet, ray_boa
         )
     assert "--resources" in error.value.hint
     assert time.monotonic() - started < 10
+    # a second application: every board's rknpu is the first one's, so none can take it
+    started = time.monotonic()
+    with pytest.raises(FleetError, match="no board opened the models within") as error:
+        specs = model_specs([f"emu={fleet.model_path}"])
+        deploy(ray_boards.address, specs, FleetOptions(name="second", timeout=3))
+    assert "held by other work" in error.value.hint
+    assert time.monotonic() - started < 10
+    assert "second" not in serve.status().applications
     assert serve.status().applications[APP_NAME].status == "RUNNING"  # left alone
     nowhere = f"127.0.0.1:{free_port()}"
     done = ez_rknn("serve", "--ray", nowhere, f"emu={fleet.model_path}")
@@ -384,6 +392,11 @@ def test_shutdown_removes_the_application(fleet):
         post_infer(fleet.port, "emu", frame(1))
     again = ez_rknn("serve", "--ray", fleet.address, "--shutdown")
     assert again.returncode == 0 and "nothing to remove" in again.stdout
+    # the boards are free again: a model they do not have is named before anything is deployed
+    ghost = model_specs([f"ghost={fleet.model_path}.missing"])
+    with pytest.raises(FleetError, match=r"model 'ghost' \(.*\.missing\) does not load on board"):
+        deploy(fleet.address, ghost, FleetOptions(timeout=30))
+    assert not undeploy(fleet.address)
 
 
 def test_a_replica_holds_ten_pipelines_per_model_within_its_max_inflight():

@@ -19,7 +19,9 @@ most ``max_queued_requests`` (default: as many as all replicas take at once) and
 The slots are only known on a board (its SoC decides the cores), so ``probe`` opens each model
 once there, in a Ray task that asks for a sliver of ``rknpu`` (it lands on a board and does not
 keep it): a model that does not load on the boards fails here, with the session's own message,
-instead of in Serve's replica constructor retries.
+instead of in Serve's replica constructor retries. While every board's ``rknpu`` is held
+(another application, a Ray Data job) no board can take the probe, nor a replica: the probe
+says so at its deadline.
 """
 
 from __future__ import annotations
