@@ -259,34 +259,50 @@ def test_refused_requests_keep_the_replicas_serving(fleet, ray_boards):
 
 def test_full_replicas_and_a_full_proxy_queue_give_503(fleet):
     """``slow`` runs one inference at a time per board, and a replica takes 8 requests: 16 run
-    or wait in the replicas (160 ms of work each), 16 more wait in the proxy, the rest get 503
-    + Retry-After at once, not an unbounded wait. Every request ends one way or the other."""
-    senders = 64
-    start = threading.Barrier(senders)
+    or wait in the replicas (160 ms of work each), 16 more wait in the proxy. 48 clients send
+    back to back, so requests past those 32 come all the time: they get 503 + Retry-After at
+    once, not an unbounded wait, and the others their right answer."""
+    clients = 48
     answers: list[Answer] = []
     errors: list[BaseException] = []
+    stop = threading.Event()
+    progress = threading.Condition()
 
-    def send(seed: int) -> None:
+    def full(statuses: Counter) -> bool:
+        return statuses[200] >= 2 * 8 and statuses[503] >= 1
+
+    def send(index: int) -> None:
+        seed = 3000 + 1000 * index
         try:
-            image = frame(3000 + seed)
-            start.wait(CLIENT_TIMEOUT_S)
-            answer = post_infer(fleet.port, "slow", image)
-            if answer.status == 200:
-                np.testing.assert_array_equal(answer.scores(), expected(image))
-            answers.append(answer)
+            while not stop.is_set():
+                seed += 1
+                image = frame(seed)
+                answer = post_infer(fleet.port, "slow", image)
+                if answer.status == 200:
+                    np.testing.assert_array_equal(answer.scores(), expected(image))
+                with progress:
+                    answers.append(answer)
+                    progress.notify_all()
         except BaseException as exc:  # reported by the test below
             errors.append(exc)
+            stop.set()
 
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(senders)]
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(clients)]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join(CLIENT_TIMEOUT_S * 2)
+    try:
+        with progress:
+            progress.wait_for(
+                lambda: errors or full(Counter(answer.status for answer in answers)), timeout=30
+            )
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(CLIENT_TIMEOUT_S * 2)
     assert not errors, errors
-    assert len(answers) == senders
     statuses = Counter(answer.status for answer in answers)
     assert set(statuses) <= {200, 503}, statuses
-    assert statuses[200] >= 2 * 8 and statuses[503] >= 1, statuses
+    assert full(statuses), statuses
     for answer in answers:
         if answer.status == 503:
             assert answer.headers["retry-after"] == "1"
