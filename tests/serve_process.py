@@ -99,6 +99,7 @@ class ServerProcess:
             env={**os.environ, **(env or {})},
         )
         self.log: list[str] = []
+        self._stopping = False  # a shutdown signal was sent (see ``send``)
         self._lines: queue.Queue[Optional[str]] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -188,10 +189,20 @@ class ServerProcess:
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
 
+    def send(self, sig: int) -> None:
+        """Send ``sig`` (the shutdown signals once: a second SIGTERM may end a server that is
+        already past its drain with the default action, as a second Ctrl-C does)."""
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            if self._stopping:
+                return
+            self._stopping = True
+        self.process.send_signal(sig)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
-        """Send ``sig`` and wait for the exit code (bounded)."""
+        """Send ``sig`` unless a shutdown signal was already sent, and wait for the exit code
+        (bounded)."""
         if self.process.poll() is None:
-            self.process.send_signal(sig)
+            self.send(sig)
         try:
             code = self.process.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -769,7 +769,7 @@ def test_grpc_calls_during_the_drain_get_unavailable_never_cancelled(models, emu
     with process:
         process.start()
         with in_flight(process, "npu", 3):  # three rounds of 0.6 s on one core: the drain
-            process.process.send_signal(signal.SIGTERM)
+            process.send(signal.SIGTERM)
             callers = [threading.Thread(target=call_until_refused) for _ in range(4)]
             for caller in callers:
                 caller.start()

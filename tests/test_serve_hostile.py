@@ -294,7 +294,7 @@ def test_a_body_still_arriving_at_the_stop_deadline_gets_503_without_a_traceback
                 b"Content-Length: 1000\r\n\r\n" + b'{"inputs": ['
             )
             still_serving(process)  # the stalled request's head was read before this one
-            process.process.send_signal(signal.SIGTERM)
+            process.send(signal.SIGTERM)
             answer = b""
             with contextlib.suppress(ConnectionError):
                 while b"stopping" not in answer:

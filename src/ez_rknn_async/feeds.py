@@ -59,7 +59,7 @@ def normalize_feed(input_feed: Any, inputs: Sequence[TensorSpec]) -> list[np.nda
     onnxruntime); other values (nested lists, scalars) are converted to the spec's dtype.
     """
     values: Sequence[Any]
-    if isinstance(input_feed, Mapping):
+    if type(input_feed) is dict or isinstance(input_feed, Mapping):  # (the common case first)
         values = _from_mapping(input_feed, inputs)
     elif isinstance(input_feed, (list, tuple)):
         if len(input_feed) != len(inputs):
@@ -109,6 +109,8 @@ def check_array(value: Any, spec: TensorSpec, *, role: str = "input") -> np.ndar
     None and bare bools are refused as onnxruntime refuses them (None would become NaN and True
     1.0 through ``np.asarray``)."""
     if isinstance(value, np.ndarray):
+        if value.shape == spec.shape and value.dtype in spec.accepts:
+            return value  # exactly the spec's shape (the hot path: every run checks its feed)
         array = value
     elif value is None:
         raise ValueError(

@@ -176,7 +176,9 @@ class InferenceSession:
             raise ValueError(f"pipeline depth must be > 0, got {depth}")
         arrays = copy_for_async(self._arrays(input_feed))
         indices = self._all_outputs
-        return self._pipeline.push(lambda: engine.submit(arrays, indices), int(depth), reset)
+        return self._pipeline.push(
+            lambda: engine.enqueue(arrays, indices, "run_pipeline"), int(depth), reset
+        )
 
     def io_binding(self) -> SessionIOBinding:
         """A new I/O binding for zero-copy runs (``iobinding`` module; SPEC.md 12.3)."""

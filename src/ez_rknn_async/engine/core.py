@@ -32,6 +32,7 @@ from ..backends.base import Runner, SlotSpec
 from ..errors import SessionBrokenError, SessionClosedError, SubmitTimeoutError
 from . import lifecycle
 from .admission import CALLBACK_BACKLOG, Admission, SpaceWaiter
+from .completion import Completion
 from .lifecycle import DEFAULT_CLOSE_TIMEOUT_S, State, close_timeout, join_until
 from .stats import SessionStats, snapshot
 from .tasks import Task
@@ -159,6 +160,14 @@ class Engine:
         task = Task(inputs, output_indices, method, future=future)
         self._admission.admit(task, "submit", blocking=blocking and waiter is None, waiter=waiter)
         return future
+
+    def enqueue(self, inputs: Any, output_indices: Sequence[int], api: str) -> Completion:
+        """Queue a task whose outcome only the caller waits for (``run_pipeline``): a
+        ``Completion``, a Future without the machinery nobody uses there (completion.py).
+        ``api`` names the call in a timeout error."""
+        completion = Completion()
+        self._admission.admit(Task(inputs, output_indices, future=completion), api)
+        return completion
 
     def submit_callback(
         self,
@@ -356,8 +365,10 @@ class Engine:
         """Lend an idle slot that may run ``task`` to the calling thread (lock NOT held), or
         None (the task is then routed for the queue)."""
         with self._lock:
-            self._check_open()
-            task.core = core = self._admission.next_route()
+            if self._state is not State.OPEN:
+                self.check_open()
+            routes = self._config.routes  # (inline: this is the hot path of run())
+            task.core = core = None if routes is None else self._admission.next_route()
             for worker in self._workers:
                 if worker.state is Slot.IDLE and (core is None or worker.spec.core == core):
                     # One line: the slot is lent and the task knows it, or neither.
@@ -380,19 +391,19 @@ class Engine:
             elif task.results is not None:
                 worker.completed += 1
             worker.busy += elapsed
-            self._admission.pace_sample(elapsed)
+            if self._config.enable_pacing:
+                self._admission.pace_sample(elapsed)
             if self._admission.queue or self._state is not State.OPEN:
                 self._wake(worker)
 
     def _run_queued(self, task: Task) -> list[Any]:
         """No idle slot: queue the task for a worker and wait for it (lock NOT held)."""
-        future: Future = Future()
-        task.future = future
+        completion = task.future = Completion()
         self._admission.admit(task, "run", routed=True)  # _borrow routed it
         try:
-            return future.result()
+            return completion.result()  # type: ignore[no-any-return]
         except BaseException:
-            future.cancel()  # interrupted (KeyboardInterrupt): it must not run later
+            completion.cancel()  # interrupted (KeyboardInterrupt): it must not run later
             raise
 
     def _dispatch(self, core: Optional[int]) -> None:

@@ -1,11 +1,12 @@
-"""The ``run_pipeline`` window: a FIFO of in-flight futures, and its drain."""
+"""The ``run_pipeline`` window: a FIFO of the frames in flight, and its drain."""
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from concurrent.futures import Future
 from typing import Any, Callable, Optional
+
+from .completion import Completion
 
 __all__ = ["Pipeline"]
 
@@ -23,10 +24,12 @@ class Pipeline:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pending: deque[Future] = deque()
+        self._pending: deque[Completion] = deque()
         self._depth: Optional[int] = None
 
-    def push(self, submit: Callable[[], Future], depth: int, reset: bool) -> Optional[list[Any]]:
+    def push(
+        self, submit: Callable[[], Completion], depth: int, reset: bool
+    ) -> Optional[list[Any]]:
         with self._lock:
             future = submit()  # errors here leave the pipeline as it was
             if reset or depth != self._depth:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import Future
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
 from ..backends.base import Runner
+from .completion import Completion
 from .ordering import report_unraisable
 
 __all__ = ["Task"]
@@ -19,7 +20,8 @@ class Task:
 
     ``inputs`` is what the runner method takes: a list of arrays, or an I/O binding's buffers.
 
-    Its outcome goes to exactly one place: a ``Future`` (``run``/``submit``/pipeline), a
+    Its outcome goes to exactly one place: a ``Future`` (``submit``) or a ``Completion``
+    (``run`` on a busy engine, ``run_pipeline``), a
     ``deliver(task, results, exc)`` hook (``run_async``: the ordering stage), or, with neither,
     the task itself, for ``outcome()`` (a ``run()`` on the caller's thread). ``method`` names the
     runner method that takes ``(inputs, output_indices)``: ``run``, or another entry point such as
@@ -48,7 +50,7 @@ class Task:
         output_indices: Sequence[int],
         method: str = "run",
         *,
-        future: Optional[Future] = None,
+        future: Optional[Union[Future, Completion]] = None,
         deliver: Optional[Callable[[Task, Any, Any], None]] = None,
     ) -> None:
         self.inputs = inputs

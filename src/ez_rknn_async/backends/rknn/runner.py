@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Sequence
+from dataclasses import dataclass
+from math import prod
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
@@ -33,6 +35,22 @@ __all__ = ["RknnRunner"]
 
 #: Distinct ``output_indices`` requests whose fetch plan a runner keeps.
 _PLAN_CACHE = 32
+#: ``rknn_input.type`` by numpy dtype, as plain ints (what a ctypes field store takes fastest).
+_INPUT_TYPES = {dtype: int(kind) for dtype, kind in attrs.INPUT_TYPES.items()}
+addressof, from_buffer = ctypes.addressof, ctypes.c_char.from_buffer
+ascontiguousarray, empty, float32 = np.ascontiguousarray, np.empty, np.float32
+
+
+@dataclass(frozen=True)
+class _OutputPlan:
+    """How a runner fetches one ``output_indices`` request: the distinct outputs ``wanted``,
+    each one's ``rknn_output`` entry and shape, where each request finds its result when some
+    repeat (None: fetched in the requested order), and the native calls of the run."""
+
+    outputs: tuple[tuple[Any, tuple[int, ...]], ...]
+    positions: Optional[list[int]]
+    sequence: NativeSequence
+    wanted: tuple[int, ...]
 
 
 class RknnRunner(Runner):
@@ -61,52 +79,73 @@ class RknnRunner(Runner):
         for item in self._outputs:
             item.want_float = 1  # dequantised float32, as the original
             item.is_prealloc = 1  # straight into the numpy array we return
+        self._transposing = any(transpose for _, transpose in self._input_formats)
         #: The copying run's native calls by number of outputs asked (see sequence.py).
         self._sequences: dict[int, NativeSequence] = {}
-        #: output_indices -> (distinct indices, positions in them), built once per request.
-        self._plans: dict[tuple[int, ...], tuple[tuple[int, ...], Optional[list[int]]]] = {}
+        #: output_indices -> how to fetch them, built once per request; ``_bound`` is the plan
+        #: whose indices and sizes ``_outputs`` holds now.
+        self._plans: dict[tuple[int, ...], _OutputPlan] = {}
+        self._bound: Optional[_OutputPlan] = None
 
     def run(self, inputs: Sequence[np.ndarray], output_indices: Sequence[int]) -> list[np.ndarray]:
         if self._dynamic is not None:
             self._set_shapes(inputs)
-        feeds = []
-        for item, array, (_, transpose) in zip(self._inputs, inputs, self._input_formats):
-            array = np.ascontiguousarray(array.transpose(0, 2, 3, 1) if transpose else array)
-            item.buf = _address(array)
+        if self._transposing:
+            inputs = [
+                array.transpose(0, 2, 3, 1) if transpose else array
+                for array, (_, transpose) in zip(inputs, self._input_formats)
+            ]
+        # Only the fields that change run to run are stored (a ctypes store costs as much as
+        # the rest of an input's preparation): data address, size and type of each input, the
+        # address of each output; the output indices and sizes are stored when the plan changes.
+        feeds = [ascontiguousarray(array) for array in inputs]  # alive until inputs_set copied
+        for item, array in zip(self._inputs, feeds):
+            try:
+                item.buf = addressof(from_buffer(array))  # type: ignore[arg-type]
+            except (TypeError, ValueError):  # read-only or empty
+                item.buf = _address(array)
             item.size = array.nbytes
-            item.type = attrs.INPUT_TYPES[array.dtype]
-            feeds.append(array)  # alive until rknn_inputs_set has copied it
-        wanted, positions = self._plan(output_indices)
+            item.type = _INPUT_TYPES[array.dtype]
+        key = output_indices if type(output_indices) is tuple else tuple(output_indices)
+        plan = self._plans.get(key)
+        if plan is None or plan is not self._bound:
+            plan = self._bind(key)
         results = []
-        for item, index in zip(self._outputs, wanted):
-            result = np.empty(self._output_shapes[index], np.float32)
-            item.index = index
-            item.buf = _address(result)
-            item.size = result.nbytes
+        for item, shape in plan.outputs:
+            result = empty(shape, float32)
+            try:
+                item.buf = addressof(from_buffer(result))  # type: ignore[arg-type]
+            except ValueError:  # an empty output
+                item.buf = _address(result)
             results.append(result)
-        sequence = self._sequences.get(len(wanted)) or self._copying_sequence(len(wanted))
         with self._context.lock:
-            sequence.run()
-        if positions is None:
+            plan.sequence.run()
+        if plan.positions is None:
             return results
         # A name asked for twice: each later request gets its own copy.
         ordered: list[np.ndarray] = []
-        for position in positions:
+        for position in plan.positions:
             result = results[position]
             ordered.append(result.copy() if any(r is result for r in ordered) else result)
         return ordered
 
-    def _plan(self, output_indices: Sequence[int]) -> tuple[tuple[int, ...], Optional[list[int]]]:
-        """The distinct outputs to fetch and, when some repeat, where each request finds its
-        result (None: fetched in the requested order). Cached: requests repeat run after run."""
-        key = tuple(output_indices)
+    def _bind(self, key: tuple[int, ...]) -> _OutputPlan:
+        """The plan for a request (made once, cached: requests repeat run after run), its output
+        indices and sizes stored in the runner's ``rknn_output`` array."""
         plan = self._plans.get(key)
         if plan is None:
             wanted = tuple(dict.fromkeys(key))
             positions = None if len(wanted) == len(key) else [wanted.index(i) for i in key]
-            plan = (wanted, positions)
+            shapes = [tuple(self._output_shapes[index]) for index in wanted]
+            sequence = self._sequences.get(len(wanted)) or self._copying_sequence(len(wanted))
+            plan = _OutputPlan(tuple(zip(self._outputs, shapes)), positions, sequence, wanted)
             if len(self._plans) < _PLAN_CACHE:
                 self._plans[key] = plan
+        self._bound = None  # until every field is stored (an interrupt may land in between)
+        for item, index, (_, shape) in zip(self._outputs, plan.wanted, plan.outputs):
+            item.index = index
+            item.size = 4 * prod(shape)  # float32
+        self._bound = plan
         return plan
 
     def _copying_sequence(self, n_outputs: int) -> NativeSequence:
@@ -131,6 +170,8 @@ class RknnRunner(Runner):
             return
         self._dynamic.check(inputs, [spec.name for spec in self._backend.inputs])
         self._current = None  # unknown until the call and the queries succeed
+        self._plans.clear()  # their output sizes were those of the last shapes
+        self._bound = None
         self._output_shapes = current_output_dims(self._lib, self._context, self._dynamic, key)
         self._current = key
 
