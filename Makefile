@@ -56,6 +56,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_worker_gap.py
 	$(BIN)/python benchmarks/bench_native_sequence.py
 	$(BIN)/python benchmarks/bench_serve.py
+	$(BIN)/python benchmarks/bench_ray_serve.py --compute-ms 50
+	$(BIN)/python benchmarks/bench_ray_serve.py --compute-ms 20
 	$(BIN)/python benchmarks/soak.py --seconds 60
 
 clean:

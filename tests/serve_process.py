@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import http.client
+import json
 import os
 import queue
 import re
@@ -33,7 +34,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
-__all__ = ["ServerProcess", "EMULATOR_FAILED", "infer_input"]
+__all__ = ["ServerProcess", "EMULATOR_FAILED", "infer_input", "binary_infer_request"]
 
 EMULATOR_FAILED = 70
 _START = re.compile(r"start: .* HTTP on http://([\d.]+):(\d+), gRPC on [\d.]+:(\d+)")
@@ -52,6 +53,27 @@ def infer_input(module: Any, name: str, array: Any, datatype: str, binary: bool 
     else:
         tensor.set_data_from_numpy(array)
     return tensor
+
+
+def binary_infer_request(
+    name: str, array: Any, datatype: str, binary_output: bool = False
+) -> tuple[bytes, dict[str, str]]:
+    """A raw infer request (body, headers) with one input as binary data, as tritonclient
+    sends it, for tests that need what a client library hides (the response's headers)."""
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "datatype": datatype,
+                    "shape": list(array.shape),
+                    "parameters": {"binary_data_size": array.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": binary_output},
+        }
+    ).encode()
+    return header + array.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
 
 
 class ServerProcess:

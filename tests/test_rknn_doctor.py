@@ -253,3 +253,24 @@ def test_vendor_driver_seen_by_a_user(board):
     (problem,) = [p for p in report["problems"] if "rknpu" in p["what"]]
     assert "loaded but its version is not readable" in problem["what"]
     assert problem["fix"].startswith("run as root")
+
+
+def test_doctor_prints_the_ray_start_line_of_a_board(npu, board, monkeypatch, capsys):
+    board.kernel("6.1.84-rockchip")
+    board.soc("rk3588")
+    board.rknpu(version="0.9.8")
+    assert main(["doctor"]) == ExitCode.OK
+    out = capsys.readouterr().out
+    assert "join a Ray cluster  ray start --address=HEAD:6379 --resources='{\"rknpu\": 1}'" in out
+    assert main(["doctor", "--json"]) == ExitCode.OK
+    fleet = json.loads(capsys.readouterr().out)["fleet"]
+    assert (
+        fleet["join a Ray cluster"] == "ray start --address=HEAD:6379 --resources='{\"rknpu\": 1}'"
+    )
+
+
+def test_doctor_without_a_runtime_has_no_ray_line(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("EZ_RKNN_RUNTIME_LIB", str(tmp_path / "librknnrt.so"))
+    monkeypatch.setenv("EZ_RKNN3_RUNTIME_LIB", str(tmp_path / "librknn3_api.so"))
+    assert main(["doctor", "--json"]) == ExitCode.PROBLEMS
+    assert "fleet" not in json.loads(capsys.readouterr().out)

@@ -8,11 +8,12 @@ only adds the optional packages the CLI itself uses and prints the dict. Exit co
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any, Callable, Optional
 
 from .errors import ExitCode
 
-__all__ = ["collect", "render", "exit_code", "OPTIONAL_PACKAGES"]
+__all__ = ["collect", "render", "exit_code", "OPTIONAL_PACKAGES", "RAY_START"]
 
 #: Packages that enable parts of the CLI, and what each one enables.
 OPTIONAL_PACKAGES = {
@@ -21,7 +22,11 @@ OPTIONAL_PACKAGES = {
     "tqdm": "progress bars",
     "matplotlib": "bench --plot",
     "pillow": "images for bench/compare --input",
+    "ray": "a fleet of boards: serve --ray, ez_rknn_async.ray.Predictor",
 }
+#: How a board joins a Ray cluster as one NPU (``ez_rknn_async.ray`` places one replica or one
+#: Ray Data predictor per unit of ``rknpu``).
+RAY_START = "ray start --address=HEAD:6379 --resources='{\"rknpu\": 1}'"
 
 
 def _package_versions() -> dict[str, Optional[str]]:
@@ -52,7 +57,19 @@ def collect(
     report["rknn3"] = rknn3["rknn3"]
     report["problems"] = list(report.get("problems") or []) + rknn3["problems"]
     report["packages"] = _package_versions()
+    if report.get("runtime", {}).get("library") or rknn3.get("rknn3", {}).get("library"):
+        report["fleet"] = _fleet()
     return report
+
+
+def _fleet() -> dict[str, str]:
+    """How this board joins a Ray fleet: printed where an NPU runtime was found."""
+    cpus = os.cpu_count() or 1
+    return {
+        "join a Ray cluster": RAY_START,
+        "cpus": f"keep Ray's default --num-cpus ({cpus} here): a serve --ray replica takes 1, "
+        "Ray Data tasks the rest",
+    }
 
 
 def exit_code(report: dict[str, Any]) -> ExitCode:

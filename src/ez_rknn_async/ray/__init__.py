@@ -2,7 +2,10 @@
 
     deployment.py  the Ray Serve application: one replica per board (custom resource ``rknpu``),
                    each holding the served models' sessions over all of its board's NPU cores,
-                   whose HTTP ingress is ``ez-rknn serve``'s Open Inference Protocol
+                   whose HTTP ingress is ``ez-rknn serve``'s Open Inference Protocol;
+                   ``deploy(address, specs, FleetOptions(...))`` / ``undeploy(address)``
+    capacity.py    a replica's ``max_ongoing_requests``, from its board's pipeline (probed)
+    cluster.py     connecting to the cluster (``FleetError`` when it cannot), its boards
     predictor.py   ``Predictor``, a callable class for ``ray.data.Dataset.map_batches``
 
 Each board advertises its NPU when it joins the cluster (``ez-rknn doctor`` prints the line):
@@ -18,13 +21,16 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__all__ = ["Predictor", "deploy", "undeploy", "application"]
+__all__ = ["Predictor", "deploy", "undeploy", "application", "FleetOptions", "Fleet", "FleetError"]
 
 _HOMES = {
     "Predictor": ".predictor",
     "deploy": ".deployment",
     "undeploy": ".deployment",
     "application": ".deployment",
+    "FleetOptions": ".deployment",
+    "Fleet": ".deployment",
+    "FleetError": ".cluster",
 }
 
 

@@ -8,8 +8,10 @@
     metrics.py     Prometheus metrics, and the NpuLoadSource hook for per-core NPU load
     engine_metrics.py  the sessions' ``stats()`` as ``ez_rknn_engine_*``, read at each scrape
     config.py      model specs from the command line and the --config file
+    parts.py       the repository, metrics and body budget a server holds, and its HTTP app
     server.py      both transports on one loop, readiness, SIGTERM/SIGINT
 
 A request is ``await session.arun(...)`` between decoding and encoding; the transports only
-translate. A Ray Serve ingress reuses ``protocol``, ``rest`` and ``repository``.
+translate. A Ray Serve replica (``ez_rknn_async.ray.deployment``) builds the same ``parts``
+and runs the same HTTP app as its ingress.
 """

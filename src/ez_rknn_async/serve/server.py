@@ -33,13 +33,12 @@ from typing import Optional
 import uvicorn
 
 from .. import __version__
-from .body_budget import DEFAULT_MAX_TOTAL_REQUEST_BYTES, BodyBudget
+from .body_budget import DEFAULT_MAX_TOTAL_REQUEST_BYTES
 from .config import ModelSpec
 from .grpc_service import GrpcTransport
-from .http import build_app
 from .http_protocol import bounded_protocol
-from .metrics import NpuLoadSource, ServerMetrics
-from .repository import Repository
+from .metrics import NpuLoadSource
+from .parts import ServerParts, drain_and_close
 
 __all__ = ["ServerOptions", "ListenError", "serve", "LOGGER"]
 
@@ -103,16 +102,6 @@ def _reserve(options: ServerOptions) -> float:
     return min(1.0, options.shutdown_timeout / 4)
 
 
-async def _drain_and_close(repository: Repository, deadline: float) -> list[str]:
-    """Let the requests in flight finish until ``deadline``, then close the sessions with what
-    is left of it, in a thread (the loop goes on answering). A request still queued then gets
-    503 (session closed), one still running 503 (session broken), rather than a cancellation."""
-    while repository.inflight() and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)  # polled: a stop happens once
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, repository.close, deadline)
-
-
 async def serve(
     specs: Sequence[ModelSpec],
     options: ServerOptions = ServerOptions(),
@@ -134,14 +123,12 @@ async def serve(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
-    metrics = ServerMetrics(npu_load)
-    repository = Repository(specs, metrics)
-    budget = BodyBudget(options.max_total_request_bytes)
-    metrics.watch_engines(repository.engine_stats)
+    parts = ServerParts.build(specs, options.max_total_request_bytes, npu_load)
+    repository, metrics, budget = parts.repository, parts.metrics, parts.budget
     http_socket = _listen(options.host, options.port)
     http = _Uvicorn(
         uvicorn.Config(
-            build_app(repository, metrics, budget, options.token),
+            parts.http_app(options.token),
             log_level="error",  # no per-request lines (uvicorn warns on malformed HTTP)
             access_log=False,
             lifespan="off",
@@ -184,7 +171,7 @@ async def serve(
             deadline.append(time.monotonic() + options.shutdown_timeout)
         http.should_exit = True
         grpc.drain()  # gRPC goes on answering, new calls UNAVAILABLE, and stops after the drain
-        abandoned = await _drain_and_close(repository, deadline[0] - _reserve(options))
+        abandoned = await drain_and_close(repository, deadline[0] - _reserve(options))
         await asyncio.gather(
             grpc.stop(max(0.0, deadline[0] - time.monotonic())),
             *(() if http_task is None else (http_task,)),

@@ -21,7 +21,7 @@ from ..errors import (
     user_input,
 )
 
-__all__ = ["register", "run", "serve_token", "TOKEN_ENV"]
+__all__ = ["register", "run", "serve_token", "model_specs_of", "total_request_bytes", "TOKEN_ENV"]
 
 #: The environment variable ``serve`` reads its bearer token from (``--token`` wins).
 TOKEN_ENV = "EZ_RKNN_SERVE_TOKEN"
@@ -70,6 +70,18 @@ exit codes:
     2  bad command line or --config (the message names the model and the key)
     3  a model file does not exist
     5  the [serve] extra is missing (pip command printed)
+
+a fleet on Ray (the [ray] extra): --ray ADDRESS deploys the same server on a running Ray
+cluster, one replica per board (a node started with --resources='{{"rknpu": 1}}'; `ez-rknn
+doctor` prints its `ray start` line), and returns once every replica has loaded and warmed up
+its models. The protocol is then served by Ray Serve's HTTP proxy on the head (--host,
+--port: Serve's own, 8000 by default), same /v2 paths, HTTP only (no gRPC); each answer names
+its board in the EZ-RKNN-Node header. MODEL paths are the boards' (the same on every board;
+relative ones are made absolute here). Each replica takes (board NPU slots + max_queue_size)
+requests per model at once, the proxy queues --max-queued more, and answers 503 +
+Retry-After past that. --grpc-port and --read-timeout do not apply.
+  ez-rknn serve --ray HEAD:6379 det=/models/yolov8n.rknn [--replicas 4] [--port 8000]
+  ez-rknn serve --ray HEAD:6379 --shutdown
 
 examples:
   ez-rknn serve yolov8n.rknn
@@ -146,6 +158,35 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="a request's line and headers must arrive within it, and its body must not stall "
         "for it; else 400 and the connection is closed (default: 30)",
     )
+    fleet = serve.add_argument_group("a fleet on Ray (--ray)")
+    fleet.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="deploy on the Ray cluster at ADDRESS (HEAD:6379, or auto) and return once ready",
+    )
+    fleet.add_argument(
+        "--shutdown", action="store_true", help="with --ray: remove the deployed application"
+    )
+    fleet.add_argument(
+        "--replicas",
+        type=positive(int),
+        metavar="N",
+        help="boards to serve on, one replica each (default: every board of the cluster)",
+    )
+    fleet.add_argument(
+        "--max-queued",
+        type=positive(int),
+        metavar="N",
+        help="requests the proxy holds while every replica is full; past it 503 "
+        "(default: as many as the replicas take at once)",
+    )
+    fleet.add_argument(
+        "--ready-timeout",
+        type=positive(float),
+        default=120.0,
+        metavar="SECONDS",
+        help="the deadline of a deployment: the replicas loaded and warmed up (default: 120)",
+    )
     serve.set_defaults(func=run)
 
 
@@ -155,7 +196,7 @@ def serve_token(option: Optional[str]) -> Optional[str]:
     return option or os.environ.get(TOKEN_ENV) or None
 
 
-def _total_request_bytes(args: argparse.Namespace, specs: Sequence[Any]) -> int:
+def total_request_bytes(args: argparse.Namespace, specs: Sequence[Any]) -> int:
     """``--max-total-request-mb`` in bytes; refused below a model's own body limit, which
     would make that model's largest requests fail for ever."""
     total = int(args.max_total_request_mb * 1024 * 1024)
@@ -169,22 +210,16 @@ def _total_request_bytes(args: argparse.Namespace, specs: Sequence[Any]) -> int:
     return total
 
 
-def run(args: argparse.Namespace) -> int:
-    import asyncio
-    import logging
-
-    from ...backends.rknn.kernel import read_core_loads
-
+def model_specs_of(args: argparse.Namespace) -> list[Any]:
+    """The models to serve, from the arguments and --config."""
     try:
         from ...serve.config import ConfigError, model_specs
-        from ...serve.repository import WarmupError
-        from ...serve.server import LOGGER, ServerOptions, serve
     except ImportError as exc:
         raise MissingDependencyError(
             f"the server's packages ({exc.name})", "pip install 'ez-rknn-async[serve]'"
         ) from exc
     try:
-        specs = model_specs(
+        return model_specs(
             args.models,
             args.config,
             max_inflight=args.max_inflight,
@@ -192,6 +227,31 @@ def run(args: argparse.Namespace) -> int:
         )
     except ConfigError as exc:
         raise UsageError(str(exc), hint="see `ez-rknn serve --help`") from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.ray is not None:
+        from ..fleet import run_on_ray
+
+        return run_on_ray(args)
+    if args.shutdown or args.replicas is not None or args.max_queued is not None:
+        raise UsageError(
+            "--shutdown, --replicas and --max-queued go with --ray ADDRESS",
+            hint="see `ez-rknn serve --help`",
+        )
+    import asyncio
+    import logging
+
+    from ...backends.rknn.kernel import read_core_loads
+
+    specs = model_specs_of(args)
+    try:
+        from ...serve.repository import WarmupError
+        from ...serve.server import LOGGER, ServerOptions, serve
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"the server's packages ({exc.name})", "pip install 'ez-rknn-async[serve]'"
+        ) from exc
     for spec in specs:
         require_file(spec.path)
     handler = logging.StreamHandler()  # this run's stderr: removed when the run ends
@@ -205,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
         token=serve_token(args.token),
         shutdown_timeout=args.shutdown_timeout,
         read_timeout=args.read_timeout,
-        max_total_request_bytes=_total_request_bytes(args, specs),
+        max_total_request_bytes=total_request_bytes(args, specs),
     )
     try:
         with user_input(MODEL_HINT):  # a model or option the library refuses

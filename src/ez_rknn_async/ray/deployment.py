@@ -1,0 +1,259 @@
+"""The fleet's Ray Serve application: one replica per board, speaking ``ez-rknn serve``'s protocol.
+
+Each replica (``BoardServer``) is placed on a board through the custom resource ``rknpu`` (one
+unit per board, so never two on one board) and holds what ``ez-rknn serve`` holds
+(``serve.parts.ServerParts``): one ``InferenceSession`` per model over all of the board's NPU
+cores, the in-flight limits, metrics, and the same Starlette app, which Ray Serve runs as the
+replica's ASGI ingress. Behind Serve's HTTP proxy (on the head, port 8000 unless told) a client
+sees the same ``/v2/...`` paths, bodies and error statuses as from one board; every response
+also names the board that answered in the ``EZ-RKNN-Node`` header (its Ray node id).
+
+Backpressure: Serve sends a replica at most ``max_ongoing_requests`` requests (``capacity``:
+ten times the board's NPU slots plus its queue, per model, at most its ``max_inflight``); the
+rest wait in the proxy, at most ``max_queued_requests``, past which the proxy answers 503 with
+Retry-After.
+
+A board that dies: the requests it was running fail with an error status from the proxy (500),
+those not yet sent go to the other replicas, and Serve starts a replacement replica when a
+board with a free ``rknpu`` joins. A replica whose session broke (a hung NPU) fails Serve's
+health check and is replaced as well. Nothing is answered wrongly or left waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import ray
+from ray import serve
+from ray.serve.config import BackpressureConfig
+from ray.serve.schema import ApplicationStatus
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..backends.rknn.kernel import read_core_loads
+from ..serve.body_budget import DEFAULT_MAX_TOTAL_REQUEST_BYTES
+from ..serve.config import ModelSpec
+from ..serve.http import RETRY_AFTER_SECONDS
+from ..serve.parts import ServerParts, drain_and_close
+from .capacity import max_ongoing_requests, probe
+from .cluster import RESOURCE, FleetError, board_nodes, connect
+
+__all__ = [
+    "APP_NAME",
+    "NODE_HEADER",
+    "BoardServer",
+    "FleetOptions",
+    "Fleet",
+    "application",
+    "deploy",
+    "undeploy",
+]
+
+#: The Serve application's name (``ez-rknn serve --ray ... --shutdown`` removes it).
+APP_NAME = "ez-rknn"
+#: The response header naming the Ray node (board) whose replica answered.
+NODE_HEADER = "EZ-RKNN-Node"
+
+
+class _NodeHeader:
+    """Plain ASGI middleware: every HTTP response names the node that made it."""
+
+    def __init__(self, app: ASGIApp, node: str) -> None:
+        self._app = app
+        self._header = (NODE_HEADER.lower().encode(), node.encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+
+        async def send_named(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self._header]}
+            await send(message)
+
+        await self._app(scope, receive, send_named)
+
+
+@serve.deployment
+@serve.ingress()
+class BoardServer:
+    """One board's server: its models loaded (and warmed up) before Serve sends it a request."""
+
+    async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
+        self,
+        specs: Sequence[ModelSpec],
+        max_total_request_bytes: int,
+        token: Optional[str],
+        shutdown_timeout: float,
+    ) -> None:
+        self._parts = ServerParts.build(specs, max_total_request_bytes, read_core_loads)
+        self._token = token
+        self._shutdown_timeout = shutdown_timeout
+        await asyncio.get_running_loop().run_in_executor(None, self._parts.repository.load)
+
+    def __serve_build_asgi_app__(self) -> ASGIApp:
+        node = ray.get_runtime_context().get_node_id()
+        return _NodeHeader(self._parts.http_app(self._token), node)
+
+    def check_health(self) -> None:
+        """Serve replaces a replica whose check raises: one whose session broke (a hung NPU) or
+        closed serves nothing any more."""
+        repository = self._parts.repository
+        if not repository.ready:
+            states = {name: stats.state for name, stats in repository.engine_stats()}
+            raise RuntimeError(f"a session is no longer open: {states}")
+
+    async def __del__(self) -> None:
+        """Serve drained the replica's requests; close the sessions within the deadline."""
+        await drain_and_close(self._parts.repository, time.monotonic() + self._shutdown_timeout)
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    """How to deploy: ``replicas`` None means one per board of the cluster."""
+
+    replicas: Optional[int] = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: Optional[str] = None
+    max_total_request_bytes: int = DEFAULT_MAX_TOTAL_REQUEST_BYTES
+    #: requests waiting in the proxy when every replica is full; None: as many as they hold
+    max_queued_requests: Optional[int] = None
+    shutdown_timeout: float = 30.0
+    #: the deadline of the whole deployment (probe, replicas loading and warming up)
+    timeout: float = 120.0
+    name: str = APP_NAME
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """A running deployment: where it serves and how it is sized."""
+
+    url: str
+    name: str
+    replicas: int
+    max_ongoing_requests: int
+    max_queued_requests: int
+
+
+def application(
+    specs: Sequence[ModelSpec],
+    replicas: int,
+    max_ongoing: int,
+    options: FleetOptions = FleetOptions(),
+) -> serve.Application:
+    """The Serve application: ``replicas`` BoardServers, each taking ``max_ongoing`` requests at
+    once (``capacity.max_ongoing_requests``)."""
+    queued = options.max_queued_requests
+    deployment: Any = BoardServer  # a serve.Deployment, which mypy cannot see through
+    return deployment.options(
+        name="board",
+        num_replicas=replicas,
+        max_ongoing_requests=max_ongoing,
+        max_queued_requests=replicas * max_ongoing if queued is None else queued,
+        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=RETRY_AFTER_SECONDS),
+        ray_actor_options={"num_cpus": 1, "resources": {RESOURCE: 1}},
+        # a constructor that fails (a model that stopped loading) fails the deployment soon
+        max_constructor_retry_count=2,
+        graceful_shutdown_timeout_s=options.shutdown_timeout + 5,
+        health_check_period_s=5,
+    ).bind(list(specs), options.max_total_request_bytes, options.token, options.shutdown_timeout)
+
+
+def _wait_running(name: str, deadline: float) -> None:
+    """Until the application is RUNNING; else a FleetError with Serve's own messages, when it
+    failed or the deadline passed (the application is removed then)."""
+    while True:
+        status = serve.status().applications.get(name)
+        state = None if status is None else status.status
+        if state == ApplicationStatus.RUNNING:
+            return
+        failed = (ApplicationStatus.DEPLOY_FAILED, ApplicationStatus.UNHEALTHY)
+        if state in failed or time.monotonic() > deadline:
+            details = "" if status is None else f"{status.message} ".strip()
+            for deployment in [] if status is None else status.deployments.values():
+                details += f" {deployment.message}".rstrip()
+            serve.delete(name)
+            reason = state if state != "DEPLOYING" else "not running before the deadline"
+            raise FleetError(
+                f"the application {name!r} did not start ({reason}): {details or 'no details'}",
+                hint="`ray status` shows the boards; the replicas' logs are in /tmp/ray on each",
+            )
+        time.sleep(0.2)
+
+
+def deploy(
+    address: str, specs: Sequence[ModelSpec], options: FleetOptions = FleetOptions()
+) -> Fleet:
+    """Deploy ``specs`` on the cluster at ``address`` and return once every replica has loaded
+    and warmed up its models; an application of the same name is replaced. Raises FleetError
+    (within ``options.timeout``) when the cluster is missing, has fewer boards than
+    ``options.replicas``, or a model does not load on the boards."""
+    deadline = time.monotonic() + options.timeout
+    connect(address)
+    boards = len(board_nodes())
+    replicas = boards if options.replicas is None else options.replicas
+    if boards == 0 or replicas > boards:
+        raise FleetError(
+            f"{replicas or 'a'} replica(s) need as many boards, and the cluster has {boards} "
+            f"(nodes with the `{RESOURCE}` resource)",
+            hint="on each board: ray start --address HEAD:6379 --resources='{\"rknpu\": 1}' "
+            "(`ez-rknn doctor` prints the line)",
+        )
+    if options.name in _applications():
+        serve.delete(options.name)
+    depths = probe(specs, max(1.0, deadline - time.monotonic()))
+    max_ongoing = max_ongoing_requests(depths)
+    serve.start(
+        proxy_location="HeadOnly", http_options={"host": options.host, "port": options.port}
+    )
+    app = application(specs, replicas, max_ongoing, options)
+    serve.run_many(
+        [serve.RunTarget(target=app, name=options.name, route_prefix="/")],
+        wait_for_ingress_deployment_creation=False,
+        wait_for_applications_running=False,
+    )
+    _wait_running(options.name, deadline)
+    listening = _http_config()
+    queued = options.max_queued_requests
+    return Fleet(
+        url=f"http://{listening.host}:{listening.port}",
+        name=options.name,
+        replicas=replicas,
+        max_ongoing_requests=max_ongoing,
+        max_queued_requests=replicas * max_ongoing if queued is None else queued,
+    )
+
+
+def _http_config() -> Any:
+    """Where Serve's proxy listens: a Serve started earlier keeps its own host and port."""
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client()
+    assert client is not None  # Serve was started just before
+    return client.http_config
+
+
+def undeploy(address: str, name: str = APP_NAME) -> bool:
+    """Remove the application (False: there was none); Serve itself is shut down when no other
+    application is left, which frees its HTTP port."""
+    connect(address)
+    if name not in _applications():
+        return False
+    serve.delete(name)
+    if not set(_applications()) - {name}:
+        serve.shutdown()
+    return True
+
+
+def _applications() -> dict[str, Any]:
+    """Serve's applications by name. A controller that another driver shut down since this
+    one last asked is forgotten first: Serve's cached client would raise ActorDiedError."""
+    from ray.serve.context import _check_cached_client_alive
+
+    _check_cached_client_alive()
+    return dict(serve.status().applications)
