@@ -39,8 +39,8 @@ from bench_serve import closed_loop  # noqa: E402
 
 from ez_rknn_async.ray.deployment import NODE_HEADER, FleetOptions, deploy, undeploy  # noqa: E402
 from ez_rknn_async.serve.config import model_specs  # noqa: E402
-from ray_fixtures import Boards  # noqa: E402
 
+from ray_fixtures import Boards  # noqa: E402
 from rknn_emu import EmuModel, EmuTensor, emulator_build  # noqa: E402
 from serve_process import binary_infer_request  # noqa: E402
 
