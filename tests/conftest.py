@@ -17,6 +17,16 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests on the shared Ray cluster (``ray_boards``) run last, so the cluster's daemons,
+    started by the first of them and stopped at the end of the session, do not share the two
+    CPUs with the rest of the suite."""
+    on_cluster = [item for item in items if "ray_boards" in getattr(item, "fixturenames", ())]
+    if on_cluster:
+        chosen = set(map(id, on_cluster))
+        items[:] = [item for item in items if id(item) not in chosen] + on_cluster
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_threads():
     """Every engine thread a test starts must be gone when it ends (sessions closed)."""
