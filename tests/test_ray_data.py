@@ -146,9 +146,18 @@ def test_rows_of_several_shapes_in_an_object_column(predictor):
         np.testing.assert_array_equal(out["logits"][i], expected(MODEL, images[i])[0])
 
 
-def test_empty_batch(predictor):
-    out = predictor({"id": np.arange(0), "image": np.zeros((0, 3, 4, 4), np.float32)})
+@pytest.mark.parametrize(
+    "image",
+    [np.zeros((0, 3, 4, 4), np.float32), np.zeros(0), [], np.empty(0, dtype=object)],
+    ids=["tensor", "no row shape", "list", "object"],
+)
+def test_empty_batch(predictor, image):
+    """An empty block (after a filter, say) gives an empty result, whatever the empty column
+    looks like: a pandas or Arrow column without rows has lost its row shape."""
+    out = predictor({"id": np.arange(0), "image": image})
     assert out["logits"].shape == (0, 6) and out["mask"].shape == (0, 2, 4, 4)
+    frame = predictor(pd.DataFrame({"id": np.arange(0), "image": list(image)}))
+    assert list(frame.columns) == ["id", "logits", "mask"] and len(frame) == 0
 
 
 BAD_BATCHES = {

@@ -66,6 +66,8 @@ def input_rows(spec: NodeArg, column: Any) -> list[Any]:
         ) from None
     if values.ndim == 0:
         raise ValueError(f"{where}: expected one value per row, got a scalar")
+    if len(values) == 0:  # an empty block: nothing to run, and often no row shape to check
+        return []
     if values.dtype != object:
         if _row_form(spec, values.shape[1:], where):
             values = values[:, None]
