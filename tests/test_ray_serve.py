@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -34,6 +37,7 @@ from tritonclient.utils import InferenceServerException
 from rknn_emu import EmuModel, EmuTensor, reference
 from serve_process import binary_infer_request, infer_input
 
+ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
 from ez_rknn_async.ray.capacity import ModelDepth, max_ongoing_requests  # noqa: E402
@@ -42,6 +46,7 @@ from ez_rknn_async.ray.deployment import (  # noqa: E402
     APP_NAME,
     NODE_HEADER,
     FleetOptions,
+    _applications,
     deploy,
     undeploy,
 )
@@ -59,14 +64,20 @@ CLIENT_TIMEOUT_S = 20
 _SERVING = re.compile(r"serving (.+) on (\d+) board\(s\) at http://([\d.]+):(\d+)")
 
 
-def ez_rknn(*args: str, pre: str = "") -> subprocess.CompletedProcess:
-    """The console command in a subprocess (``pre``: Python run before it, in its process)."""
+def command(*args: str, pre: str = "") -> list[str]:
+    """The console command's argv (``pre``: Python run before it, in its process)."""
     main = "from ez_rknn_async.cli.main import main\nsys.exit(main(sys.argv[1:]))"
+    return [sys.executable, "-c", f"import sys\n{pre}\n{main}", *args]
+
+
+def ez_rknn(*args: str, pre: str = "", env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    """The console command run in a subprocess (``env``: added to this process's)."""
     return subprocess.run(
-        [sys.executable, "-c", f"import sys\n{pre}\n{main}", *args],
+        command(*args, pre=pre),
         capture_output=True,
         text=True,
         timeout=COMMAND_DEADLINE_S,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -146,9 +157,11 @@ class Answer:
         return np.asarray(output["data"], np.float32).reshape(output["shape"])
 
 
-def post_infer(port: int, model: str, image: np.ndarray) -> Answer:
+def post_infer(port: int, model: str, image: np.ndarray, token: str = "") -> Answer:
     """One infer request with the binary tensor extension, raw: the response's headers kept."""
     body, headers = binary_infer_request("image", image, "UINT8")
+    if token:
+        headers = {**headers, "Authorization": f"Bearer {token}"}
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=CLIENT_TIMEOUT_S)
     try:
         connection.request("POST", f"/v2/models/{model}/infer", body, headers)
@@ -196,14 +209,18 @@ def test_answers_are_right_and_spread_over_the_boards(fleet, ray_boards):
         thread.join(CLIENT_TIMEOUT_S * 2)
     assert not errors, errors
     assert sorted(answered) == [(i, k) for i in range(6) for k in range(6)]
+    # Serve's router picks the less loaded of two random replicas: both boards take part. Its
+    # proxy may learn of the second replica a moment after the application is RUNNING, so
+    # requests go on until each board answered 5 (of 40 if the proxy knew both at once).
     nodes: Counter[str] = Counter()
-    for seed in range(40):
+    for seed in range(200):
         image = frame(1000 + seed)
         answer = post_infer(fleet.port, "emu", image)
         assert answer.status == 200, answer.body
         np.testing.assert_array_equal(answer.scores(), expected(image))
         nodes[answer.node] += 1
-    # Serve's router picks the less loaded of two replicas: both boards take part
+        if len(nodes) == 2 and min(nodes.values()) >= 5:
+            break
     assert set(nodes) == set(ray_boards.node_ids()), nodes
     assert min(nodes.values()) >= 5, nodes
 
@@ -399,6 +416,39 @@ def test_a_board_that_dies_under_traffic_loses_nothing_silently(fleet, ray_board
     ray_boards.replace(victim)
 
 
+def test_redeployed_on_one_board_with_a_token_at_another_port(fleet, ray_boards):
+    """``--ray auto`` (the address from RAY_ADDRESS, as in a Ray job), ``--replicas 1``,
+    ``--token`` and another ``--port``: the application is replaced by one on one board, Serve
+    moves to the new port (left alone, it keeps its first port and only logs that), and every
+    request but health needs the token, as from ``ez-rknn serve``."""
+    port, token = free_port(), "s3cret"
+    args = ("serve", "--ray", "auto", f"emu={fleet.model_path}", "--replicas", "1")
+    done = ez_rknn(*args, "--port", str(port), "--token", token, env={"RAY_ADDRESS": fleet.address})
+    assert done.returncode == 0, done.stderr
+    assert f"serving emu on 1 board(s) at http://127.0.0.1:{port} " in done.stdout
+    with pytest.raises(OSError):  # nothing listens on the first port any more
+        post_infer(fleet.port, "emu", frame(1))
+    fleet.port = port  # the next test removes this deployment
+    client = thttp.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        assert client.is_server_ready()  # health needs no token
+        with pytest.raises(InferenceServerException, match="bearer token") as refused:
+            client.get_model_metadata("emu")
+        assert refused.value.status() == "401"
+        assert client.get_model_metadata("emu", headers={"Authorization": f"Bearer {token}"})
+    finally:
+        client.close()
+    assert post_infer(port, "emu", frame(1), token="wrong").status == 401
+    nodes: Counter[str] = Counter()
+    for seed in range(12):
+        image = frame(4000 + seed)
+        answer = post_infer(port, "emu", image, token=token)
+        assert answer.status == 200, answer.body
+        np.testing.assert_array_equal(answer.scores(), expected(image))
+        nodes[answer.node] += 1
+    assert len(nodes) == 1 and set(nodes) <= set(ray_boards.node_ids()), nodes
+
+
 def test_shutdown_removes_the_application(fleet):
     done = ez_rknn("serve", "--ray", fleet.address, "--shutdown")
     assert done.returncode == 0, done.stderr
@@ -413,6 +463,49 @@ def test_shutdown_removes_the_application(fleet):
     with pytest.raises(FleetError, match=r"model 'ghost' \(.*\.missing\) does not load on board"):
         deploy(fleet.address, ghost, FleetOptions(timeout=30))
     assert not undeploy(fleet.address)
+
+
+def test_ctrl_c_while_deploying_leaves_nothing_deployed(fleet, ray_boards):
+    """One board's ``rknpu`` is held, so of two replicas one waits for a board, and the command
+    with it; Ctrl-C (SIGINT) then removes the half-made application and Serve with it (its
+    port free again) rather than leaving a replica waiting to take the next free board."""
+    undeploy(fleet.address)  # whatever the tests before left deployed
+
+    @ray.remote(num_cpus=0, resources={"rknpu": 1})
+    class Holder:  # defined here: Ray pickles it by value (workers cannot import this module)
+        def ready(self) -> bool:
+            return True
+
+    holder = Holder.remote()
+    ray.get(holder.ready.remote(), timeout=CLIENT_TIMEOUT_S)
+    port = free_port()
+    deploying = subprocess.Popen(
+        command("serve", "--ray", fleet.address, f"emu={fleet.model_path}", "--port", str(port)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + COMMAND_DEADLINE_S
+        while APP_NAME not in _applications():  # the cluster's state, polled
+            assert deploying.poll() is None, deploying.communicate()
+            assert time.monotonic() < deadline, "the application never appeared"
+            time.sleep(0.1)
+        deploying.send_signal(signal.SIGINT)
+        _, stderr = deploying.communicate(timeout=COMMAND_DEADLINE_S)
+    finally:
+        if deploying.poll() is None:
+            deploying.kill()
+            deploying.communicate()
+        ray.kill(holder)
+    assert deploying.returncode == 130 and "interrupted" in stderr, stderr
+    assert APP_NAME not in _applications()
+    with pytest.raises(OSError):
+        post_infer(port, "emu", frame(1))
+    deadline = time.monotonic() + CLIENT_TIMEOUT_S
+    while ray.available_resources().get("rknpu", 0) < len(ray_boards.nodes):
+        assert time.monotonic() < deadline, "a board is still held"
+        time.sleep(0.05)
 
 
 def test_a_replica_holds_ten_pipelines_per_model_within_its_max_inflight():

@@ -160,13 +160,16 @@ def application(
         # a constructor that fails (a model that stopped loading) fails the deployment soon
         max_constructor_retry_count=2,
         graceful_shutdown_timeout_s=options.shutdown_timeout + 5,
+        # how often a stopping replica looks whether its requests are done (Serve: every 2 s,
+        # which every removal or redeployment waited at least once)
+        graceful_shutdown_wait_loop_s=0.2,
         health_check_period_s=5,
     ).bind(list(specs), options.max_total_request_bytes, options.token, options.shutdown_timeout)
 
 
 def _wait_running(name: str, deadline: float) -> None:
     """Until the application is RUNNING; else a FleetError with Serve's own messages, when it
-    failed or the deadline passed (the application is removed then)."""
+    failed or the deadline passed."""
     while True:
         status = serve.status().applications.get(name)
         state = None if status is None else status.status
@@ -177,7 +180,6 @@ def _wait_running(name: str, deadline: float) -> None:
             details = "" if status is None else f"{status.message} ".strip()
             for deployment in [] if status is None else status.deployments.values():
                 details += f" {deployment.message}".rstrip()
-            serve.delete(name)
             reason = state if state != "DEPLOYING" else "not running before the deadline"
             raise FleetError(
                 f"the application {name!r} did not start ({reason}): {details or 'no details'}",
@@ -208,16 +210,20 @@ def deploy(
         serve.delete(options.name)
     depths = probe(specs, max(1.0, deadline - time.monotonic()))
     max_ongoing = max_ongoing_requests(depths)
-    serve.start(
-        proxy_location="HeadOnly", http_options={"host": options.host, "port": options.port}
-    )
-    app = application(specs, replicas, max_ongoing, options)
-    serve.run_many(
-        [serve.RunTarget(target=app, name=options.name, route_prefix="/")],
-        wait_for_ingress_deployment_creation=False,
-        wait_for_applications_running=False,
-    )
-    _wait_running(options.name, deadline)
+    _start_serve(options)
+    try:
+        app = application(specs, replicas, max_ongoing, options)
+        serve.run_many(
+            [serve.RunTarget(target=app, name=options.name, route_prefix="/")],
+            wait_for_ingress_deployment_creation=False,
+            wait_for_applications_running=False,
+        )
+        _wait_running(options.name, deadline)
+    except BaseException:
+        # failed, past the deadline, or Ctrl-C: no half-deployed application is left holding
+        # boards, nor a proxy holding the port
+        _remove(options.name)
+        raise
     listening = _http_config()
     queued = options.max_queued_requests
     return Fleet(
@@ -229,25 +235,51 @@ def deploy(
     )
 
 
-def _http_config() -> Any:
-    """Where Serve's proxy listens: a Serve started earlier keeps its own host and port."""
+def _start_serve(options: FleetOptions) -> None:
+    """Serve's proxy, listening where ``options`` say. A Serve already running elsewhere keeps
+    its host and port (Serve only logs that the new ones are ignored): it is restarted when no
+    other application uses it, else the deployment is refused, rather than serving at an
+    address the user did not ask for."""
+    wanted = (options.host, options.port)
+    running = _http_config(raise_if_none=False)
+    if running is not None and (running.host, running.port) != wanted:
+        others = sorted(set(_applications()) - {options.name})
+        if others:
+            raise FleetError(
+                f"Ray Serve on this cluster listens on {running.host}:{running.port} for "
+                f"application(s) {others}; it cannot also listen on {options.host}:"
+                f"{options.port}",
+                hint=f"deploy with --host {running.host} --port {running.port}, or remove the "
+                "other applications (`serve shutdown`)",
+            )
+        serve.shutdown()
+    serve.start(proxy_location="HeadOnly", http_options={"host": wanted[0], "port": wanted[1]})
+
+
+def _http_config(raise_if_none: bool = True) -> Any:
+    """Where Serve's proxy listens (None: Serve is not running)."""
     from ray.serve.context import _get_global_client
 
-    client = _get_global_client()
-    assert client is not None  # Serve was started just before
-    return client.http_config
+    client = _get_global_client(raise_if_no_controller_running=raise_if_none)
+    return None if client is None else client.http_config
 
 
 def undeploy(address: str, name: str = APP_NAME) -> bool:
     """Remove the application (False: there was none); Serve itself is shut down when no other
     application is left, which frees its HTTP port."""
     connect(address)
-    if name not in _applications():
-        return False
-    serve.delete(name)
+    return _remove(name)
+
+
+def _remove(name: str) -> bool:
+    """``undeploy`` on the connected cluster; a Serve left without applications (one a failed
+    deployment started, say) is shut down too."""
+    present = name in _applications()
+    if present:
+        serve.delete(name)
     if not set(_applications()) - {name}:
         serve.shutdown()
-    return True
+    return present
 
 
 def _applications() -> dict[str, Any]:
