@@ -326,7 +326,7 @@ def test_full_replicas_and_a_full_proxy_queue_give_503(fleet):
             assert b"backpressure" in answer.body
 
 
-def test_too_many_replicas_a_missing_model_and_no_cluster_are_clear_errors(fleet, ray_boards):
+def test_too_many_replicas_a_missing_model_a_wrong_port_and_no_cluster_are_clear_errors(fleet, ray_boards):
     started = time.monotonic()
     with pytest.raises(FleetError, match=r"3 replica\(s\) need as many boards.* has 2") as error:
         deploy(
@@ -343,6 +343,12 @@ def test_too_many_replicas_a_missing_model_and_no_cluster_are_clear_errors(fleet
     assert time.monotonic() - started < 10
     assert "second" not in serve.status().applications
     assert serve.status().applications[APP_NAME].status == "RUNNING"  # left alone
+    # Serve's port instead of the head's, a usual slip: said at once (Ray retried for minutes)
+    proxy = f"127.0.0.1:{fleet.port}"
+    done = ez_rknn("serve", "--ray", proxy, f"emu={fleet.model_path}")
+    assert done.returncode == 1
+    assert f"error: {proxy} is not a Ray cluster's head" in done.stderr, done.stderr
+    assert "port 6379 by default" in done.stderr
     nowhere = f"127.0.0.1:{free_port()}"
     done = ez_rknn("serve", "--ray", nowhere, f"emu={fleet.model_path}")
     assert done.returncode == 1

@@ -3,12 +3,15 @@
 A board is a node that advertises the custom resource ``rknpu`` (``ray start --address HEAD:6379
 --resources='{"rknpu": 1}'``, the line ``ez-rknn doctor`` prints on a board). Connecting fails
 with a ``FleetError`` naming the address rather than waiting: ``ray.init`` given an address where
-nothing listens retries for minutes, so the port is tried first with a short timeout.
+nothing listens retries for minutes, and so does one given a port where something else
+listens (the dashboard's 8265, Serve's 8000): so the port is tried first, with a short timeout,
+and must answer the way a gRPC server does (the head's GCS), with an HTTP/2 SETTINGS frame.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 
 import ray
@@ -33,20 +36,56 @@ class FleetError(RuntimeError):
         self.hint = hint
 
 
+#: What an HTTP/2 client sends first: the connection preface, then its (empty) SETTINGS frame.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_H2_SETTINGS = 4
+_HEAD_HINT = (
+    "the head prints its address when `ray start --head` starts it (port 6379 by default; "
+    "not the dashboard's 8265 nor Serve's 8000)"
+)
+
+
 def _probe_port(address: str) -> None:
+    """A FleetError unless a gRPC server answers at ``address`` (TLS clusters: any server)."""
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
         raise FleetError(
             f"--ray {address!r}: expected HOST:PORT of the cluster's head (or auto)",
-            hint="the head prints its address when `ray start --head` starts it (port 6379)",
+            hint=_HEAD_HINT,
         )
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), CONNECT_TIMEOUT_S):
-            pass
+        conn = socket.create_connection((host.strip("[]"), int(port)), CONNECT_TIMEOUT_S)
     except OSError as exc:
         raise FleetError(
             f"no Ray cluster at {address}: {exc.strerror or exc}", hint=_START_HINT
         ) from None
+    with conn:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+            return  # the handshake would be TLS's: ray.init says what is wrong
+        frame = _first_frame(conn)
+    if len(frame) < 9 or frame[3] != _H2_SETTINGS:
+        raise FleetError(
+            f"{address} is not a Ray cluster's head: something listens there, but not Ray's "
+            "GCS (a gRPC server)",
+            hint=_HEAD_HINT,
+        )
+
+
+def _first_frame(conn: socket.socket) -> bytes:
+    """The first frame header a server sends an HTTP/2 client (shorter: it closed the
+    connection, reset it, or said nothing in time: not a gRPC server)."""
+    conn.settimeout(CONNECT_TIMEOUT_S)
+    frame = b""
+    try:
+        conn.sendall(_H2_PREFACE)
+        while len(frame) < 9:  # length (3 bytes), type, flags, stream id (4)
+            chunk = conn.recv(9 - len(frame))
+            if not chunk:
+                break
+            frame += chunk
+    except OSError:
+        pass
+    return frame
 
 
 def connect(address: str) -> None:
