@@ -326,7 +326,7 @@ def test_full_replicas_and_a_full_proxy_queue_give_503(fleet):
             assert b"backpressure" in answer.body
 
 
-def test_too_many_replicas_a_missing_model_a_wrong_port_and_no_cluster_are_clear_errors(fleet, ray_boards):
+def test_missing_boards_or_model_a_wrong_port_and_no_cluster_are_clear_errors(fleet, ray_boards):
     started = time.monotonic()
     with pytest.raises(FleetError, match=r"3 replica\(s\) need as many boards.* has 2") as error:
         deploy(
