@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_ray_serve.py [--seconds 10] [--clients 48] [--rounds 2]
 
-A local Ray cluster as ``tests/ray_fixtures.py`` builds it (``ray.cluster_utils.Cluster``): a
+A local Ray cluster as ``tests/ray_fixtures.py`` builds it (``start_boards``): a
 head without an NPU (Serve's controller and HTTP proxy) and two boards, each advertising
 ``{"rknpu": 1}`` and running the emulated librknnrt of an RK3588 (3 cores, ``--compute-ms`` per
 inference: 150 inferences/s per board at 20 ms). ``ez_rknn_async.ray.deploy`` serves the model
@@ -31,7 +31,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from ray.cluster_utils import Cluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import ray  # noqa: E402
@@ -40,8 +39,8 @@ from bench_serve import closed_loop  # noqa: E402
 from ez_rknn_async.ray.deployment import NODE_HEADER, FleetOptions, deploy, undeploy  # noqa: E402
 from ez_rknn_async.serve.config import model_specs  # noqa: E402
 
-from ray_fixtures import Boards  # noqa: E402
-from rknn_emu import EmuModel, EmuTensor, emulator_build  # noqa: E402
+from ray_fixtures import start_boards  # noqa: E402
+from rknn_emu import EmuModel, EmuTensor  # noqa: E402
 from serve_process import binary_infer_request  # noqa: E402
 
 MODEL = EmuModel(
@@ -79,29 +78,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--compute-ms", type=float, default=20.0)
     args = parser.parse_args()
-    emulator = emulator_build.build()
-    board_env = {
-        "EZ_RKNN_RUNTIME_LIB": str(emulator.library),
-        "RKNN_EMU_SOC": "rk3588",
-        "RKNN_EMU_COMPUTE_US": str(int(args.compute_ms * 1000)),
-        "EZ_RKNN_SOC": "rk3588",
-    }
     limit = 3 / (args.compute_ms / 1000)
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 2,
-            "include_dashboard": False,
-            "env_vars": {"RAY_USAGE_STATS_ENABLED": "0"},
-        },
-    )
-    boards = Boards(cluster, board_env)
+    boards = start_boards(2, compute_us=int(args.compute_ms * 1000))
+    cluster = boards.cluster
     rates: dict[int, list[float]] = {1: [], 2: []}
     with tempfile.TemporaryDirectory() as folder:
         try:
-            boards.add()
-            boards.add()
-            cluster.wait_for_nodes()
             ray.init(address=cluster.address, log_to_driver=False)
             specs = model_specs([f"npu={MODEL.write(Path(folder) / 'npu.rknn')}"])
             print(

@@ -71,14 +71,15 @@ class Boards:
         return [node.node_id for node in self.nodes]
 
 
-def start_boards(count: int = BOARDS) -> Boards:
-    """A head without NPU and ``count`` boards, all up (the fixture's cluster; benchmarks
-    build theirs with it too). The caller shuts ``boards.cluster`` down."""
+def start_boards(count: int = BOARDS, compute_us: int = BOARD_COMPUTE_US) -> Boards:
+    """A head without NPU and ``count`` boards (``compute_us`` per inference), all up (the
+    fixture's cluster; benchmarks build theirs with it too). The caller shuts
+    ``boards.cluster`` down."""
     emulator = emulator_build.build()
     board_env = {
         "EZ_RKNN_RUNTIME_LIB": str(emulator.library),
         "RKNN_EMU_SOC": "rk3588",
-        "RKNN_EMU_COMPUTE_US": str(BOARD_COMPUTE_US),
+        "RKNN_EMU_COMPUTE_US": str(compute_us),
         # What a board's device tree tells the session; without it the session finds no SoC
         # and runs one core of the three.
         "EZ_RKNN_SOC": "rk3588",
