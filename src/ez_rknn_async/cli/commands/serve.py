@@ -77,9 +77,11 @@ doctor` prints its `ray start` line), and returns once every replica has loaded 
 its models. The protocol is then served by Ray Serve's HTTP proxy on the head (--host,
 --port: Serve's own, 8000 by default), same /v2 paths, HTTP only (no gRPC); each answer names
 its board in the EZ-RKNN-Node header. MODEL paths are the boards' (the same on every board;
-relative ones are made absolute here). Each replica takes (board NPU slots + max_queue_size)
-requests per model at once, the proxy queues --max-queued more, and answers 503 +
-Retry-After past that. --grpc-port and --read-timeout do not apply.
+relative ones are made absolute here). Each replica takes ten times (board NPU slots +
+max_queue_size) requests per model at once, at most --max-inflight; the proxy queues
+--max-queued more, and answers 503 + Retry-After past that. --token works as on one board.
+Ctrl-C before it is ready, a failure or --ready-timeout leaves nothing deployed.
+--grpc-port and --read-timeout do not apply.
   ez-rknn serve --ray HEAD:6379 det=/models/yolov8n.rknn [--replicas 4] [--port 8000]
   ez-rknn serve --ray HEAD:6379 --shutdown
 
