@@ -40,6 +40,7 @@ from serve_process import binary_infer_request, infer_input
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
+from ez_rknn_async.cli.main import main  # noqa: E402
 from ez_rknn_async.ray.capacity import ModelDepth, max_ongoing_requests  # noqa: E402
 from ez_rknn_async.ray.cluster import FleetError  # noqa: E402
 from ez_rknn_async.ray.deployment import (  # noqa: E402
@@ -521,3 +522,16 @@ def test_a_replica_holds_ten_pipelines_per_model_within_its_max_inflight():
     assert capped.ongoing == 16
     two_threads = ModelDepth("tiny", slots=6, max_queue_size=2, max_inflight=64)
     assert max_ongoing_requests([rk3588, capped, two_threads]) == 60 + 16 + 64
+
+
+def test_command_line_slips_are_said_before_connecting(capsys):
+    """A URL for the head's address, models given to --shutdown: refused with the fix, before
+    any cluster is joined (in this process, which may be a driver already)."""
+    url = "http://127.0.0.1:6379"
+    assert main(["serve", "--ray", url, "emu=/models/emu.rknn"]) == 1
+    error = capsys.readouterr().err
+    assert f"error: --ray '{url}': expected HOST:PORT of the cluster's head" in error, error
+    assert main(["serve", "--ray", "127.0.0.1:6379", "--shutdown", "emu=/models/emu.rknn"]) == 2
+    error = capsys.readouterr().err
+    assert "error: --shutdown removes the whole application: it takes no MODEL" in error, error
+    assert "hint: ez-rknn serve --ray 127.0.0.1:6379 --shutdown" in error

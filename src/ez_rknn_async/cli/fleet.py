@@ -12,7 +12,7 @@ import sys
 from dataclasses import replace
 
 from .commands.serve import model_specs_of, serve_token, total_request_bytes
-from .errors import ExitCode, MissingDependencyError, RejectedInputError
+from .errors import ExitCode, MissingDependencyError, RejectedInputError, UsageError
 
 __all__ = ["run_on_ray"]
 
@@ -27,6 +27,11 @@ def run_on_ray(args: argparse.Namespace) -> int:
         ) from exc
     try:
         if args.shutdown:
+            if args.models or args.config:
+                raise UsageError(
+                    "--shutdown removes the whole application: it takes no MODEL nor --config",
+                    hint=f"ez-rknn serve --ray {args.ray} --shutdown",
+                )
             removed = undeploy(args.ray)
             print(
                 f"removed the ez-rknn application from the cluster at {args.ray}"

@@ -45,16 +45,23 @@ _HEAD_HINT = (
 )
 
 
-def _probe_port(address: str) -> None:
-    """A FleetError unless a gRPC server answers at ``address`` (TLS clusters: any server)."""
+def _split(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` as (host, port); a FleetError for anything else (a URL, no port)."""
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
+    if "://" in address or not sep or not port.isdigit():
         raise FleetError(
-            f"--ray {address!r}: expected HOST:PORT of the cluster's head (or auto)",
+            f"--ray {address!r}: expected HOST:PORT of the cluster's head (or auto), "
+            "without a scheme",
             hint=_HEAD_HINT,
         )
+    return host.strip("[]"), int(port)
+
+
+def _probe_port(address: str) -> None:
+    """A FleetError unless a gRPC server answers at ``address`` (TLS clusters: any server)."""
+    host, port = _split(address)
     try:
-        conn = socket.create_connection((host.strip("[]"), int(port)), CONNECT_TIMEOUT_S)
+        conn = socket.create_connection((host, port), CONNECT_TIMEOUT_S)
     except OSError as exc:
         raise FleetError(
             f"no Ray cluster at {address}: {exc.strerror or exc}", hint=_START_HINT
@@ -91,6 +98,8 @@ def _first_frame(conn: socket.socket) -> bytes:
 def connect(address: str) -> None:
     """Join the cluster at ``address`` (``HOST:PORT`` or ``auto``) as a driver; a no-op when this
     process is connected already."""
+    if address != "auto":
+        _split(address)
     if ray.is_initialized():
         return
     if address != "auto":
