@@ -48,6 +48,7 @@ from ez_rknn_async.ray.deployment import (  # noqa: E402
     NODE_HEADER,
     FleetOptions,
     _applications,
+    _http_config,
     deploy,
     undeploy,
 )
@@ -513,6 +514,18 @@ def test_ctrl_c_while_deploying_leaves_nothing_deployed(fleet, ray_boards):
     while ray.available_resources().get("rknpu", 0) < len(ray_boards.nodes):
         assert time.monotonic() < deadline, "a board is still held"
         time.sleep(0.05)
+
+
+def test_a_port_taken_on_the_head_is_a_clear_error_and_leaves_no_serve(fleet, ray_boards):
+    undeploy(fleet.address)  # whatever the tests before left deployed: Serve is not running
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(FleetError, match=f"proxy cannot listen on 127.0.0.1:{port}") as error:
+            deploy(fleet.address, model_specs([f"emu={fleet.model_path}"]), FleetOptions(port=port))
+    assert "Failed to bind" in str(error.value) and "--port" in error.value.hint
+    assert _http_config(raise_if_none=False) is None  # Serve's controller is gone too
 
 
 def test_a_replica_holds_ten_pipelines_per_model_within_its_max_inflight():

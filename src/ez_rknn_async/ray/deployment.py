@@ -210,8 +210,8 @@ def deploy(
         serve.delete(options.name)
     depths = probe(specs, max(1.0, deadline - time.monotonic()))
     max_ongoing = max_ongoing_requests(depths)
-    _start_serve(options)
     try:
+        _start_serve(options)
         app = application(specs, replicas, max_ongoing, options)
         serve.run_many(
             [serve.RunTarget(target=app, name=options.name, route_prefix="/")],
@@ -221,7 +221,7 @@ def deploy(
         _wait_running(options.name, deadline)
     except BaseException:
         # failed, past the deadline, or Ctrl-C: no half-deployed application is left holding
-        # boards, nor a proxy holding the port
+        # boards, nor a Serve without applications
         _remove(options.name)
         raise
     listening = _http_config()
@@ -253,7 +253,14 @@ def _start_serve(options: FleetOptions) -> None:
                 "other applications (`serve shutdown`)",
             )
         serve.shutdown()
-    serve.start(proxy_location="HeadOnly", http_options={"host": wanted[0], "port": wanted[1]})
+    try:
+        serve.start(proxy_location="HeadOnly", http_options={"host": wanted[0], "port": wanted[1]})
+    except ray.exceptions.RayTaskError as exc:  # the proxy's, raised in its ready() task
+        raise FleetError(
+            f"Ray Serve's proxy cannot listen on {options.host}:{options.port} on the head: "
+            f"{exc.cause}",
+            hint="does another program hold that port there? choose another --port",
+        ) from None
 
 
 def _http_config(raise_if_none: bool = True) -> Any:
