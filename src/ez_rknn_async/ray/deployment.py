@@ -194,7 +194,9 @@ def deploy(
     """Deploy ``specs`` on the cluster at ``address`` and return once every replica has loaded
     and warmed up its models; an application of the same name is replaced. Raises FleetError
     (within ``options.timeout``) when the cluster is missing, has fewer boards than
-    ``options.replicas``, or a model does not load on the boards."""
+    ``options.replicas``, a model does not load on the boards, or Serve's proxy cannot listen
+    at ``options.host``/``port``. A deployment that fails or is interrupted once Serve is
+    started is removed, and Serve with it when it serves nothing else."""
     deadline = time.monotonic() + options.timeout
     connect(address)
     boards = len(board_nodes())
