@@ -80,7 +80,7 @@ its board in the EZ-RKNN-Node header. MODEL paths are the boards' (the same on e
 relative ones are made absolute here). Each replica takes ten times (board NPU slots +
 max_queue_size) requests per model at once, at most --max-inflight; the proxy queues
 --max-queued more, and answers 503 + Retry-After past that. --token works as on one board.
-Ctrl-C before it is ready, a failure or --ready-timeout leaves nothing deployed.
+Ctrl-C before it is ready, a failure or --ready-timeout leaves no application deployed.
 --grpc-port and --read-timeout do not apply.
   ez-rknn serve --ray HEAD:6379 det=/models/yolov8n.rknn [--replicas 4] [--port 8000]
   ez-rknn serve --ray HEAD:6379 --shutdown
