@@ -549,3 +549,12 @@ def test_command_line_slips_are_said_before_connecting(capsys):
     error = capsys.readouterr().err
     assert "error: --shutdown removes the whole application: it takes no MODEL" in error, error
     assert "hint: ez-rknn serve --ray 127.0.0.1:6379 --shutdown" in error
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("replicas", 0), ("replicas", 1.5), ("max_queued_requests", -1), ("timeout", 0)],
+)
+def test_fleet_options_refuse_what_serve_cannot_use(key, value):
+    with pytest.raises(ValueError, match=rf"FleetOptions.{key}: expected .*, got {value!r}"):
+        FleetOptions(**{key: value})

@@ -128,6 +128,19 @@ class FleetOptions:
     timeout: float = 120.0
     name: str = APP_NAME
 
+    def __post_init__(self) -> None:
+        """Refuse what Serve would take and then serve nothing with (0 replicas) or refuse
+        later with its own words."""
+        for key in ("replicas", "max_queued_requests"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"FleetOptions.{key}: expected an int >= 1 or None, got {value!r}")
+        for key in ("timeout", "shutdown_timeout"):
+            if not getattr(self, key) > 0:
+                raise ValueError(
+                    f"FleetOptions.{key}: expected seconds > 0, got {getattr(self, key)!r}"
+                )
+
 
 @dataclass(frozen=True)
 class Fleet:
