@@ -351,6 +351,10 @@ def test_missing_boards_or_model_a_wrong_port_and_no_cluster_are_clear_errors(fl
     assert done.returncode == 1
     assert f"error: {proxy} is not a Ray cluster's head" in done.stderr, done.stderr
     assert "port 6379 by default" in done.stderr
+    # the same slip through RAY_ADDRESS, which `--ray auto` takes
+    done = ez_rknn("serve", "--ray", "auto", f"emu={fleet.model_path}", env={"RAY_ADDRESS": proxy})
+    assert done.returncode == 1
+    assert f"error: {proxy} is not a Ray cluster's head" in done.stderr, done.stderr
     nowhere = f"127.0.0.1:{free_port()}"
     done = ez_rknn("serve", "--ray", nowhere, f"emu={fleet.model_path}")
     assert done.returncode == 1

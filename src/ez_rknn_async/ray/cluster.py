@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from typing import Optional
 
 import ray
 
@@ -102,12 +103,25 @@ def connect(address: str) -> None:
         _split(address)
     if ray.is_initialized():
         return
-    if address != "auto":
-        _probe_port(address)
+    named = _named_address(address)
+    if named is not None:
+        _probe_port(named)
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except ConnectionError as exc:
         raise FleetError(f"no Ray cluster at {address}: {exc}", hint=_START_HINT) from None
+
+
+def _named_address(address: str) -> Optional[str]:
+    """The HOST:PORT to probe before ``ray.init``: ``address`` itself, or for ``auto`` the
+    RAY_ADDRESS that Ray will take (None when unset or not HOST:PORT, e.g. ``ray://``: Ray
+    finds or refuses those itself)."""
+    if address != "auto":
+        return address
+    named = os.environ.get("RAY_ADDRESS", "").strip()
+    if "://" in named or not named.rpartition(":")[2].isdigit():
+        return None
+    return named
 
 
 def board_nodes() -> list[str]:
