@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                     best[count] = (min(w, wall), max(s, steady))
     finally:
         ray.shutdown()
-        boards.cluster.shutdown()
+        boards.shutdown()
     (w1, s1), (w2, s2) = best[1], best[BOARDS]
     print(f"2 boards / 1 board: steady rate x{s2 / s1:.2f}, wall time x{w1 / w2:.2f}")
     return 0

@@ -80,11 +80,10 @@ def main() -> int:
     args = parser.parse_args()
     limit = 3 / (args.compute_ms / 1000)
     boards = start_boards(2, compute_us=int(args.compute_ms * 1000))
-    cluster = boards.cluster
     rates: dict[int, list[float]] = {1: [], 2: []}
     with tempfile.TemporaryDirectory() as folder:
         try:
-            ray.init(address=cluster.address, log_to_driver=False)
+            ray.init(address=boards.address, log_to_driver=False)
             specs = model_specs([f"npu={MODEL.write(Path(folder) / 'npu.rknn')}"])
             print(
                 f"emulated RK3588 boards, 3 cores x {args.compute_ms:g} ms = {limit:g}/s each; "
@@ -99,7 +98,7 @@ def main() -> int:
                     options = FleetOptions(
                         replicas=replicas, port=PORT, max_queued_requests=args.clients
                     )
-                    fleet = deploy(cluster.address, specs, options)
+                    fleet = deploy(boards.address, specs, options)
                     nodes: Counter = Counter()
                     rate, errors = closed_loop(
                         args.clients, args.seconds, lambda _, nodes=nodes: infer_call(PORT, nodes)
@@ -114,9 +113,9 @@ def main() -> int:
             one, two = statistics.median(rates[1]), statistics.median(rates[2])
             print(f"\nmedian: 1 board {one:.1f}/s, 2 boards {two:.1f}/s: {two / one:.2f}x")
         finally:
-            undeploy(cluster.address)
+            undeploy(boards.address)
             ray.shutdown()
-            cluster.shutdown()
+            boards.shutdown()
     return 0
 
 

@@ -2,7 +2,8 @@
 ``pytest_plugins = ("ray_fixtures",)``.
 
 The cluster is what users start with ``ray start --head`` and ``ray start --address`` on each
-board, built with ``ray.cluster_utils.Cluster``: a head node with no NPU (the Serve controller
+board, built with ``ray.cluster_utils.Cluster`` in a process of its own (``ray_cluster_keeper``):
+a head node with no NPU (the Serve controller
 and proxy, Ray Data's read tasks) and ``BOARDS`` board nodes, each advertising ``{"rknpu": 1}``
 and running the emulated librknnrt of an RK3588 (3 cores, ``BOARD_COMPUTE_US`` per inference).
 The emulator sleeps, so several boards fit a 2-CPU machine. Each node's raylet gets the
@@ -15,9 +16,13 @@ place), so the tests after it see the same cluster shape.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,56 +30,83 @@ import pytest
 from rknn_emu import emulator_build
 
 ray = pytest.importorskip("ray")
-from ray.cluster_utils import Cluster  # noqa: E402
 
-__all__ = ["Boards", "BOARDS", "BOARD_COMPUTE_US", "start_boards"]
+__all__ = ["Board", "Boards", "BOARDS", "BOARD_COMPUTE_US", "start_boards"]
 
 BOARDS = 2
 BOARD_COMPUTE_US = 20_000
 #: Each board runs a replica or a Predictor actor, plus a task now and then.
 _BOARD_CPUS = 2
+_KEEPER = Path(__file__).resolve().parent / "ray_cluster_keeper.py"
+
+
+@dataclass(frozen=True)
+class Board:
+    """A board node of the cluster, by its Ray node id."""
+
+    node_id: str
 
 
 @dataclass
 class Boards:
-    """The running cluster: ``address`` (``ray.init``, ``ez-rknn serve --ray``), the boards."""
+    """The running cluster: ``address`` (``ray.init``, ``ez-rknn serve --ray``), the boards.
 
-    cluster: Cluster
-    board_env: dict[str, str]
-    nodes: list[Any] = field(default_factory=list)
+    Its nodes live in ``ray_cluster_keeper.py``'s process (see there why); this object asks it
+    to add and kill boards.
+    """
 
-    @property
-    def address(self) -> str:
-        return self.cluster.address
+    keeper: subprocess.Popen
+    address: str = ""
+    head_node_id: str = ""
+    nodes: list[Board] = field(default_factory=list)
 
-    def add(self) -> Any:
-        node = self.cluster.add_node(
-            num_cpus=_BOARD_CPUS, resources={"rknpu": 1}, env_vars=self.board_env
-        )
-        self.nodes.append(node)
-        return node
+    def _ask(self, op: str, **args: Any) -> dict[str, Any]:
+        assert self.keeper.stdin is not None and self.keeper.stdout is not None
+        self.keeper.stdin.write(json.dumps({"op": op, **args}) + "\n")
+        self.keeper.stdin.flush()
+        for line in self.keeper.stdout:  # Ray's own lines may come first
+            if line.startswith("REPLY "):
+                reply = json.loads(line[len("REPLY ") :])
+                if "error" in reply:
+                    raise RuntimeError(f"the cluster keeper failed: {reply['error']}")
+                return reply
+        raise RuntimeError(f"the cluster keeper exited ({self.keeper.wait()}) during {op!r}")
 
-    def kill(self, node: Any) -> None:
+    def add(self) -> Board:
+        board = Board(self._ask("add")["node"])
+        self.nodes.append(board)
+        return board
+
+    def kill(self, node: Board) -> None:
         """The board dies: its raylet and every worker on it are killed, no graceful exit."""
         self.nodes.remove(node)
-        self.cluster.remove_node(node, allow_graceful=False)
+        self._ask("kill", node=node.node_id)
 
-    def replace(self, node: Any) -> Any:
+    def replace(self, node: Board) -> Board:
         """Kill ``node`` if it still runs, and start a fresh board in its place."""
         if node in self.nodes:
             self.kill(node)
-        fresh = self.add()
-        self.cluster.wait_for_nodes()
-        return fresh
+        return self.add()
 
     def node_ids(self) -> list[str]:
         return [node.node_id for node in self.nodes]
 
+    def shutdown(self, timeout: float = 60.0) -> None:
+        """Stop every node (the keeper's end of input) and wait for it, bounded."""
+        if self.keeper.stdin is not None:
+            self.keeper.stdin.close()
+        try:
+            self.keeper.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.keeper.kill()
+            self.keeper.wait()
+        if self.keeper.stdout is not None:
+            self.keeper.stdout.close()
+
 
 def start_boards(count: int = BOARDS, compute_us: int = BOARD_COMPUTE_US) -> Boards:
     """A head without NPU and ``count`` boards (``compute_us`` per inference), all up (the
-    fixture's cluster; benchmarks build theirs with it too). The caller shuts
-    ``boards.cluster`` down."""
+    fixture's cluster; benchmarks build theirs with it too). The caller calls ``shutdown``."""
     emulator = emulator_build.build()
     board_env = {
         "EZ_RKNN_RUNTIME_LIB": str(emulator.library),
@@ -84,32 +116,21 @@ def start_boards(count: int = BOARDS, compute_us: int = BOARD_COMPUTE_US) -> Boa
         # and runs one core of the three.
         "EZ_RKNN_SOC": "rk3588",
     }
-    # The head has no NPU; its CPUs run Ray Data's read and split tasks. No dashboard: the
-    # tests use the Python APIs, and it costs seconds at every start on this machine.
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 2,
-            "include_dashboard": False,
-            "env_vars": {"RAY_USAGE_STATS_ENABLED": "0"},
-            # The API server starts even without the dashboard. dashboard_port None: Ray tries
-            # ports from 8265 on; given a port (its default) it test-binds it and, when another
-            # cluster holds it, leaks that socket (a ResourceWarning, an error in this suite).
-            "dashboard_port": None,
-            # A killed board is declared dead (and its actors restart elsewhere) after 3
-            # failed health checks 1 s apart instead of 5 checks 3 s apart; a check still
-            # waits up to 10 s for a busy raylet's answer, so a slow board is not "dead".
-            "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3},
-        },
+    keeper = subprocess.Popen(
+        [sys.executable, str(_KEEPER)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
     )
-    boards = Boards(cluster, board_env)
+    boards = Boards(keeper)
     try:
-        for _ in range(count):
-            boards.add()
-        cluster.wait_for_nodes()
+        started = boards._ask("start", count=count, board_env=board_env, board_cpus=_BOARD_CPUS)
     except BaseException:
-        cluster.shutdown()
+        boards.shutdown()
         raise
+    boards.address, boards.head_node_id = started["address"], started["head"]
+    boards.nodes = [Board(node) for node in started["boards"]]
     return boards
 
 
@@ -122,5 +143,5 @@ def ray_boards() -> Iterator[Boards]:
         yield boards
     finally:
         ray.shutdown()
-        boards.cluster.shutdown()
+        boards.shutdown()
         os.environ.pop("RAY_ADDRESS", None)

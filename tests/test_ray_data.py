@@ -386,7 +386,7 @@ def test_a_board_killed_mid_stream_loses_no_frame(boards, data_context, shared_m
         def open(self):
             self.opened.set()
 
-    head = boards.cluster.head_node.node_id
+    head = boards.head_node_id
     gate = Gate.options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)
     ).remote()
