@@ -11,9 +11,10 @@ import importlib
 import os
 from typing import Any, Callable, Optional
 
+from ..ray import BOARD_START
 from .errors import ExitCode
 
-__all__ = ["collect", "render", "exit_code", "OPTIONAL_PACKAGES", "RAY_START"]
+__all__ = ["collect", "render", "exit_code", "OPTIONAL_PACKAGES"]
 
 #: Packages that enable parts of the CLI, and what each one enables.
 OPTIONAL_PACKAGES = {
@@ -24,9 +25,6 @@ OPTIONAL_PACKAGES = {
     "pillow": "images for bench/compare --input",
     "ray": "a fleet of boards: serve --ray, ez_rknn_async.ray.Predictor",
 }
-#: How a board joins a Ray cluster as one NPU (``ez_rknn_async.ray`` places one replica or one
-#: Ray Data predictor per unit of ``rknpu``).
-RAY_START = "ray start --address=HEAD:6379 --resources='{\"rknpu\": 1}'"
 
 
 def _package_versions() -> dict[str, Optional[str]]:
@@ -66,7 +64,7 @@ def _fleet() -> dict[str, str]:
     """How this board joins a Ray fleet: printed where an NPU runtime was found."""
     cpus = os.cpu_count() or 1
     return {
-        "join a Ray cluster": RAY_START,
+        "join a Ray cluster": BOARD_START,
         "cpus": f"keep Ray's default --num-cpus ({cpus} here): a serve --ray replica takes 1, "
         "Ray Data tasks the rest",
     }

@@ -21,7 +21,23 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__all__ = ["Predictor", "deploy", "undeploy", "application", "FleetOptions", "Fleet", "FleetError"]
+__all__ = [
+    "Predictor",
+    "deploy",
+    "undeploy",
+    "application",
+    "FleetOptions",
+    "Fleet",
+    "FleetError",
+    "RESOURCE",
+    "BOARD_START",
+]
+
+#: The custom resource each board advertises, one unit per board. Defined here, where Ray is
+#: not imported, so that ``ez-rknn doctor`` prints the line below without the extra.
+RESOURCE = "rknpu"
+#: How a board joins the cluster as one NPU: ``ez-rknn doctor`` prints it, errors suggest it.
+BOARD_START = f"ray start --address=HEAD:6379 --resources='{{\"{RESOURCE}\": 1}}'"
 
 _HOMES = {
     "Predictor": ".predictor",

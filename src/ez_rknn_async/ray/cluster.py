@@ -17,16 +17,13 @@ from typing import Optional
 
 import ray
 
+from . import BOARD_START, RESOURCE
+
 __all__ = ["RESOURCE", "FleetError", "connect", "board_nodes"]
 
-#: The custom resource each board advertises, one unit per board.
-RESOURCE = "rknpu"
 #: How long a connection to the head's port may take before "no cluster there".
 CONNECT_TIMEOUT_S = 5.0
-_START_HINT = (
-    "start the head with `ray start --head`, and each board with "
-    "`ray start --address HEAD:6379 --resources='{\"rknpu\": 1}'`"
-)
+_START_HINT = f"start the head with `ray start --head`, and each board with `{BOARD_START}`"
 
 
 class FleetError(RuntimeError):

@@ -38,6 +38,7 @@ from ..serve.body_budget import DEFAULT_MAX_TOTAL_REQUEST_BYTES
 from ..serve.config import ModelSpec
 from ..serve.http import RETRY_AFTER_SECONDS
 from ..serve.parts import ServerParts, drain_and_close
+from . import BOARD_START
 from .capacity import max_ongoing_requests, probe
 from .cluster import RESOURCE, FleetError, board_nodes, connect
 
@@ -218,8 +219,7 @@ def deploy(
         raise FleetError(
             f"{replicas or 'a'} replica(s) need as many boards, and the cluster has {boards} "
             f"(nodes with the `{RESOURCE}` resource)",
-            hint="on each board: ray start --address HEAD:6379 --resources='{\"rknpu\": 1}' "
-            "(`ez-rknn doctor` prints the line)",
+            hint=f"on each board: {BOARD_START} (`ez-rknn doctor` prints the line)",
         )
     if options.name in _applications():
         serve.delete(options.name)
