@@ -162,13 +162,12 @@ def application(
 ) -> serve.Application:
     """The Serve application: ``replicas`` BoardServers, each taking ``max_ongoing`` requests at
     once (``capacity.max_ongoing_requests``)."""
-    queued = options.max_queued_requests
     deployment: Any = BoardServer  # a serve.Deployment, which mypy cannot see through
     return deployment.options(
         name="board",
         num_replicas=replicas,
         max_ongoing_requests=max_ongoing,
-        max_queued_requests=replicas * max_ongoing if queued is None else queued,
+        max_queued_requests=_max_queued(options, replicas, max_ongoing),
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=RETRY_AFTER_SECONDS),
         ray_actor_options={"num_cpus": 1, "resources": {RESOURCE: 1}},
         # a constructor that fails (a model that stopped loading) fails the deployment soon
@@ -179,6 +178,12 @@ def application(
         graceful_shutdown_wait_loop_s=0.2,
         health_check_period_s=5,
     ).bind(list(specs), options.max_total_request_bytes, options.token, options.shutdown_timeout)
+
+
+def _max_queued(options: FleetOptions, replicas: int, max_ongoing: int) -> int:
+    """The proxy's queue: ``options.max_queued_requests``, or as many as the replicas take."""
+    queued = options.max_queued_requests
+    return replicas * max_ongoing if queued is None else queued
 
 
 def _wait_running(name: str, deadline: float) -> None:
@@ -240,13 +245,12 @@ def deploy(
         _remove(options.name)
         raise
     listening = _http_config()
-    queued = options.max_queued_requests
     return Fleet(
         url=f"http://{listening.host}:{listening.port}",
         name=options.name,
         replicas=replicas,
         max_ongoing_requests=max_ongoing,
-        max_queued_requests=replicas * max_ongoing if queued is None else queued,
+        max_queued_requests=_max_queued(options, replicas, max_ongoing),
     )
 
 
