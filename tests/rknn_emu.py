@@ -19,7 +19,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent / "npu_emulator"))
 import build as emulator_build  # noqa: E402
 
-__all__ = ["EmuTensor", "EmuModel", "Npu", "emulator_build", "reference", "to_nchw", "to_nhwc"]
+__all__ = [
+    "EmuTensor",
+    "EmuModel",
+    "IMAGE_CLASSIFIER",
+    "Npu",
+    "emulator_build",
+    "reference",
+    "to_nchw",
+    "to_nhwc",
+]
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,14 @@ class EmuModel:
     def write(self, path: Path) -> Path:
         path.write_bytes(self.data())
         return path
+
+
+#: The small classifier the server tests serve (an 8x8 RGB uint8 image -> 10 int8 scores): one
+#: model for ``ez-rknn serve`` on one board and on a Ray fleet.
+IMAGE_CLASSIFIER = EmuModel(
+    inputs=[EmuTensor("image", "uint8", (1, 8, 8, 3), scale=1 / 255)],
+    outputs=[EmuTensor("scores", "int8", (1, 10), zp=-5, scale=0.02)],
+)
 
 
 def to_nchw(model_dims: Sequence[int]) -> tuple[int, ...]:

@@ -34,7 +34,7 @@ import tritonclient.http as thttp
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from rknn_emu import EmuModel, EmuTensor, reference
+from rknn_emu import IMAGE_CLASSIFIER, reference
 from serve_process import binary_infer_request, infer_input
 
 ray = pytest.importorskip("ray")
@@ -56,10 +56,7 @@ from ez_rknn_async.serve.config import model_specs  # noqa: E402
 
 pytest_plugins = ("ray_fixtures",)
 
-EMU = EmuModel(
-    inputs=[EmuTensor("image", "uint8", (1, 8, 8, 3), scale=1 / 255)],
-    outputs=[EmuTensor("scores", "int8", (1, 10), zp=-5, scale=0.02)],
-)
+EMU = IMAGE_CLASSIFIER
 #: A command's whole run, cluster connection included, must end within this.
 COMMAND_DEADLINE_S = 90
 CLIENT_TIMEOUT_S = 20

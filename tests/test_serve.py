@@ -36,15 +36,12 @@ from onnx_models import (
     save,
     small_types_model,
 )
-from rknn_emu import EmuModel, EmuTensor, reference
+from rknn_emu import IMAGE_CLASSIFIER, EmuModel, EmuTensor, reference
 from serve_process import ServerProcess, infer_input
 
 pytest_plugins = ("rknn_fixtures",)
 
-EMU = EmuModel(
-    inputs=[EmuTensor("image", "uint8", (1, 8, 8, 3), scale=1 / 255)],
-    outputs=[EmuTensor("scores", "int8", (1, 10), zp=-5, scale=0.02)],
-)
+EMU = IMAGE_CLASSIFIER
 TOKEN = "s3cret-token"
 BODY_LIMIT = 4096
 ZERO_FRAME = np.zeros((1, 3, 8, 8), np.uint8)

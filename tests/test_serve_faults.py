@@ -22,15 +22,12 @@ import tritonclient.http as thttp
 from tritonclient.utils import InferenceServerException
 
 from onnx_models import add_mul_model, save
-from rknn_emu import EmuModel, EmuTensor
+from rknn_emu import IMAGE_CLASSIFIER
 from serve_process import ServerProcess, infer_input
 
 pytest_plugins = ("rknn_fixtures",)
 
-EMU = EmuModel(
-    inputs=[EmuTensor("image", "uint8", (1, 8, 8, 3), scale=1 / 255)],
-    outputs=[EmuTensor("scores", "int8", (1, 10), zp=-5, scale=0.02)],
-)
+EMU = IMAGE_CLASSIFIER
 FRAME = {"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 3, 8, 8],
                      "data": [0] * 192}]}  # fmt: skip
 SHUTDOWN_TIMEOUT = 1.0
