@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,15 @@ class Boards:
 
     def node_ids(self) -> list[str]:
         return [node.node_id for node in self.nodes]
+
+    def wait_free(self, timeout: float, holder: str) -> None:
+        """Until every board's ``rknpu`` is free again (the cluster's state, polled: Ray tells
+        no one when an actor's resources return); an AssertionError naming ``holder`` at
+        ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while ray.available_resources().get("rknpu", 0) < len(self.nodes):
+            assert time.monotonic() < deadline, holder
+            time.sleep(0.05)
 
     def shutdown(self, timeout: float = 60.0) -> None:
         """Stop every node (the keeper's end of input) and wait for it, bounded."""

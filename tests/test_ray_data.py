@@ -15,7 +15,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -262,10 +261,7 @@ def boards(ray_boards):
     """The shared cluster; afterwards, every board's ``rknpu`` is free again (the dataset's
     actors are gone), so the next tests (Serve's too) find the cluster as it was."""
     yield ray_boards
-    deadline = time.monotonic() + 30
-    while ray.available_resources().get("rknpu", 0) < len(ray_boards.nodes):
-        assert time.monotonic() < deadline, "the Predictor actors still hold the boards"
-        time.sleep(0.05)
+    ray_boards.wait_free(30, "the Predictor actors still hold the boards")
 
 
 @pytest.fixture(scope="module")

@@ -512,10 +512,7 @@ def test_ctrl_c_while_deploying_leaves_nothing_deployed(fleet, ray_boards):
     assert APP_NAME not in _applications()
     with pytest.raises(OSError):
         post_infer(port, "emu", frame(1))
-    deadline = time.monotonic() + CLIENT_TIMEOUT_S
-    while ray.available_resources().get("rknpu", 0) < len(ray_boards.nodes):
-        assert time.monotonic() < deadline, "a board is still held"
-        time.sleep(0.05)
+    ray_boards.wait_free(CLIENT_TIMEOUT_S, "a board is still held")
 
 
 def test_a_port_taken_on_the_head_is_a_clear_error_and_leaves_no_serve(fleet, ray_boards):
